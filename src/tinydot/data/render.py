@@ -12,40 +12,47 @@ from tinydot.data.strokes import FRAME, PEN_END_STROKE, Strokes
 from tinydot.io import atomic_path
 
 
-def rasterize(steps: np.ndarray, start, scale: int = 1) -> np.ndarray:
-    """Draw one sequence into a (FRAME*scale, FRAME*scale) float32 image with ink = 1.
-
-    steps : int array of shape (n_steps, 3), the sequence's ``(dx, dy, pen)`` rows (no padding).
-    start : the absolute start point (x, y), 1-based.
+def rasterize_all(strokes: Strokes, scale: int = 1) -> np.ndarray:
+    """Draw every sequence into a float32 image stack of shape (n, FRAME*scale, FRAME*scale), ink = 1.
 
     Pen-down moves are drawn as straight segments: one pixel per step along the longer axis, the
-    nearest pixel on the other (ties round towards larger coordinates); the pen-up jump that follows an end-of-stroke step is not drawn. At scale 1
-    pixel (row y-1, column x-1) holds point (x, y); at larger scales the line is thickened so the
-    digit stays legible. Points outside the frame are dropped.
+    nearest pixel on the other (ties round towards larger coordinates); the pen-up jump that
+    follows an end-of-stroke step is not drawn. At scale 1, pixel (row y-1, column x-1) holds
+    point (x, y); at scale >= 4 lines are thickened so the digit stays legible. Points outside the
+    frame are dropped. Vectorized over all segments of all sequences.
     """
-    steps = np.asarray(steps)
-    points = np.cumsum(np.concatenate([np.asarray(start)[None, :2], steps[:, :2]]), axis=0).astype(float)
-    pen_up = np.zeros(len(steps), dtype=bool)
-    pen_up[1:] = steps[:-1, 2] >= PEN_END_STROKE  # a step right after a stroke ends is a jump
+    n, max_steps, _ = strokes.steps.shape
     size = FRAME * scale
-    image = np.zeros((size, size), dtype=np.float32)
-    centres = (points - 1) * scale + (scale - 1) / 2  # pixel centre of each point
-    segments = [(centres[t], centres[t + 1]) for t in range(len(steps)) if not pen_up[t]]
-    segments.append((centres[0], centres[0]))
-    for a, b in segments:
-        n = int(np.ceil(np.abs(b - a).max())) + 1
-        line = np.floor(a + np.linspace(0.0, 1.0, n)[:, None] * (b - a) + 0.5).astype(int)  # ties round up
-        inside = ((line >= 0) & (line < size)).all(axis=1)
-        image[line[inside, 1], line[inside, 0]] = 1.0
+    images = np.zeros((n, size, size), dtype=np.float32)
+    if n == 0:
+        return images
+    centres = (strokes.positions().astype(np.float64) - 1) * scale + (scale - 1) / 2  # (n, max_steps + 1, 2)
+    pen = strokes.steps[:, :, 2]
+    drawn = np.arange(max_steps)[None, :] < strokes.lengths[:, None]
+    drawn[:, 1:] &= pen[:, :-1] < PEN_END_STROKE  # a step right after a stroke ends is a pen-up jump
+    seq, t = np.nonzero(drawn)
+    seq, t = np.concatenate([seq, np.arange(n)]), np.concatenate([t, np.zeros(n, dtype=t.dtype)])
+    a = centres[seq, t]
+    delta = centres[seq, t + 1] - a
+    delta[len(delta) - n:] = 0  # plus the start point itself, in case no move is drawn
+    count = np.ceil(np.abs(delta).max(axis=1)).astype(np.int64) + 1  # pixels per segment
+    which = np.repeat(np.arange(len(a)), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    frac = k / np.maximum(count[which] - 1, 1)
+    pixels = np.floor(a[which] + frac[:, None] * delta[which] + 0.5).astype(np.int64)
+    inside = ((pixels >= 0) & (pixels < size)).all(axis=1)
+    images[seq[which][inside], pixels[inside, 1], pixels[inside, 0]] = 1.0
     if scale >= 4:
-        image = ndimage.grey_dilation(image, size=(scale // 2 + 1, scale // 2 + 1))
-    return image
+        images = ndimage.grey_dilation(images, size=(1, scale // 2 + 1, scale // 2 + 1))
+    return images
 
 
-def rasterize_all(strokes: Strokes, scale: int = 1) -> np.ndarray:
-    """All sequences of `strokes` as images: float32 array (n, FRAME*scale, FRAME*scale)."""
-    return np.stack([rasterize(strokes.steps[i, : strokes.lengths[i]], strokes.starts[i], scale)
-                     for i in range(len(strokes))]) if len(strokes) else np.zeros((0, FRAME * scale, FRAME * scale))
+def rasterize(steps: np.ndarray, start, scale: int = 1) -> np.ndarray:
+    """One sequence's image (FRAME*scale, FRAME*scale); `steps` (n_steps, 3) without padding, `start` (x, y)."""
+    steps = np.asarray(steps, dtype=np.int8)
+    single = Strokes(steps[None], np.array([len(steps)], dtype=np.int16), np.zeros(1, dtype=np.int8),
+                     np.asarray(start, dtype=np.int8)[None, :2])
+    return rasterize_all(single, scale)[0]
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, titles=None, ncols: int | None = None,

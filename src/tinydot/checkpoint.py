@@ -1,0 +1,73 @@
+"""Checkpoints: safetensors weights with the model config in their metadata, written atomically.
+
+A checkpoint file alone rebuilds its model (`load_model`). Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from tinydot.config import ModelConfig
+from tinydot.errors import ConfigError, TinydotError
+from tinydot.io import atomic_path
+from tinydot.model import TinyDOT
+
+MODEL_FILE = "model.safetensors"
+
+
+class CheckpointError(TinydotError):
+    """A checkpoint that is missing, corrupt or not tinydot's."""
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+
+
+def save_model(path: str | os.PathLike, model: TinyDOT, extra: dict | None = None) -> None:
+    metadata = {"format": "tinydot", "model_config": json.dumps(model.cfg.to_dict())}
+    if extra:
+        metadata["extra"] = json.dumps(extra)
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint path: the file itself, or a run folder holding model.safetensors."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def load_model(path: str | os.PathLike) -> TinyDOT:
+    """Rebuild a TinyDOT from a checkpoint file or a run folder, in eval mode."""
+    path = resolve(path)
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != "tinydot" or "model_config" not in metadata:
+        raise CheckpointError(f"{path} is not a tinydot checkpoint (no model config in its metadata)")
+    try:
+        cfg = ModelConfig.from_dict(json.loads(metadata["model_config"]))
+    except (ConfigError, json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path} has an invalid model config ({err})") from None
+    model = TinyDOT(cfg)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0:2]
+        raise CheckpointError(f"{path} does not match its own model config ({' '.join(first)})") from None
+    return model.eval()

@@ -1,0 +1,104 @@
+"""Frozen configuration dataclasses, validated on construction.
+
+A configuration is data: it round-trips through JSON (`to_dict` / `from_dict`), and its canonical
+JSON of *non-default* fields gives a short hash (`config_hash`) that names run folders, so adding
+a new option with a default does not rename old runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from tinydot.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+class _Config:
+    """JSON round trip and hashing shared by the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def non_default(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+def config_hash(*configs: _Config, length: int = 10) -> str:
+    """Short stable hash of the non-default fields of `configs` (names the run folder)."""
+    payload = {type(c).__name__: c.non_default() for c in configs}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """tinyDOT's shape. Stored with every checkpoint, so a checkpoint alone rebuilds its model."""
+
+    n_layers: int = field(default=3, metadata={"help": "transformer blocks"})
+    d_model: int = field(default=64, metadata={"help": "residual stream width"})
+    n_heads: int = field(default=1, metadata={"help": "attention heads (tinyDOT: single head)"})
+    d_mlp: int = field(default=256, metadata={"help": "hidden width of each block's MLP"})
+    max_len: int = field(default=118, metadata={"help": "positions: start point + up to 116 steps + BOS"})
+    max_move: int = field(default=28, metadata={"help": "largest |dx|, |dy| the model can emit"})
+    n_classes: int = field(default=10, metadata={"help": "digit classes to condition on"})
+
+    def __post_init__(self):
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "max_len", "max_move", "n_classes"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                   f"model {name} must be a positive integer, got {getattr(self, name)!r}")
+        _check(self.d_model % self.n_heads == 0,
+               f"model d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
+        _check(self.max_len >= 3, f"model max_len must be >= 3, got {self.max_len}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    """How to train: AdamW with linear warmup then cosine decay, gradient clipping, length buckets."""
+
+    steps: int = field(default=4000, metadata={"help": "optimizer steps"})
+    tokens_per_batch: int = field(default=8192, metadata={"help": "target tokens per batch (bucketed)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.05, metadata={"help": "final lr as a fraction of the peak"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW decay on matrices and embeddings"})
+    beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm (0: off)"})
+    eval_every: int = field(default=500, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    eval_sequences: int = field(default=2000, metadata={"help": "held-out sequences for periodic evaluation"})
+    seed: int = field(default=0, metadata={"help": "seeds the initial weights and the batch order"})
+
+    def __post_init__(self):
+        for name in ("steps", "tokens_per_batch"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                   f"train {name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_sequences", "seed"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                   f"train {name} must be a non-negative integer, got {getattr(self, name)!r}")
+        _check(self.tokens_per_batch >= 118, f"train tokens_per_batch must be >= 118 (one full sequence), "
+                                             f"got {self.tokens_per_batch}")
+        _check(0 < self.lr <= 1, f"train lr must be in (0, 1], got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"train min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.weight_decay >= 0, f"train weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 < self.beta2 < 1, f"train beta2 must be in (0, 1), got {self.beta2}")
+        _check(self.grad_clip >= 0, f"train grad_clip must be >= 0, got {self.grad_clip}")

@@ -1,0 +1,118 @@
+"""Evaluating tinyDOT: held-out NLL in bits per step (and, below, recognizability of its samples)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from tinydot.data.batching import Encoded, length_buckets
+from tinydot.data.render import rasterize_all
+from tinydot.data.strokes import NUM_CLASSES, Strokes
+from tinydot.model import TinyDOT
+
+
+@torch.no_grad()
+def evaluate_nll(model: TinyDOT, data: Strokes | Encoded, tokens_per_batch: int = 16384) -> dict[str, float]:
+    """Exact negative log2-likelihood of `data` under `model`.
+
+    bits_per_step : mean over all pen steps (start point excluded) -- the headline number
+    start_bits    : mean bits of the start point (x, y)
+    steps, sequences : how much was scored
+    """
+    encoded = data if isinstance(data, Encoded) else Encoded(data)
+    was_training = model.training
+    model.eval()
+    step_nll, start_nll = 0.0, 0.0
+    for index in length_buckets(encoded.lengths, tokens_per_batch, np.random.default_rng(0)):
+        inputs, labels, targets = encoded.batch(index, model.cfg.max_move)
+        nll = model.nll(inputs, labels, targets)
+        start_nll += float(nll[:, 0].sum())
+        step_nll += float(nll[:, 1:].sum())
+    model.train(was_training)
+    n_steps = int(encoded.lengths.sum() - len(encoded))
+    return {"bits_per_step": step_nll / n_steps / math.log(2), "start_bits": start_nll / len(encoded) / math.log(2),
+            "steps": n_steps, "sequences": len(encoded)}
+
+
+# --------------------------------------------------------------------------- the stroke classifier
+
+class StrokeClassifier(torch.nn.Module):
+    """A small CNN over the 28x28 rasterized stroke image (`rasterize_all`): it judges how a digit
+    looks, which is what recognizability of generated samples should mean."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, NUM_CLASSES))
+
+    def forward(self, images):  # images: (B, 28, 28) -> logits (B, 10)
+        return self.net(images[:, None])
+
+    @torch.no_grad()
+    def predict(self, strokes: Strokes, batch_size: int = 1000) -> np.ndarray:
+        self.eval()
+        images = torch.from_numpy(rasterize_all(strokes))
+        return torch.cat([self(images[i: i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)]).numpy()
+
+
+CLASSIFIER_EPOCHS = 3
+_CLASSIFIER_VERSION = 1
+
+
+def train_classifier(train: Strokes, *, epochs: int = CLASSIFIER_EPOCHS, seed: int = 0,
+                     progress: bool = False) -> StrokeClassifier:
+    """Fit the classifier on `train` (Adam, batch 128, seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        classifier = StrokeClassifier()
+    images = torch.from_numpy(rasterize_all(train))
+    labels = torch.from_numpy(train.labels.astype(np.int64))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    classifier.train()
+    for epoch in range(epochs):
+        for lr_group in optimizer.param_groups:
+            lr_group["lr"] = 1e-3 * (0.3 ** epoch)
+        for batch in np.array_split(rng.permutation(len(train)), max(1, len(train) // 128)):
+            loss = torch.nn.functional.cross_entropy(classifier(images[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return classifier.eval()
+
+
+def load_or_train_classifier(train: Strokes) -> StrokeClassifier:
+    """The classifier for `train`, cached (safetensors) under the tinydot cache folder."""
+    from tinydot.checkpoint import load_tensors, save_tensors
+    from tinydot.data.strokes import cache_dir
+
+    digest = hashlib.sha256()
+    for array in (train.steps, train.lengths, train.labels, train.starts):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    path = cache_dir() / f"classifier-v{_CLASSIFIER_VERSION}-{digest.hexdigest()[:16]}.safetensors"
+    classifier = StrokeClassifier()
+    if path.is_file():
+        classifier.load_state_dict(load_tensors(path)[0])
+        return classifier.eval()
+    classifier = train_classifier(train)
+    save_tensors(path, classifier.state_dict())
+    return classifier
+
+
+def recognizability(model: TinyDOT, classifier: StrokeClassifier, *, per_class: int = 100,
+                    temperature: float = 0.8, seed: int = 0) -> dict:
+    """Sample `per_class` digits of each class; the fraction the classifier assigns to the requested class."""
+    from tinydot.sampling import sample
+
+    digits = np.repeat(np.arange(NUM_CLASSES), per_class)
+    samples = sample(model, digits, temperature=temperature, seed=seed)
+    correct = classifier.predict(samples) == digits
+    return {"recognizability": float(correct.mean()),
+            "per_class": [float(correct[digits == c].mean()) for c in range(NUM_CLASSES)],
+            "samples": len(digits), "temperature": temperature}

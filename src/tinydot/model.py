@@ -1,0 +1,141 @@
+"""tinyDOT: a tiny decoder-only transformer over pen steps, conditioned on the digit class.
+
+What it models, exactly. A digit is a start point (x, y) and pen steps (dx, dy, pen). The start
+point is treated as a first move from the origin (0, 0), so a sequence of L steps is L + 1 moves
+m_0..m_L, and the model factorizes
+
+    p(m_0..m_L | digit) = prod_t p(pen_t | <t) * p(dx_t | <t)^[pen_t = draw] * p(dy_t | dx_t, <t)^[pen_t = draw]
+
+with categorical distributions: pen in {draw, end-of-stroke, end-of-digit} (the two end markers
+never move the pen, so they carry no dx, dy), and dx, dy in -max_move..max_move. This is an exact
+discrete likelihood; the headline number is its negative log2 over the pen steps m_1..m_L, in
+bits per step (the start point's bits are reported separately).
+
+Inputs at position t are the previous move m_{t-1} (a BOS marker at t = 0) and, as a convenience
+the network could compute itself, the absolute pen position after it; every position also gets
+the digit class embedding. Pre-norm blocks, learned positional embeddings, causal attention with
+`n_heads` heads (one by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinydot.config import ModelConfig
+
+PEN_STATES = 3  # draw, end of stroke, end of digit (targets)
+BOS = 3  # the pen input at position 0
+FRAME_SLOTS = 30  # absolute pen positions 1..28, with 0 and 29 for "outside the frame"
+
+# Columns of the integer input tensor (B, T, 5) and target tensor (B, T, 3).
+IN_DX, IN_DY, IN_PEN, IN_X, IN_Y = range(5)
+OUT_DX, OUT_DY, OUT_PEN = range(3)
+IGNORE = -1  # target pen of padding positions
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x, past=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if past is not None:  # incremental decoding: attend to every cached position too
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_mlp), nn.GELU(), nn.Linear(cfg.d_mlp, cfg.d_model))
+
+    def forward(self, x, past=None):
+        a, present = self.attn(self.ln1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), present
+
+
+class TinyDOT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, moves = cfg.d_model, 2 * cfg.max_move + 1
+        # input embeddings, summed
+        self.emb_dx = nn.Embedding(moves, d)
+        self.emb_dy = nn.Embedding(moves, d)
+        self.emb_pen = nn.Embedding(PEN_STATES + 1, d)  # + BOS
+        self.emb_x = nn.Embedding(FRAME_SLOTS, d)
+        self.emb_y = nn.Embedding(FRAME_SLOTS, d)
+        self.emb_pos = nn.Embedding(cfg.max_len, d)
+        self.emb_class = nn.Embedding(cfg.n_classes, d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        # output heads: pen, dx, and dy given dx (through a small conditioning layer)
+        self.head_pen = nn.Linear(d, PEN_STATES)
+        self.head_dx = nn.Linear(d, moves)
+        self.dy_given_dx = nn.Embedding(moves, d)
+        self.dy_in = nn.Linear(d, d)
+        self.head_dy = nn.Linear(d, moves)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual writes by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, inputs, labels, past=None, offset: int = 0):
+        """Hidden states for integer `inputs` (B, T, 5) and digit `labels` (B,) -> (B, T, d).
+
+        With `past` (a list of per-layer key/value caches) the inputs continue a sequence whose
+        first `offset` positions are cached; returns (hidden, presents).
+        """
+        B, T, _ = inputs.shape
+        if offset + T > self.cfg.max_len:
+            raise ValueError(f"sequence of {offset + T} positions exceeds max_len {self.cfg.max_len}")
+        pos = torch.arange(offset, offset + T, device=inputs.device)
+        x = (self.emb_dx(inputs[..., IN_DX]) + self.emb_dy(inputs[..., IN_DY]) + self.emb_pen(inputs[..., IN_PEN])
+             + self.emb_x(inputs[..., IN_X]) + self.emb_y(inputs[..., IN_Y]) + self.emb_pos(pos)
+             + self.emb_class(labels)[:, None, :])  # (B, T, d)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        return self.ln_f(x), presents
+
+    def dy_logits(self, h, dx_index):
+        """Logits of dy given the hidden state (..., d) and the chosen dx index (...)."""
+        return self.head_dy(F.gelu(self.dy_in(h) + self.dy_given_dx(dx_index)))
+
+    def nll(self, inputs, labels, targets):
+        """Per-position negative log-likelihood in nats (B, T); zero where targets are padding."""
+        h, _ = self(inputs, labels)
+        pen_t = targets[..., OUT_PEN]
+        valid = pen_t != IGNORE
+        draw = (pen_t == 0).float()
+        dx_t = targets[..., OUT_DX].long() + self.cfg.max_move
+        dy_t = targets[..., OUT_DY].long() + self.cfg.max_move
+        nll_pen = F.cross_entropy(self.head_pen(h).transpose(1, 2), pen_t.clamp(min=0), reduction="none")
+        nll_dx = F.cross_entropy(self.head_dx(h).transpose(1, 2), dx_t, reduction="none")
+        nll_dy = F.cross_entropy(self.dy_logits(h, dx_t).transpose(1, 2), dy_t, reduction="none")
+        return (nll_pen + draw * (nll_dx + nll_dy)) * valid
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,205 @@
+"""Training tinyDOT: an importable, seeded, resumable function.
+
+`train` writes into a run folder:
+  checkpoint.safetensors  weights + AdamW state + step + history, in one atomic file (resume point)
+  model.safetensors       the final weights with the model config (what `load_model` reads)
+  config.json             model and train configs
+  metrics.csv             the training curve
+Calling `train` again on the same folder resumes from the last checkpoint, or returns at once if the
+run is finished; the batches are a pure function of (seed, epoch), so a resumed run computes the
+same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tinydot.checkpoint import MODEL_FILE, load_tensors, save_model, save_tensors
+from tinydot.config import ModelConfig, TrainConfig
+from tinydot.data.batching import Encoded, epoch_batches
+from tinydot.data.strokes import Strokes
+from tinydot.errors import ConfigError
+from tinydot.evaluation import evaluate_nll
+from tinydot.io import atomic_path, atomic_write_text
+from tinydot.model import TinyDOT
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def init_model(cfg: ModelConfig, seed: int) -> TinyDOT:
+    """A freshly initialised model; the weights depend only on (cfg, seed), not on global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyDOT(cfg)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: TinyDOT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings, none on biases and norms."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, cfg.beta2))
+
+
+class BatchStream:
+    """Batches in training order from any global step on: epoch after epoch of length buckets."""
+
+    def __init__(self, encoded: Encoded, cfg: TrainConfig, start_step: int = 0):
+        self.encoded, self.cfg = encoded, cfg
+        self.epoch, self.batches, self.position = 0, epoch_batches(encoded.lengths, cfg.tokens_per_batch, cfg.seed, 0), 0
+        for _ in range(start_step):
+            self._advance()
+
+    def _advance(self):
+        self.position += 1
+        if self.position == len(self.batches):
+            self.epoch += 1
+            self.batches = epoch_batches(self.encoded.lengths, self.cfg.tokens_per_batch, self.cfg.seed, self.epoch)
+            self.position = 0
+
+    def next(self) -> np.ndarray:
+        index = self.batches[self.position]
+        self._advance()
+        return index
+
+
+@dataclass
+class TrainResult:
+    model: TinyDOT
+    history: pd.DataFrame
+    run_dir: Path
+
+
+def _state_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for key, value in optimizer.state.get(p, {}).items():
+            tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors
+
+
+def _load_state(tensors, model, optimizer) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, i, key = name.split(".", 2)
+            optimizer.state[params[int(i)]][key] = value
+
+
+def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig = ModelConfig(),
+          train_config: TrainConfig = TrainConfig(), *, eval_data: Strokes | None = None,
+          init_state: dict[str, torch.Tensor] | None = None, progress: bool = True) -> TrainResult:
+    """Train tinyDOT on `data`, checkpointing into `run_dir`; resume if it holds an unfinished run.
+
+    eval_data  : sequences for the periodic held-out NLL (the first `eval_sequences` are used).
+    init_state : start from these weights instead of a seeded initialisation (same shapes).
+    Returns the trained model and its history (one row per evaluation).
+    """
+    if len(data) == 0:
+        raise ConfigError("no training sequences selected")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        existing = json.loads(config_path.read_text())
+        if {k: existing.get(k) for k in configs} != configs:
+            raise ConfigError(f"{run_dir} holds a run with a different configuration; "
+                              "choose another output folder or delete it")
+    else:
+        atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
+
+    cfg = train_config
+    model = init_model(model_config, cfg.seed)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    optimizer = make_optimizer(model, cfg)
+    step, history = 0, []
+    window = {"nll": 0.0, "tokens": 0, "tokens_total": 0}  # training loss since the last log line
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        tensors, metadata = load_tensors(checkpoint)
+        _load_state(tensors, model, optimizer)
+        step, history = int(metadata["step"]), json.loads(metadata["history"])
+        window = json.loads(metadata["window"])
+
+    encoded = Encoded(data)
+    held_out = Encoded(eval_data.subset(np.arange(min(cfg.eval_sequences, len(eval_data))))) if eval_data else None
+    stream = BatchStream(encoded, cfg, start_step=step)
+    max_move = model_config.max_move
+
+    def save_checkpoint():
+        save_tensors(checkpoint, _state_tensors(model, optimizer),
+                     {"step": str(step), "history": json.dumps(history), "window": json.dumps(window)})
+
+    def log(train_bits, tokens, elapsed):
+        row = {"step": step, "lr": lr_at(step - 1, cfg), "train_bits_per_position": train_bits,
+               "tokens": tokens, "seconds": elapsed}
+        if held_out is not None:
+            model.eval()
+            row["eval_bits_per_step"] = evaluate_nll(model, held_out)["bits_per_step"]
+            model.train()
+        history.append(row)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    model.train()
+    started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeRemainingColumn(), disable=not progress, transient=True) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=step, status="")
+        while step < cfg.steps:
+            inputs, labels, targets = encoded.batch(stream.next(), max_move)
+            nll = model.nll(inputs, labels, targets)
+            n_tokens = int((targets[..., 2] >= 0).sum())
+            loss = nll.sum() / n_tokens
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            optimizer.step()
+            step += 1
+            window["nll"] += float(nll.detach().sum())
+            window["tokens"] += n_tokens
+            window["tokens_total"] += n_tokens
+            last = step == cfg.steps
+            if last or (cfg.eval_every and step % cfg.eval_every == 0):
+                log(window["nll"] / window["tokens"] / math.log(2), window["tokens_total"],
+                    time.perf_counter() - started)
+                window.update(nll=0.0, tokens=0)
+                status = f"train {history[-1]['train_bits_per_position']:.3f} b/pos"
+                if "eval_bits_per_step" in history[-1]:
+                    status += f"  eval {history[-1]['eval_bits_per_step']:.3f} b/step"
+                bar.update(task, status=status)
+            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                save_checkpoint()
+            bar.update(task, completed=step)
+
+    frame = pd.DataFrame(history)
+    with atomic_path(run_dir / "metrics.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    save_model(run_dir / MODEL_FILE, model, extra={"train_config": cfg.to_dict(), "step": step})
+    return TrainResult(model.eval(), frame, run_dir)
