@@ -48,3 +48,50 @@ def test_bad_arguments_give_one_line_errors(args, message, data_dir, tmp_path):
 def test_missing_data_dir(tmp_path):
     result = run("data", "info", "--data-dir", str(tmp_path / "nowhere"))
     assert_user_error(result, "lacks train-padded-trailing.tar.gz")
+
+
+def test_complexity_writes_tables_and_plots(data_dir, tmp_path):
+    import pandas as pd
+
+    result = run("complexity", "--split", "test", "--measure", "L", "--bins", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"measures.csv", "bins.csv", "summary.csv", "histograms.png"}
+    bins = pd.read_csv(tmp_path / "bins.csv")
+    assert bins["count"].tolist() == [2500] * 4
+    measures = pd.read_csv(tmp_path / "measures.csv")
+    assert len(measures) == 10_000 and measures.groupby("bin").L.max().is_monotonic_increasing
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--measure", "Q"], "unknown measure 'Q'"),
+    (["--bins", "1"], "bins must be an integer >= 2"),
+    (["--digit", "1", "--bins", "5000"], "5000 bins are more than the 1135 samples"),
+])
+def test_complexity_bad_arguments(args, message, data_dir, tmp_path):
+    result = run("complexity", "--split", "test", "--out", str(tmp_path / "out"), *args)
+    assert_user_error(result, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_then_sample(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run("train", "--out", str(run_dir), "--steps", "3", "--d-model", "16", "--n-layers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "test NLL" in result.stdout
+    assert {"model.safetensors", "checkpoint.safetensors", "config.json", "metrics.csv"} <= {
+        p.name for p in run_dir.iterdir()}
+    out = tmp_path / "sevens.png"
+    result = run("sample", "--checkpoint", str(run_dir), "--digit", "7", "--n", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--out", "r", "--d-model", "0"], "d_model must be a positive integer"),
+    (["sample", "--checkpoint", "nowhere", "--out", "x.png"], "checkpoint nowhere does not exist"),
+    (["eval", "--checkpoint", "nowhere.safetensors"], "checkpoint nowhere.safetensors does not exist"),
+])
+def test_model_commands_bad_arguments(args, message, tmp_path, data_dir):
+    result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert_user_error(result, message)

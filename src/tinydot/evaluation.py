@@ -11,6 +11,7 @@ import torch
 from tinydot.data.batching import Encoded, length_buckets
 from tinydot.data.render import rasterize_all
 from tinydot.data.strokes import NUM_CLASSES, Strokes
+from tinydot.errors import ConfigError
 from tinydot.model import TinyDOT
 
 
@@ -116,3 +117,19 @@ def recognizability(model: TinyDOT, classifier: StrokeClassifier, *, per_class: 
     return {"recognizability": float(correct.mean()),
             "per_class": [float(correct[digits == c].mean()) for c in range(NUM_CLASSES)],
             "samples": len(digits), "temperature": temperature}
+
+
+def evaluate(model: TinyDOT, *, data_dir=None, per_class: int = 100, temperature: float = 0.8,
+             seed: int = 0) -> dict:
+    """The headline numbers of a model: test NLL (bits/step), the classifier's test accuracy, and
+    the recognizability of `per_class` samples per digit."""
+    from tinydot.data.strokes import load_strokes
+
+    if per_class < 1:
+        raise ConfigError(f"per_class must be at least 1, got {per_class}")
+    train, test = load_strokes("train", data_dir), load_strokes("test", data_dir)
+    classifier = load_or_train_classifier(train)
+    result = {"test_" + k: v for k, v in evaluate_nll(model, test).items()}
+    result["classifier_test_accuracy"] = float((classifier.predict(test) == test.labels).mean())
+    result.update(recognizability(model, classifier, per_class=per_class, temperature=temperature, seed=seed))
+    return result

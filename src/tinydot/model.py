@@ -133,6 +133,7 @@ class TinyDOT(nn.Module):
         dx_t = targets[..., OUT_DX].long() + self.cfg.max_move
         dy_t = targets[..., OUT_DY].long() + self.cfg.max_move
         nll_pen = F.cross_entropy(self.head_pen(h).transpose(1, 2), pen_t.clamp(min=0), reduction="none")
+        nll_pen = torch.cat([torch.zeros_like(nll_pen[:, :1]), nll_pen[:, 1:]], dim=1)  # m_0: the start, always pen-down
         nll_dx = F.cross_entropy(self.head_dx(h).transpose(1, 2), dx_t, reduction="none")
         nll_dy = F.cross_entropy(self.dy_logits(h, dx_t).transpose(1, 2), dy_t, reduction="none")
         return (nll_pen + draw * (nll_dx + nll_dy)) * valid

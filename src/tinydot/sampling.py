@@ -58,10 +58,33 @@ def sample(model: TinyDOT, digits, *, temperature: float = 0.8, seed: int = 0) -
         ended = (pen == PEN_END_DIGIT) & ~done
         lengths[ended] = t
         done |= ended
-        moves[done & ~ended] = 0  # finished sequences stay zero-padded
+        moves[done & ~ended, t] = 0  # finished sequences stay zero-padded
         if bool(done.all()):
             break
     steps = moves[:, 1:].numpy()
     starts = moves[:, 0, :2].numpy()
     return Strokes(steps.astype(np.int8), lengths.numpy().astype(np.int16), digits.astype(np.int8),
                    starts.astype(np.int8), split="sampled")
+
+
+def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temperature: float = 0.8,
+                 seed: int = 0):
+    """Sample `n` digits of class `digit` (or `n` of each class) from a checkpoint into a PNG grid."""
+    from pathlib import Path
+
+    from tinydot.checkpoint import load_model
+    from tinydot.data.render import rasterize_all, save_grid
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out} must end in .png")
+    if not 1 <= n <= 1000:
+        raise ConfigError(f"--n must be between 1 and 1000, got {n}")
+    if digit is not None and not 0 <= digit < NUM_CLASSES:
+        raise ConfigError(f"--digit must be between 0 and {NUM_CLASSES - 1}, got {digit}")
+    model = load_model(checkpoint)
+    digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
+    samples = sample(model, digits, temperature=temperature, seed=seed)
+    save_grid(rasterize_all(samples, scale=4), out, titles=list(digits),
+              ncols=None if digit is not None else n)
+    return out

@@ -1,0 +1,1 @@
+"""Figures (pure functions returning matplotlib Figures) and the HTML report."""
