@@ -29,10 +29,13 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def batch(self, index, max_move: int):
-        """Tensors for the sequences `index`, cut to their longest: inputs (B, T, 5), labels (B,), targets (B, T, 3)."""
+    def batch(self, index, max_move: int, positions: int | None = None):
+        """Tensors for the sequences `index`: inputs (B, T, 5), labels (B,), targets (B, T, 3).
+
+        T is the longest selected sequence, or `positions` if given (padding to a fixed length).
+        """
         index = np.asarray(index)
-        T = int(self.lengths[index].max())
+        T = positions or int(self.lengths[index].max())
         targets = torch.from_numpy(self.moves[index, :T].astype(np.int64))  # (B, T, 3)
         padding = torch.from_numpy(np.arange(T)[None, :] >= self.lengths[index][:, None])
         targets[..., 2][padding] = IGNORE
