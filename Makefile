@@ -27,9 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/tinydot data info
-	$(BIN)/tinydot data show --split test --n 64 --out $(OUT)/test-digits.png
-	$(BIN)/tinydot complexity --split train --measure S --bins 5 --out $(OUT)/complexity
+	$(BIN)/tinydot study --preset quick --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest -q

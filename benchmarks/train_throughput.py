@@ -42,12 +42,12 @@ def flops_per_position(cfg: ModelConfig, context: float) -> float:
     return 3 * (cfg.n_layers * per_block + heads)
 
 
-def run(encoded, batches, model, cfg, steps, positions=None):
+def run(encoded, batches, model, cfg, steps, pad_to=None):
     optimizer = make_optimizer(model, TrainConfig())
-    positions, spent = 0, 0.0
+    scored, spent = 0, 0.0
     for i in range(steps + 3):
         start = time.perf_counter()  # batch building is part of the step
-        inputs, labels, targets = encoded.batch(batches[i % len(batches)], cfg.max_move, positions)
+        inputs, labels, targets = encoded.batch(batches[i % len(batches)], cfg.max_move, pad_to)
         nll = model.nll(inputs, labels, targets)
         n = int((targets[..., 2] >= 0).sum())
         loss = nll.sum() / n
@@ -57,8 +57,8 @@ def run(encoded, batches, model, cfg, steps, positions=None):
         optimizer.step()
         if i >= 3:  # warm-up steps are not timed
             spent += time.perf_counter() - start
-            positions += n
-    return positions / spent
+            scored += n
+    return scored / spent
 
 
 def main():
@@ -75,7 +75,7 @@ def main():
 
     peak = matmul_peak()
     real = run(encoded, bucketed, init_model(cfg, 0), cfg, args.steps)
-    naive = run(encoded, naive_batches, init_model(cfg, 0), cfg, args.steps, positions=int(encoded.lengths.max()))
+    naive = run(encoded, naive_batches, init_model(cfg, 0), cfg, args.steps, pad_to=int(encoded.lengths.max()))
     mean_context = float((encoded.lengths ** 2).sum() / encoded.lengths.sum() / 2)
     mfu = real * flops_per_position(cfg, mean_context) / peak
     print(f"model: {init_model(cfg, 0).num_params():,} parameters, {cfg.n_layers} layers, d_model {cfg.d_model}")

@@ -61,19 +61,25 @@ def data_show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
 CheckpointOption = typer.Option(..., "--checkpoint", help="A run folder or its model.safetensors.")
 
 
-def _load_configs(config: Optional[Path]) -> tuple[dict, dict]:
+def _load_json_object(path: Path, sections: set[str]) -> dict:
     import json
 
     from tinydot.errors import ConfigError
 
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    if not isinstance(values, dict) or set(values) - sections or not all(isinstance(v, dict) for v in values.values()):
+        raise ConfigError(f"config file {path} must be a JSON object whose keys are among "
+                          f"{', '.join(sorted(sections))}, each holding an object of fields")
+    return values
+
+
+def _load_configs(config: Optional[Path]) -> tuple[dict, dict]:
     if config is None:
         return {}, {}
-    try:
-        values = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read config file {config}: {err}") from None
-    if not isinstance(values, dict) or set(values) - {"model", "train"}:
-        raise ConfigError(f"config file {config} must be a JSON object with 'model' and/or 'train' sections")
+    values = _load_json_object(config, {"model", "train"})
     return values.get("model", {}), values.get("train", {})
 
 
@@ -144,6 +150,112 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     console.print("per digit           " + "  ".join(f"{d}:{p:.0%}" for d, p in enumerate(result["per_class"])))
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+
+
+def _parse_rewind(rewind: str) -> int:
+    from tinydot.errors import ConfigError
+
+    if rewind == "init":
+        return 0
+    if rewind.startswith("step:") and rewind[5:].isdigit():
+        return int(rewind[5:])
+    raise ConfigError(f"--rewind must be 'init' or 'step:K' (e.g. step:200), got {rewind!r}")
+
+
+@app.command("lottery")
+def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finished levels are skipped on re-runs)."),
+                levels: int = typer.Option(5, help="Pruning rounds after the dense run."),
+                fraction: float = typer.Option(0.2, help="Fraction of surviving weights pruned per round."),
+                rewind: str = typer.Option("init", help="'init' or 'step:K' (late rewinding)."),
+                scope: str = typer.Option("global", help="global or layerwise."),
+                epsilon: float = typer.Option(1e-3, help="A weight is used when |w| > epsilon."),
+                relative_epsilon: float = typer.Option(0.05, help="Relative variant: |w| > this x tensor std."),
+                controls: bool = typer.Option(True, help="Train the reinit and random-mask controls."),
+                config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
+                steps: Optional[int] = typer.Option(None, help="Optimizer steps per training run."),
+                eval_sequences: int = typer.Option(10_000, help="Test sequences for each level's NLL."),
+                data_dir: Optional[Path] = DataDirOption) -> None:
+    """Iterative magnitude pruning with rewinding, controls and used-parameter counts."""
+    import numpy as np
+
+    from tinydot.config import ModelConfig, PruneConfig, TrainConfig
+    from tinydot.data import load_strokes
+    from tinydot.pruning.lottery import run_lottery
+
+    model_values, train_values = _load_configs(config)
+    if steps is not None:
+        train_values["steps"] = steps
+    prune_config = PruneConfig(levels=levels, fraction=fraction, scope=scope, rewind_step=_parse_rewind(rewind),
+                               epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls)
+    model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+    test = load_strokes("test", data_dir)
+    held_out = test.subset(np.arange(min(max(eval_sequences, 1), len(test))))
+    result = run_lottery(load_strokes("train", data_dir), out, held_out, model_config, train_config, prune_config)
+    table = Table(title=f"lottery tickets ({len(held_out):,} test sequences)")
+    columns = ["level", "sparsity", "bits_per_step", "reinit_bits_per_step", "random_bits_per_step",
+               "unused_fraction", "unused_fraction_relative", "zeroed_bits_per_step"]
+    for column in columns:
+        table.add_column(column.replace("_bits_per_step", " b/step").replace("bits_per_step", "ticket b/step"),
+                         justify="right")
+    for row in result.table[columns].itertuples(index=False):
+        table.add_row(str(row.level), *(f"{v:.4f}" for v in row[1:]))
+    console.print(table)
+    best = result.stays_within(0.02)
+    console.print(f"the ticket stays within 2% of dense test NLL up to sparsity {best['sparsity']:.3f} "
+                  f"(level {int(best['level'])}); wrote {out}/results.csv and nll_vs_sparsity.png")
+
+
+@app.command("study")
+def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 cores) or paper."),
+              config: Optional[Path] = typer.Option(None, help="JSON with 'study', 'model', 'train', 'prune' "
+                                                                  "sections, applied over the preset."),
+              out: Path = typer.Option(Path("runs"), "--out", help="Parent folder of the run folder."),
+              workers: int = typer.Option(2, help="Parallel jobs (each uses one torch thread)."),
+              executor: str = typer.Option("local", help="local (process pool) or ray."),
+              ray_address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster."),
+              data_dir: Optional[Path] = DataDirOption) -> None:
+    """Complexity bins -> train -> first lottery round -> OLS -> predictor -> HTML report."""
+    from tinydot.study import Study, run_study
+
+    overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
+    study = Study.preset(preset, overrides)
+    result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
+    table = Table(title="OLS: unused fraction ~ bin complexity")
+    for column in ("model", "target", "term", "slope", "95% CI", "p", "R^2"):
+        table.add_column(column, justify="left" if column in ("model", "target", "term") else "right")
+    for r in result.ols.itertuples():
+        table.add_row(r.model, r.target, r.term, f"{r.coef:.4g}", f"[{r.ci_low:.3g}, {r.ci_high:.3g}]",
+                      f"{r.p_value:.3g}", f"{r.r2:.3f}")
+    console.print(table)
+    console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {result.report}")
+
+
+@app.command("predict")
+def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished study run folder."),
+                data: str = typer.Option("test", "--data", help="SPLIT or SPLIT:DIGIT, e.g. test or train:7."),
+                data_dir: Optional[Path] = DataDirOption) -> None:
+    """Predict the unused fraction of a dataset from its complexity alone (no training)."""
+    import numpy as np
+
+    from tinydot.data import load_strokes
+    from tinydot.errors import ConfigError
+    from tinydot.study import predict
+
+    split, _, digit = data.partition(":")
+    strokes = load_strokes(split, data_dir)
+    if digit:
+        if not digit.isdigit() or not 0 <= int(digit) <= 9:
+            raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
+        strokes = strokes.subset(np.flatnonzero(strokes.labels == int(digit)))
+    frame = predict(study, strokes)
+    table = Table(title=f"predicted for {data} ({len(strokes):,} sequences), from complexity alone")
+    for column in ("model", "target", "unused fraction", "95% CI", "95% PI", "needed params", "in range"):
+        table.add_column(column, justify="left" if column in ("model", "target") else "right")
+    for r in frame.itertuples():
+        table.add_row(r.model, r.target, f"{r.predicted_unused_fraction:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
+                      f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
+                      f"{r.needed_parameters:,.0f} / {r.prunable_parameters:,}", "yes" if r.within_study_range else "no")
+    console.print(table)
 
 
 @app.command("complexity")

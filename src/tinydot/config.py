@@ -102,3 +102,61 @@ class TrainConfig(_Config):
         _check(self.weight_decay >= 0, f"train weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 < self.beta2 < 1, f"train beta2 must be in (0, 1), got {self.beta2}")
         _check(self.grad_clip >= 0, f"train grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class PruneConfig(_Config):
+    """Iterative magnitude pruning with rewinding, its controls, and the 'used parameter' threshold."""
+
+    levels: int = field(default=5, metadata={"help": "pruning rounds after the dense run"})
+    fraction: float = field(default=0.2, metadata={"help": "fraction of surviving weights pruned per round"})
+    scope: str = field(default="global", metadata={"help": "global or layerwise magnitude ranking"})
+    rewind_step: int = field(default=0, metadata={"help": "rewind survivors to their weights at this step (0: init)"})
+    epsilon: float = field(default=1e-3, metadata={"help": "a weight is used when |w| > epsilon"})
+    relative_epsilon: float = field(default=0.05, metadata={"help": "or when |w| > this x its tensor's std"})
+    controls: bool = field(default=True, metadata={"help": "also train the reinit and random-mask controls"})
+    prunable: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "fnmatch patterns of prunable parameters (default: Linear and Embedding weights)"})
+
+    def __post_init__(self):
+        if isinstance(self.prunable, list):
+            object.__setattr__(self, "prunable", tuple(self.prunable))
+        _check(isinstance(self.levels, int) and self.levels >= 1, f"prune levels must be >= 1, got {self.levels!r}")
+        _check(0 < self.fraction < 1, f"prune fraction must be in (0, 1), got {self.fraction}")
+        _check(self.scope in ("global", "layerwise"), f"prune scope must be global or layerwise, got {self.scope!r}")
+        _check(isinstance(self.rewind_step, int) and self.rewind_step >= 0,
+               f"prune rewind_step must be a non-negative integer, got {self.rewind_step!r}")
+        _check(self.epsilon >= 0, f"prune epsilon must be >= 0, got {self.epsilon}")
+        _check(self.relative_epsilon >= 0, f"prune relative_epsilon must be >= 0, got {self.relative_epsilon}")
+
+
+@dataclass(frozen=True)
+class StudyConfig(_Config):
+    """The complexity -> prunability experiment: which measures, how many bins and seeds."""
+
+    measures: tuple[str, ...] = field(default=("L", "S"), metadata={"help": "complexity measures to bin by"})
+    bins: int = field(default=4, metadata={"help": "equal-count quantile bins per measure"})
+    seeds: int = field(default=1, metadata={"help": "seeds per bin (seed s: initial weights and batch order)"})
+    balanced: bool = field(default=False, metadata={"help": "equal class counts in every bin"})
+    held_out_fraction: float = field(default=0.1, metadata={"help": "share of each bin kept for its test NLL"})
+    max_train_per_bin: int = field(default=0, metadata={"help": "cap on training sequences per bin (0: none)"})
+    sample_digits: bool = field(default=True, metadata={"help": "draw digits from each bin's model for the report"})
+
+    def __post_init__(self):
+        from tinydot.complexity import MEASURES
+
+        if isinstance(self.measures, (list, str)):
+            object.__setattr__(self, "measures", tuple([self.measures] if isinstance(self.measures, str)
+                                                       else self.measures))
+        _check(len(self.measures) >= 1, "study measures must name at least one measure")
+        for m in self.measures:
+            _check(m in MEASURES, f"unknown study measure {m!r}; choose from {', '.join(MEASURES)}")
+        _check(len(set(self.measures)) == len(self.measures), "study measures must not repeat")
+        _check(isinstance(self.bins, int) and self.bins >= 3,
+               f"study bins must be an integer >= 3 (a line through fewer points has no error estimate), "
+               f"got {self.bins!r}")
+        _check(isinstance(self.seeds, int) and self.seeds >= 1, f"study seeds must be >= 1, got {self.seeds!r}")
+        _check(0 < self.held_out_fraction < 0.5,
+               f"study held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
+        _check(isinstance(self.max_train_per_bin, int) and self.max_train_per_bin >= 0,
+               f"study max_train_per_bin must be a non-negative integer, got {self.max_train_per_bin!r}")

@@ -31,6 +31,7 @@ from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.model import TinyDOT
+from tinydot.pruning.mask import Mask, masked_pairs
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -109,11 +110,16 @@ def _load_state(tensors, model, optimizer) -> None:
 
 def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig = ModelConfig(),
           train_config: TrainConfig = TrainConfig(), *, eval_data: Strokes | None = None,
-          init_state: dict[str, torch.Tensor] | None = None, progress: bool = True) -> TrainResult:
+          init_state: dict[str, torch.Tensor] | None = None, start_step: int = 0,
+          mask: Mask | None = None, snapshot_steps: tuple[int, ...] = (), progress: bool = True) -> TrainResult:
     """Train tinyDOT on `data`, checkpointing into `run_dir`; resume if it holds an unfinished run.
 
-    eval_data  : sequences for the periodic held-out NLL (the first `eval_sequences` are used).
-    init_state : start from these weights instead of a seeded initialisation (same shapes).
+    eval_data      : sequences for the periodic held-out NLL (the first `eval_sequences` are used).
+    init_state     : start from these weights instead of a seeded initialisation (same shapes).
+    start_step     : begin the schedule and batch order at this step (rewinding to step k).
+    mask           : keep these weights exactly zero throughout (their gradients and AdamW
+                     moments stay zero, and the weights are re-zeroed after every step).
+    snapshot_steps : also save the weights at these steps as `weights-step{k}.safetensors`.
     Returns the trained model and its history (one row per evaluation).
     """
     if len(data) == 0:
@@ -134,8 +140,13 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     model = init_model(model_config, cfg.seed)
     if init_state is not None:
         model.load_state_dict(init_state)
+    if not 0 <= start_step < cfg.steps:
+        raise ConfigError(f"start step {start_step} must lie in [0, {cfg.steps})")
+    masked = masked_pairs(model, mask) if mask is not None else []
+    for param, keep in masked:
+        param.data.mul_(keep)
     optimizer = make_optimizer(model, cfg)
-    step, history = 0, []
+    step, history = start_step, []
     window = {"nll": 0.0, "tokens": 0, "tokens_total": 0}  # training loss since the last log line
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
@@ -153,6 +164,10 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
         save_tensors(checkpoint, _state_tensors(model, optimizer),
                      {"step": str(step), "history": json.dumps(history), "window": json.dumps(window)})
 
+    def snapshot():
+        if step in snapshot_steps and not (run_dir / f"weights-step{step}.safetensors").exists():
+            save_tensors(run_dir / f"weights-step{step}.safetensors", model.state_dict())
+
     def log(train_bits, tokens, elapsed):
         row = {"step": step, "lr": lr_at(step - 1, cfg), "train_bits_per_position": train_bits,
                "tokens": tokens, "seconds": elapsed}
@@ -169,6 +184,7 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeRemainingColumn(), disable=not progress, transient=True) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, status="")
+        snapshot()
         while step < cfg.steps:
             inputs, labels, targets = encoded.batch(stream.next(), max_move)
             nll = model.nll(inputs, labels, targets)
@@ -176,12 +192,17 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
             loss = nll.sum() / n_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for param, keep in masked:
+                param.grad.mul_(keep)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             optimizer.step()
+            for param, keep in masked:
+                param.data.mul_(keep)
             step += 1
+            snapshot()
             window["nll"] += float(nll.detach().sum())
             window["tokens"] += n_tokens
             window["tokens_total"] += n_tokens

@@ -31,3 +31,102 @@ def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame)
     for ax in axes[len(measures):]:
         ax.set_axis_off()
     return fig
+
+
+def lottery_curve(table: pd.DataFrame) -> Figure:
+    """Test NLL against sparsity for the IMP tickets and their two controls; dense as a line."""
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    dense = table.iloc[0]["bits_per_step"]
+    pruned = table.iloc[1:]
+    ax.axhline(dense, color="gray", ls=":", label="dense")
+    ax.plot(pruned["sparsity"], pruned["bits_per_step"], "o-", label="ticket (rewound)")
+    for column, label in (("reinit_bits_per_step", "same mask, fresh init"),
+                          ("random_bits_per_step", "random mask, same sparsity")):
+        if column in pruned and pruned[column].notna().any():
+            ax.plot(pruned["sparsity"], pruned[column], "s--", label=label)
+    ax.set_xlabel("sparsity of prunable weights")
+    ax.set_ylabel("test NLL (bits / step)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
+    """Histogram of each binned measure over the train split, with its quantile bin edges."""
+    fig = Figure(figsize=(4.2 * len(measures), 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(measures)))
+    for ax, m in zip(axes, measures):
+        values = assignments[m].to_numpy(dtype=float)
+        discrete = np.allclose(values, np.round(values)) and np.ptp(values) < 200
+        ax.hist(values, bins=np.arange(values.min() - 0.5, values.max() + 1.5) if discrete else 60, color="#4c72b0")
+        edges = assignments.groupby(f"bin_{m}")[m].max().to_numpy()[:-1]
+        for edge in edges:
+            ax.axvline(edge, color="black", lw=1, ls="--")
+        ax.set_title(f"{m}: {bins} equal-count bins", fontsize=9)
+        ax.set_xlabel(m)
+    axes[0].set_ylabel("train samples")
+    return fig
+
+
+def per_bin(jobs: pd.DataFrame, measures) -> Figure:
+    """Per bin: unused fractions (dense, round 1) and held-out NLL against the bin's complexity."""
+    fig = Figure(figsize=(4.2 * len(measures), 5.6), layout="constrained")
+    axes = fig.subplots(2, len(measures), squeeze=False)
+    for j, m in enumerate(measures):
+        part = jobs[jobs["measure"] == m].groupby("bin").mean(numeric_only=True)
+        ax = axes[0, j]
+        ax.plot(part["complexity"], part["dense_unused_fraction"], "o-", label="dense")
+        ax.plot(part["complexity"], part["round1_unused_fraction"], "s-", label="after round 1")
+        ax.set_title(f"binned by {m}", fontsize=9)
+        ax.set_ylabel("unused fraction (|w| <= eps)")
+        ax.legend(fontsize=7)
+        ax = axes[1, j]
+        ax.plot(part["complexity"], part["dense_bits_per_step"], "o-", label="dense")
+        ax.plot(part["complexity"], part["round1_bits_per_step"], "s-", label="after round 1")
+        ax.set_xlabel(f"bin mean {m}")
+        ax.set_ylabel("held-out NLL (bits/step)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def ols_fits(jobs: pd.DataFrame, measures, targets: dict[str, str]) -> Figure:
+    """Jobs, the OLS line and its 95% confidence band, per measure (columns) and target (rows)."""
+    from tinydot.study import fit_ols
+
+    fig = Figure(figsize=(4.2 * len(measures), 3.0 * len(targets)), layout="constrained")
+    axes = fig.subplots(len(targets), len(measures), squeeze=False)
+    for i, (target, label) in enumerate(targets.items()):
+        for j, m in enumerate(measures):
+            ax = axes[i, j]
+            part = jobs[jobs["measure"] == m]
+            x, y = part["complexity"].to_numpy(), part[f"{target}_unused_fraction"].to_numpy()
+            fit = fit_ols(x, y)
+            grid = np.linspace(x.min(), x.max(), 50)
+            band = fit.get_prediction(np.column_stack([np.ones_like(grid), grid])).summary_frame(alpha=0.05)
+            ax.fill_between(grid, band["mean_ci_lower"], band["mean_ci_upper"], alpha=0.25, label="95% CI")
+            ax.plot(grid, band["mean"], "-", label=f"OLS slope {fit.params[1]:.3g}")
+            ax.plot(x, y, "o", color="black", ms=4, label="jobs")
+            ax.set_xlabel(f"bin mean {m}")
+            ax.set_ylabel(label, fontsize=8)
+            ax.legend(fontsize=7)
+    return fig
+
+
+def image_rows(rows: list[np.ndarray], row_labels: list[str], col_labels: list[str]) -> Figure:
+    """A grid of images: one row per entry of `rows` (each (n, H, W))."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = Figure(figsize=(0.8 * n_cols + 1.2, 0.85 * n_rows + 0.3), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, images in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(images[j], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
+            if i == 0:
+                ax.set_title(col_labels[j], fontsize=8)
+    return fig

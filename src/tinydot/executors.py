@@ -1,0 +1,76 @@
+"""Running independent jobs: in this process, a local process pool, or Ray. One interface.
+
+A job is a picklable top-level function applied to a picklable spec. Every job pins its own
+torch thread count (`threads`), so a result does not depend on where it ran: the same config gives
+identical numbers under every executor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tinydot.errors import ConfigError
+
+EXECUTORS = ("local", "ray")
+
+
+def _progress(total: int, enabled: bool, description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   disable=not enabled)
+    return bar, bar.add_task(description, total=total)
+
+
+def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = "local", workers: int = 1,
+             ray_address: str | None = None, progress: bool = True, description: str = "jobs") -> list[Any]:
+    """Apply `fn` to every spec and return the results in the order of `specs`."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    results: list[Any] = [None] * len(specs)
+    bar, task = _progress(len(specs), progress, description)
+    with bar:
+        if executor == "ray":
+            _run_ray(fn, specs, results, workers, ray_address, lambda: bar.advance(task))
+        elif workers == 1 or len(specs) <= 1:
+            for i, spec in enumerate(specs):
+                results[i] = fn(spec)
+                bar.advance(task)
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(fn, spec): i for i, spec in enumerate(specs)}
+                for future in concurrent.futures.as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.advance(task)
+    return results
+
+
+def _run_ray(fn, specs, results, workers, ray_address, advance) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray executor needs Ray: pip install 'tinydot[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        options = {"address": ray_address} if ray_address else {"num_cpus": workers}
+        try:
+            ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except ConnectionError as err:
+            raise ConfigError(f"cannot reach the Ray cluster at {ray_address}: {err}") from None
+    try:
+        remote = ray.remote(num_cpus=1)(fn)
+        pending = {remote.remote(spec): i for i, spec in enumerate(specs)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                results[pending.pop(ref)] = ray.get(ref)
+                advance()
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,180 @@
+"""Lottery tickets: exact pruning, masked training, rewinding, controls, resumability."""
+
+import numpy as np
+import pytest
+import torch
+
+from tinydot.checkpoint import load_tensors
+from tinydot.config import ModelConfig, PruneConfig, TrainConfig
+from tinydot.errors import ConfigError
+from tinydot.pruning import density, full_mask, prunable_names, prune, random_mask
+from tinydot.pruning.lottery import run_lottery, used_counts
+from tinydot.training import init_model, train
+
+TINY = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
+QUICK = TrainConfig(steps=12, tokens_per_batch=800, warmup_steps=2, eval_every=0, checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    model = init_model(TINY, seed=0)
+    with torch.no_grad():  # distinct magnitudes, as after training
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    return model
+
+
+def test_default_prunable_are_matrices_and_embeddings(trained_model):
+    names = prunable_names(trained_model)
+    assert "blocks.0.attn.qkv.weight" in names and "emb_dx.weight" in names
+    assert not any("ln" in n or n.endswith(".bias") for n in names)
+    assert prunable_names(trained_model, ("head_*.weight",)) == ["head_pen.weight", "head_dx.weight",
+                                                                "head_dy.weight"]
+    with pytest.raises(ConfigError, match="no parameter matches"):
+        prunable_names(trained_model, ("nothing*",))
+
+
+def test_global_pruning_removes_exactly_the_smallest(trained_model):
+    mask = full_mask(trained_model)
+    total = sum(m.numel() for m in mask.values())
+    new = prune(trained_model, mask, 0.2, "global")
+    kept = sum(int(m.sum()) for m in new.values())
+    assert kept == total - round(0.2 * total)
+    params = dict(trained_model.named_parameters())
+    kept_min = min(params[n].abs()[m].min() for n, m in new.items() if m.any())
+    pruned_max = max(params[n].abs()[~m].max() for n, m in new.items() if (~m).any())
+    assert pruned_max <= kept_min
+
+
+def test_layerwise_pruning_is_exact_per_tensor(trained_model):
+    new = prune(trained_model, full_mask(trained_model), 0.3, "layerwise")
+    for name, m in new.items():
+        assert int(m.sum()) == m.numel() - round(0.3 * m.numel()), name
+
+
+def test_pruning_is_pure_and_masks_only_shrink(trained_model):
+    before = {k: v.clone() for k, v in trained_model.state_dict().items()}
+    first = prune(trained_model, full_mask(trained_model), 0.2)
+    frozen = {k: v.clone() for k, v in first.items()}
+    second = prune(trained_model, first, 0.2)
+    for name in first:
+        assert torch.equal(first[name], frozen[name])  # input mask untouched
+        assert not (second[name] & ~first[name]).any()  # nothing comes back
+    assert density(second) == pytest.approx(0.8 * 0.8, abs=1e-4)
+    for k, v in trained_model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_random_mask_keeps_per_tensor_counts(trained_model):
+    mask = prune(trained_model, full_mask(trained_model), 0.5)
+    shuffled = random_mask(mask, seed=1)
+    for name in mask:
+        assert int(shuffled[name].sum()) == int(mask[name].sum())
+    assert any(not torch.equal(shuffled[n], mask[n]) for n in mask)
+
+
+def test_masked_training_keeps_pruned_weights_exactly_zero(train, tmp_path):
+    data = train.subset(np.arange(100))
+    model = init_model(TINY, seed=0)
+    mask = random_mask(prune(model, full_mask(model), 0.5), seed=3)
+    result = train_masked = train_run(data, tmp_path, mask, steps=40)
+    params = dict(train_masked.model.named_parameters())
+    for name, keep in mask.items():
+        assert (params[name][~keep] == 0).all(), name
+        assert (params[name][keep] != 0).all(), name  # survivors did train
+    tensors, _ = load_tensors(tmp_path / "checkpoint.safetensors")
+    order = [n for n, p in result.model.named_parameters() if p.dim() >= 2] + [
+        n for n, p in result.model.named_parameters() if p.dim() < 2]  # the optimizer's param order
+    for i, name in enumerate(order):
+        if name in mask:
+            for moment in ("exp_avg", "exp_avg_sq"):
+                assert (tensors[f"optim.{i}.{moment}"][~mask[name]] == 0).all(), (name, moment)
+
+
+def train_run(data, folder, mask, steps):
+    cfg = TrainConfig(steps=steps, tokens_per_batch=800, warmup_steps=2, eval_every=0, checkpoint_every=0)
+    return train(data, folder, TINY, cfg, mask=mask, progress=False)
+
+
+def test_used_counts_by_hand():
+    model = init_model(TINY, seed=0)
+    with torch.no_grad():
+        w = model.head_pen.weight  # (3, 16)
+        w.zero_()
+        w[0, :4] = torch.tensor([0.5, -0.002, 0.0005, -0.0001])
+    counts = used_counts(model, ["head_pen.weight"], epsilon=1e-3, relative_epsilon=0.5)
+    assert counts.loc[0, "total"] == 48 and counts.loc[0, "used"] == 2
+    std = float(w.detach().std())  # 0.5 dominates: std ~0.072, so only |0.5| passes 0.5 * std
+    assert counts.loc[0, "used_relative"] == int((w.abs() > 0.5 * std).sum()) == 1
+
+
+@pytest.fixture(scope="module")
+def lottery(train, test_split, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lottery")
+    data, held_out = train.subset(np.arange(120)), test_split.subset(np.arange(60))
+    prune_cfg = PruneConfig(levels=3, fraction=0.5, rewind_step=3)
+    result = run_lottery(data, folder, held_out, TINY, QUICK, prune_cfg, progress=False)
+    return data, held_out, prune_cfg, result
+
+
+def test_lottery_table(lottery):
+    _, _, _, result = lottery
+    table = result.table
+    assert table["level"].tolist() == [0, 1, 2, 3]
+    assert np.allclose(table["density"], [1, 0.5, 0.25, 0.125], atol=1e-4)
+    assert table.loc[1:, ["reinit_bits_per_step", "random_bits_per_step"]].notna().all().all()
+    assert (table["unused_fraction"] >= table["sparsity"] - 1e-9).all()  # pruned weights are unused
+    assert (result.run_dir / "nll_vs_sparsity.png").exists() and (result.run_dir / "results.csv").exists()
+
+
+def test_rewinding_restores_survivors_bit_exactly(lottery):
+    _, _, cfg, result = lottery
+    from tinydot.pruning import load_mask
+
+    rewind = load_tensors(result.run_dir / "level_0" / f"weights-step{cfg.rewind_step}.safetensors")[0]
+    for level in (1, 2):
+        start = load_tensors(result.run_dir / f"level_{level}" / f"weights-step{cfg.rewind_step}.safetensors")[0]
+        mask = load_mask(result.run_dir / f"level_{level}" / "mask.safetensors")
+        for name, keep in mask.items():
+            assert torch.equal(start[name][keep], rewind[name][keep]), name
+            assert (start[name][~keep] == 0).all()
+        others = [n for n in rewind if n not in mask]
+        assert all(torch.equal(start[n], rewind[n]) for n in others)  # norms and biases rewound too
+
+
+def test_killed_lottery_resumes_to_the_same_table(lottery, tmp_path, monkeypatch):
+    data, held_out, cfg, result = lottery
+    import tinydot.pruning.lottery as lottery_module
+
+    real_train = lottery_module.train
+
+    def die_at_level_3(data_, folder, *args, **kwargs):
+        if "level_3" in str(folder):
+            raise KeyboardInterrupt
+        return real_train(data_, folder, *args, **kwargs)
+
+    monkeypatch.setattr(lottery_module, "train", die_at_level_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_lottery(data, tmp_path, held_out, TINY, QUICK, cfg, progress=False)
+    assert (tmp_path / "level_2" / "results.json").exists() and not (tmp_path / "level_3" / "results.json").exists()
+    monkeypatch.setattr(lottery_module, "train", real_train)
+    resumed = run_lottery(data, tmp_path, held_out, TINY, QUICK, cfg, progress=False)
+    assert resumed.table.equals(result.table)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"fraction": 1.0}, "fraction must be in"),
+    ({"scope": "local"}, "scope must be global or layerwise"),
+    ({"levels": 0}, "levels must be >= 1"),
+    ({"epsilon": -1.0}, "epsilon must be >= 0"),
+])
+def test_bad_prune_config(values, message):
+    with pytest.raises(ConfigError, match=message):
+        PruneConfig.from_dict(values)
+
+
+def test_bad_prune_arguments(trained_model):
+    with pytest.raises(ConfigError, match="fraction must be in"):
+        prune(trained_model, full_mask(trained_model), 1.5)
+    with pytest.raises(ConfigError, match="scope must be one of"):
+        prune(trained_model, full_mask(trained_model), 0.1, "local")
