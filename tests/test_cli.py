@@ -110,3 +110,22 @@ def test_lottery_cli(data_dir, tmp_path):
     assert (tmp_path / "run" / "level_1" / "mask.safetensors").exists()
     bad = run("lottery", "--out", str(tmp_path / "bad"), "--rewind", "epoch:3")
     assert_user_error(bad, "--rewind must be 'init' or 'step:K'")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["study", "--preset", "huge"], "unknown preset 'huge'"),
+    (["study", "--config", "missing.json"], "cannot read config file missing.json"),
+    (["study", "--workers", "0", "--config", "bins.json"], "study bins must be an integer >= 3"),
+    (["study", "--executor", "spark", "--config", "ok.json"], "unknown executor 'spark'"),
+    (["predict", "--study", "."], "is not a finished study run"),
+    (["predict", "--study", ".", "--data", "valid"], "unknown split 'valid'"),
+])
+def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
+    import json
+
+    (tmp_path / "bins.json").write_text(json.dumps({"study": {"bins": 2}}))
+    (tmp_path / "ok.json").write_text(json.dumps({"study": {"bins": 3, "max_train_per_bin": 10}}))
+    result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert_user_error(result, message)
+    assert not (tmp_path / "runs").exists()  # nothing half-written

@@ -25,13 +25,17 @@ def _progress(total: int, enabled: bool, description: str):
     return bar, bar.add_task(description, total=total)
 
 
-def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = "local", workers: int = 1,
-             ray_address: str | None = None, progress: bool = True, description: str = "jobs") -> list[Any]:
-    """Apply `fn` to every spec and return the results in the order of `specs`."""
+def check_executor(executor: str, workers: int) -> None:
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+
+
+def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = "local", workers: int = 1,
+             ray_address: str | None = None, progress: bool = True, description: str = "jobs") -> list[Any]:
+    """Apply `fn` to every spec and return the results in the order of `specs`."""
+    check_executor(executor, workers)
     results: list[Any] = [None] * len(specs)
     bar, task = _progress(len(specs), progress, description)
     with bar:

@@ -38,12 +38,12 @@ TARGETS = {"dense": "unused fraction, dense", "round1": "unused fraction, after 
 JOB_THREADS = 1  # every job pins one torch thread: identical numbers under every executor
 
 PRESETS: dict[str, dict[str, dict]] = {
-    # <= 10 minutes on 2 cores: 2 measures x 4 bins x 1 seed, a 2-layer d_model-32 tinyDOT
+    # <= 10 minutes on 2 cores: 2 measures x 5 bins x 1 seed, a 2-layer d_model-32 tinyDOT
     "quick": {
-        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 1},
+        "study": {"measures": ["L", "S"], "bins": 5, "seeds": 1},
         "model": {"n_layers": 2, "d_model": 32, "d_mlp": 128},
-        "train": {"steps": 150, "tokens_per_batch": 4096, "lr": 3e-3, "warmup_steps": 20,
-                  "eval_every": 0, "checkpoint_every": 50},
+        "train": {"steps": 800, "tokens_per_batch": 4096, "lr": 3e-3, "warmup_steps": 50,
+                  "eval_every": 0, "checkpoint_every": 200},
         "prune": {"levels": 1, "fraction": 0.2, "controls": False},
     },
     # the full experiment: 8 bins x 3 seeds per measure, the default tinyDOT, longer training
@@ -241,8 +241,9 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     """Run (or resume) the study into `out/study-<hash>` and write its report."""
     from tinydot.data.strokes import load_strokes
     from tinydot.data.strokes import locate_data_dir
-    from tinydot.executors import run_jobs
+    from tinydot.executors import check_executor, run_jobs
 
+    check_executor(executor, workers)
     started = time.perf_counter()
     run_dir = Path(out) / f"study-{study.hash()}"
     run_dir.mkdir(parents=True, exist_ok=True)
