@@ -55,7 +55,9 @@ def test_complexity_writes_tables_and_plots(data_dir, tmp_path):
 
     result = run("complexity", "--split", "test", "--measure", "L", "--bins", "4", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in tmp_path.iterdir()} == {"measures.csv", "bins.csv", "summary.csv", "histograms.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"measures.csv", "bins.csv", "summary.csv", "correlations.csv",
+                                                    "histograms.png"}
+    assert "Pearson r(L, S)" in result.stdout
     bins = pd.read_csv(tmp_path / "bins.csv")
     assert bins["count"].tolist() == [2500] * 4
     measures = pd.read_csv(tmp_path / "measures.csv")

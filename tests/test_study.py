@@ -24,7 +24,7 @@ TABLE_COLUMNS_THAT_MAY_DIFFER = ["seconds"]  # wall time is not a result
 
 
 def test_presets_and_pinned_hashes():
-    assert Study.preset("quick").study.bins == 4 and Study.preset("paper").study.seeds == 3
+    assert Study.preset("quick").study.bins == 5 and Study.preset("paper").study.seeds == 2
     # run folders are named by these hashes: changing them renames existing runs
     assert Study().hash() == Study.from_dict({}).hash()
     assert len(Study.preset("quick").hash()) == 10

@@ -291,7 +291,10 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     console.print(table)
     edges = pd.read_csv(paths["bins"])
     console.print(f"{measure} bin edges: " + "  ".join(f"[{r.low:.3g}, {r.high:.3g}]" for r in edges.itertuples()))
-    console.print(f"wrote {out}/: measures.csv, bins.csv, summary.csv, histograms.png")
+    correlations = pd.read_csv(paths["correlations"], index_col=0)
+    pairs = dict.fromkeys([("L", "S"), ("L", measure)] if measure != "L" else [("L", "S")])
+    console.print("Pearson " + "; ".join(f"r({a}, {b}) = {correlations.loc[a, b]:.3f}" for a, b in pairs))
+    console.print(f"wrote {out}/: measures.csv, bins.csv, summary.csv, correlations.csv, histograms.png")
 
 
 def main() -> None:

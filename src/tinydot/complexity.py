@@ -55,40 +55,40 @@ def _check_measure(measure: str) -> None:
 
 
 def _flow(strokes: Strokes):
-    """The flow of every sample, left-aligned: complex (N, max_steps), counts (N,), and the
-    'previous move is in the same stroke' flags (N, max_steps)."""
+    """The flow of every sample, flattened in sample order.
+
+    Returns rows (m,) the sample of each pen-down move, z (m,) the moves as complex numbers,
+    same (m,) whether the previous move belongs to the same stroke of the same sample, and
+    counts (N,) the moves per sample.
+    """
     steps = strokes.steps
-    n, width, _ = steps.shape
+    width = steps.shape[1]
     pen = steps[:, :, 2]
     real = np.arange(width)[None, :] < strokes.lengths[:, None]
-    jump = np.zeros_like(real)
-    jump[:, 1:] = pen[:, :-1] >= PEN_END_STROKE  # the step after a stroke ends is a pen-up jump
-    draw = real & (pen == PEN_DRAW) & ~jump
-    counts = draw.sum(axis=1)
-    # left-align the pen-down moves: their rank among the sample's pen-down moves gives the column
-    column = np.cumsum(draw, axis=1) - 1
-    rows, cols = np.nonzero(draw)
-    z = np.zeros((n, width), dtype=np.complex128)
-    z[rows, column[rows, cols]] = steps[rows, cols, 0] + 1j * steps[rows, cols, 1]
-    # the flow continues the same stroke unless a marker (and so a jump) lies between two moves
-    stroke_id = np.cumsum(real & (pen >= PEN_END_STROKE), axis=1)
-    same = np.zeros((n, width), dtype=bool)
-    ids = np.zeros((n, width), dtype=np.int64)
-    ids[rows, column[rows, cols]] = stroke_id[rows, cols]
-    same[:, 1:] = ids[:, 1:] == ids[:, :-1]
-    same &= np.arange(width)[None, :] < counts[:, None]
-    return z, counts, same
+    marker = real & (pen >= PEN_END_STROKE)
+    draw = real & (pen == PEN_DRAW)
+    draw[:, 1:] &= ~marker[:, :-1]  # the step after a stroke ends is a pen-up jump, not flow
+    rows, cols = np.nonzero(draw)  # row-major: each sample's pen-down moves in order
+    z = steps[rows, cols, 0] + 1j * steps[rows, cols, 1].astype(np.float64)
+    stroke_id = np.cumsum(marker, axis=1)[rows, cols]  # a marker between two moves starts a new stroke
+    same = np.zeros(len(rows), dtype=bool)
+    same[1:] = (stroke_id[1:] == stroke_id[:-1]) & (rows[1:] == rows[:-1])
+    return rows, z, same, draw.sum(axis=1)
 
 
-def _spectral(z: np.ndarray, counts: np.ndarray):
+def _spectral(rows: np.ndarray, z: np.ndarray, counts: np.ndarray):
     """S and spectral entropy for each sample, from one batched FFT per distinct flow length."""
-    S = np.zeros(len(z))
-    entropy = np.zeros(len(z))
+    n_samples = len(counts)
+    S = np.zeros(n_samples)
+    entropy = np.zeros(n_samples)
+    padded = np.zeros((n_samples, max(int(counts.max(initial=0)), 1)), dtype=np.complex128)
+    padded[rows, np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)] = z  # left-aligned
     for n in np.unique(counts):
         if n == 0:
             continue
         group = np.flatnonzero(counts == n)
-        power = np.abs(np.fft.fft(z[group, :n], axis=1)) ** 2 / n  # periodogram P_k, (g, n)
+        spectrum = np.fft.fft(padded[group, :n], axis=1)
+        power = (spectrum.real ** 2 + spectrum.imag ** 2) / n  # periodogram P_k, (g, n)
         total = power.sum(axis=1)
         non_dc = power[:, 1:]
         S[group] = np.clip(np.divide(non_dc.sum(axis=1), total, out=np.zeros(len(group)), where=total > 0), 0, 1)
@@ -101,9 +101,10 @@ def _spectral(z: np.ndarray, counts: np.ndarray):
     return S, entropy
 
 
-def _turning(z: np.ndarray, same: np.ndarray) -> np.ndarray:
-    angle = np.angle(z[:, 1:] * np.conj(z[:, :-1]))  # signed turn between consecutive moves, (-pi, pi]
-    return np.where(same[:, 1:], np.abs(angle), 0.0).sum(axis=1)
+def _turning(rows: np.ndarray, z: np.ndarray, same: np.ndarray, n_samples: int) -> np.ndarray:
+    turn = np.zeros(len(z))
+    turn[1:] = np.abs(np.angle(z[1:] * np.conj(z[:-1])))  # turn between consecutive moves, [0, pi]
+    return np.bincount(rows, weights=np.where(same, turn, 0.0), minlength=n_samples)
 
 
 def _compressed_bytes(strokes: Strokes) -> np.ndarray:
@@ -120,9 +121,10 @@ def measure_all(strokes: Strokes, measures=MEASURES) -> pd.DataFrame:
     for m in measures:
         _check_measure(m)
     table = {"label": strokes.labels.astype(int)}
-    z, counts, same = _flow(strokes)
-    if "S" in measures or "spectral_entropy" in measures:
-        S, entropy = _spectral(z, counts)
+    if {"S", "spectral_entropy", "turning"} & set(measures):
+        rows, z, same, counts = _flow(strokes)
+    if {"S", "spectral_entropy"} & set(measures):
+        S, entropy = _spectral(rows, z, counts)
     pen = strokes.steps[:, :, 2]
     real = np.arange(pen.shape[1])[None, :] < strokes.lengths[:, None]
     for m in measures:
@@ -133,7 +135,7 @@ def measure_all(strokes: Strokes, measures=MEASURES) -> pd.DataFrame:
         elif m == "spectral_entropy":
             table[m] = entropy
         elif m == "turning":
-            table[m] = _turning(z, same)
+            table[m] = _turning(rows, z, same, len(strokes))
         elif m == "strokes":
             table[m] = ((pen >= PEN_END_STROKE) & real).sum(axis=1)
         elif m == "pen_up_travel":
@@ -194,7 +196,8 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathLike, *,
                      balanced: bool = False, seed: int = 0) -> dict[str, Path]:
     """Measure `strokes`, bin them by `measure` into `k` quantile bins, and write into `out`:
-    measures.csv (per sample, with its bin), bins.csv (edges), summary.csv and histograms.png."""
+    measures.csv (per sample, with its bin), bins.csv (edges), summary.csv, correlations.csv
+    (Pearson, between measures) and histograms.png."""
     from tinydot.io import atomic_path
     from tinydot.report.figures import complexity_histograms
 
@@ -209,10 +212,12 @@ def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathL
     edges.insert(0, "measure", measure)
     out = Path(out)
     paths = {"measures": out / "measures.csv", "bins": out / "bins.csv", "summary": out / "summary.csv",
-             "histograms": out / "histograms.png"}
-    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table))):
+             "correlations": out / "correlations.csv", "histograms": out / "histograms.png"}
+    correlations = table[list(MEASURES)].corr()
+    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table)),
+                       ("correlations", correlations)):
         with atomic_path(paths[key]) as tmp:
-            frame.to_csv(tmp, index=key == "summary")
+            frame.to_csv(tmp, index=key in ("summary", "correlations"))
     figure = complexity_histograms(table, measure, edges)
     with atomic_path(paths["histograms"]) as tmp:
         figure.savefig(tmp, dpi=110, format="png")

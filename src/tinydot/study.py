@@ -46,11 +46,11 @@ PRESETS: dict[str, dict[str, dict]] = {
                   "eval_every": 0, "checkpoint_every": 200},
         "prune": {"levels": 1, "fraction": 0.2, "controls": False},
     },
-    # the full experiment: 8 bins x 3 seeds per measure, the default tinyDOT, longer training
+    # the fuller experiment: 6 bins x 2 seeds per measure, the default 185k-parameter tinyDOT
     "paper": {
-        "study": {"measures": ["L", "S"], "bins": 8, "seeds": 3},
+        "study": {"measures": ["L", "S"], "bins": 6, "seeds": 2},
         "model": {},
-        "train": {"steps": 1500, "eval_every": 0, "checkpoint_every": 250},
+        "train": {"steps": 1000, "eval_every": 0, "checkpoint_every": 250},
         "prune": {"levels": 1, "fraction": 0.2, "controls": False},
     },
 }
