@@ -191,13 +191,13 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     test = load_strokes("test", data_dir)
     held_out = test.subset(np.arange(min(max(eval_sequences, 1), len(test))))
     result = run_lottery(load_strokes("train", data_dir), out, held_out, model_config, train_config, prune_config)
-    table = Table(title=f"lottery tickets ({len(held_out):,} test sequences)")
-    columns = ["level", "sparsity", "bits_per_step", "reinit_bits_per_step", "random_bits_per_step",
-               "unused_fraction", "unused_fraction_relative", "zeroed_bits_per_step"]
-    for column in columns:
-        table.add_column(column.replace("_bits_per_step", " b/step").replace("bits_per_step", "ticket b/step"),
-                         justify="right")
-    for row in result.table[columns].itertuples(index=False):
+    table = Table(title=f"lottery tickets: test NLL in bits/step on {len(held_out):,} test sequences")
+    columns = {"level": "level", "sparsity": "sparsity", "bits_per_step": "ticket", "reinit_bits_per_step": "reinit",
+               "random_bits_per_step": "random", "unused_fraction": "unused", "unused_fraction_relative": "unused rel",
+               "zeroed_bits_per_step": "zeroed"}
+    for header in columns.values():
+        table.add_column(header, justify="right")
+    for row in result.table[list(columns)].itertuples(index=False):
         table.add_row(str(row.level), *(f"{v:.4f}" for v in row[1:]))
     console.print(table)
     best = result.stays_within(0.02)
