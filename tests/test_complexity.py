@@ -148,3 +148,9 @@ def test_bad_binning(values, k, message):
 def test_unknown_measure_suggests_a_name():
     with pytest.raises(ConfigError, match=r"unknown measure 'turnin' \(did you mean turning\?\)"):
         measure_all(strokes_of(LINE), ["turnin"])
+
+
+def test_rounding_noise_does_not_decide_bins():
+    values = np.array([0.1 + 0.2, 0.3, 0.3, 0.7, 0.7, 0.7 + 1e-15, 0.9, 0.9])  # 0.1 + 0.2 != 0.3 in floats
+    noisy, clean = quantile_bins(values, 2, seed=4), quantile_bins(np.round(values, 9), 2, seed=4)
+    assert np.array_equal(noisy, clean)

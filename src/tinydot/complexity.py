@@ -153,8 +153,11 @@ def quantile_bins(values, k: int, *, labels=None, seed: int = 0) -> np.ndarray:
     """Assign each value to one of `k` equal-count bins by rank (bin 0 = least complex).
 
     Ties are broken at random (seeded), so bins stay equal-sized even when many values are equal
-    (L is an integer). With `labels`, ranks are taken within each class, so every bin holds the
-    same number of samples of each class (up to one). Returns int array (n,) with values 0..k-1.
+    (L is an integer). Values are compared after rounding to 9 decimals, so that equal measures
+    whose floating-point rounding differs (S of two different samples with the same flow shape,
+    say) count as ties instead of letting rounding noise pick their bins. With `labels`, ranks
+    are taken within each class, so every bin holds the same number of samples of each class
+    (up to one). Returns int array (n,) with values 0..k-1.
     """
     values = np.asarray(values, dtype=float)
     n = len(values)
@@ -175,7 +178,7 @@ def quantile_bins(values, k: int, *, labels=None, seed: int = 0) -> np.ndarray:
             raise ConfigError(f"{k} bins are more than the {len(members)} samples of one class; "
                               "use fewer bins or no per-class balancing")
         shuffled = members[rng.permutation(len(members))]
-        order = shuffled[np.argsort(values[shuffled], kind="stable")]
+        order = shuffled[np.argsort(np.round(values[shuffled], 9), kind="stable")]
         bins[order] = np.arange(len(members)) * k // len(members)
     return bins
 
