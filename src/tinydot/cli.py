@@ -258,6 +258,45 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
     console.print(table)
 
 
+@app.command("hessian")
+def hessian_cmd(checkpoint: Path = CheckpointOption,
+                out: Path = typer.Option(..., "--out", help="Folder for tables and plots."),
+                top_k: int = typer.Option(10, help="Top eigenvalues (Lanczos)."),
+                density: bool = typer.Option(False, "--density", help="Also estimate the spectral density (SLQ)."),
+                sequences: int = typer.Option(64, help="Train sequences in the fixed loss sample."),
+                lanczos_steps: int = typer.Option(60, help="Lanczos iterations for the top eigenvalues."),
+                trace_samples: int = typer.Option(50, help="Hutchinson probes for the trace."),
+                seed: int = typer.Option(0, help="Seed for the sample and the random vectors."),
+                data_dir: Optional[Path] = DataDirOption) -> None:
+    """Hessian of the training loss: top eigenvalues, trace, density, bulk/outlier split."""
+    from tinydot.analysis.hessian import write_hessian
+
+    summary = write_hessian(checkpoint, out, top_k=top_k, density=density, sequences=sequences,
+                            lanczos_steps=lanczos_steps, trace_samples=trace_samples, seed=seed, data_dir=data_dir)
+    console.print(f"{summary['coordinates']:,} coordinates{' (surviving weights only)' if summary['pruned'] else ''}; "
+                  f"loss {summary['loss_nats']:.4f} nats on {sequences} sequences")
+    console.print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))
+    console.print(f"trace (Hutchinson) {summary['trace']:.4g} +- {summary['trace_stderr']:.2g}; "
+                  f"outliers {summary['outliers']}" + (f"; SLQ trace {summary['density_trace']:.4g} +- "
+                                                       f"{summary['density_trace_stderr']:.2g}" if density else ""))
+    console.print(f"wrote {out}/")
+
+
+@app.command("svcca")
+def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="One or two run folders / files."),
+              out: Path = typer.Option(..., "--out", help="Folder for tables and plots."),
+              sequences: int = typer.Option(500, help="Test sequences whose positions are compared."),
+              keep: float = typer.Option(0.99, help="Share of variance each SVD keeps."),
+              data_dir: Optional[Path] = DataDirOption) -> None:
+    """SVCCA similarity between layers (of one checkpoint, or across two) and intrinsic dimensionality."""
+    from tinydot.analysis.similarity import write_svcca
+
+    result = write_svcca(checkpoint, out, sequences=sequences, keep=keep, data_dir=data_dir)
+    console.print(result["similarity"].round(3).to_string())
+    console.print(result["dims"].to_string(index=False))
+    console.print(f"wrote {out}/")
+
+
 @app.command("complexity")
 def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the tables and plots."),
                    split: str = typer.Option("train", help="train or test."),

@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "paper": {
         "study": {"measures": ["L", "S"], "bins": 6, "seeds": 2},
         "model": {},
-        "train": {"steps": 1000, "eval_every": 0, "checkpoint_every": 250},
+        "train": {"steps": 500, "warmup_steps": 50, "eval_every": 0, "checkpoint_every": 100},
         "prune": {"levels": 1, "fraction": 0.2, "controls": False},
     },
 }

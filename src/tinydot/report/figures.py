@@ -130,3 +130,49 @@ def image_rows(rows: list[np.ndarray], row_labels: list[str], col_labels: list[s
             if i == 0:
                 ax.set_title(col_labels[j], fontsize=8)
     return fig
+
+
+def hessian_spectrum(eigenvalues: np.ndarray, outliers: int) -> Figure:
+    """Top Hessian eigenvalues by rank; outliers highlighted."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ranks = np.arange(1, len(eigenvalues) + 1)
+    ax.plot(ranks, eigenvalues, "o", color="#4c72b0", label="bulk")
+    ax.plot(ranks[:outliers], eigenvalues[:outliers], "o", color="#dd8452", label=f"outliers ({outliers})")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title("top Hessian eigenvalues (Lanczos)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def hessian_density(grid: np.ndarray, density: np.ndarray, bulk_edge) -> Figure:
+    """SLQ spectral density (log scale), with the bulk edge marked."""
+    fig = Figure(figsize=(5.5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.semilogy(grid, np.maximum(density, 1e-12))
+    if bulk_edge is not None:
+        ax.axvline(bulk_edge, color="#dd8452", ls="--", label=f"bulk edge {bulk_edge:.3g}")
+        ax.legend(fontsize=8)
+    ax.set_ylim(bottom=max(1e-8, float(np.maximum(density, 1e-12).max()) * 1e-8))
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.set_title("Hessian spectral density (SLQ)", fontsize=9)
+    return fig
+
+
+def similarity_heatmap(frame: pd.DataFrame, title: str) -> Figure:
+    """A labelled heatmap of a square or rectangular similarity table in [0, 1]."""
+    fig = Figure(figsize=(1.0 + 0.8 * frame.shape[1], 0.8 + 0.7 * frame.shape[0]), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(frame.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(frame.shape[1]), frame.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(frame.shape[0]), frame.index, fontsize=8)
+    for i in range(frame.shape[0]):
+        for j in range(frame.shape[1]):
+            value = frame.iat[i, j]
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig

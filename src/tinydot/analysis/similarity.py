@@ -1,0 +1,123 @@
+"""Representation similarity: SVCCA (Raghu et al. 2017) and linear CKA (Kornblith et al. 2019).
+
+Representations are arrays of shape (n_samples, n_features) over the same samples (tokens).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinydot.errors import ConfigError
+
+
+def _check_pair(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise ConfigError(f"representations must be 2-d over the same samples, got {X.shape} and {Y.shape}")
+    if len(X) < 2:
+        raise ConfigError("need at least 2 samples to compare representations")
+    return X - X.mean(axis=0), Y - Y.mean(axis=0)
+
+
+def svd_reduce(X: np.ndarray, keep: float = 0.99) -> np.ndarray:
+    """Centered X projected on its fewest top singular directions that hold `keep` of the variance.
+
+    keep = 1.0 keeps every direction with a non-negligible singular value (the full column span).
+    Returns (n_samples, k); k is the representation's intrinsic dimensionality at `keep`.
+    """
+    if not 0 < keep <= 1:
+        raise ConfigError(f"keep must be in (0, 1], got {keep}")
+    X = X - X.mean(axis=0)
+    U, s, _ = np.linalg.svd(X, full_matrices=False)
+    nonzero = s > s.max(initial=0) * 1e-10
+    if keep >= 1:
+        k = int(nonzero.sum())
+    else:
+        share = np.cumsum(s ** 2) / (s ** 2).sum()
+        k = int(np.searchsorted(share, keep - 1e-12) + 1)
+    return U[:, :k] * s[:k]
+
+
+def cca_correlations(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Canonical correlations between the column spans of centered X and Y, descending."""
+    X, Y = _check_pair(X, Y)
+    Qx, _ = np.linalg.qr(X)
+    Qy, _ = np.linalg.qr(Y)
+    return np.clip(np.linalg.svd(Qx.T @ Qy, compute_uv=False), 0.0, 1.0)
+
+
+class SVCCA:
+    """SVCCA similarity of two representations.
+
+    Parameters: keep -- share of variance kept by each SVD (0.99 as in Raghu et al.).
+    Attributes after fit(X, Y): dims_ (kx, ky), correlations_ (min(kx, ky),), similarity_ (their mean).
+    """
+
+    def __init__(self, keep: float = 0.99):
+        self.keep = keep
+
+    def fit(self, X, Y) -> SVCCA:
+        X, Y = _check_pair(X, Y)
+        Xr, Yr = svd_reduce(X, self.keep), svd_reduce(Y, self.keep)
+        self.dims_ = (Xr.shape[1], Yr.shape[1])
+        self.correlations_ = cca_correlations(Xr, Yr)
+        self.similarity_ = float(self.correlations_.mean())
+        return self
+
+
+def linear_cka(X, Y) -> float:
+    """Linear CKA: ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centered features."""
+    X, Y = _check_pair(X, Y)
+    cross = np.linalg.norm(Y.T @ X) ** 2
+    return float(cross / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y)))
+
+
+def intrinsic_dimension(X, keep: float = 0.99) -> int:
+    """SVD directions needed to hold `keep` of the (centered) variance of X."""
+    return svd_reduce(np.asarray(X, dtype=np.float64), keep).shape[1]
+
+
+def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, seed: int = 0,
+                data_dir=None) -> dict:
+    """SVCCA between every layer of one checkpoint (or of two) on the same test tokens.
+
+    Writes similarity.csv (rows: layers of the first model, columns: layers of the second, or
+    of the same model), dims.csv (intrinsic dimensionality of every layer at `keep`) and
+    similarity.png into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tinydot.analysis.activations import hidden_states
+    from tinydot.checkpoint import load_model
+    from tinydot.data.strokes import load_strokes
+    from tinydot.io import atomic_path
+    from tinydot.report.figures import similarity_heatmap
+
+    if not 1 <= len(checkpoints) <= 2:
+        raise ConfigError(f"give one or two checkpoints, got {len(checkpoints)}")
+    test = load_strokes("test", data_dir)
+    if not 2 <= sequences <= len(test):
+        raise ConfigError(f"sequences must be between 2 and {len(test)}, got {sequences}")
+    index = np.sort(np.random.default_rng(seed).choice(len(test), size=sequences, replace=False))
+    sample = test.subset(index)
+    layers = [hidden_states(load_model(c), sample) for c in checkpoints]
+    names = [[f"{'AB'[k] if len(checkpoints) == 2 else ''}{'emb' if i == 0 else f'block{i}'}"
+              for i in range(len(states))] for k, states in enumerate(layers)]
+    first, second = layers[0], layers[-1]
+    matrix = np.array([[SVCCA(keep).fit(X, Y).similarity_ for Y in second] for X in first])
+    similarity = pd.DataFrame(matrix, index=names[0], columns=names[-1])
+    dims = pd.DataFrame([{"checkpoint": str(c), "layer": name, "intrinsic_dimension": intrinsic_dimension(X, keep),
+                          "width": X.shape[1]}
+                         for c, states, layer_names in zip(checkpoints, layers, names)
+                         for X, name in zip(states, layer_names)])
+    out = Path(out)
+    with atomic_path(out / "similarity.csv") as tmp:
+        similarity.to_csv(tmp)
+    with atomic_path(out / "dims.csv") as tmp:
+        dims.to_csv(tmp, index=False)
+    with atomic_path(out / "similarity.png") as tmp:
+        similarity_heatmap(similarity, f"SVCCA ({keep:.0%} variance), {len(first[0]):,} test positions").savefig(
+            tmp, dpi=110, format="png")
+    return {"similarity": similarity, "dims": dims}

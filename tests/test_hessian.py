@@ -1,0 +1,129 @@
+"""Hessian spectrum against the exact Hessian of a small model; SLQ and Hutchinson consistency."""
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, outlier_count, sample_batch
+from tinydot.config import ModelConfig
+from tinydot.errors import ConfigError
+from tinydot.pruning import full_mask, prune
+from tinydot.training import init_model
+
+SMALL = ModelConfig(n_layers=1, d_model=4, d_mlp=8, max_len=40)  # 1,925 parameters
+
+
+@pytest.fixture(scope="module")
+def setup(train):
+    model = init_model(SMALL, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move away from the near-symmetric initialisation
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator))
+    short = train.subset(np.flatnonzero(train.lengths < 25)[:200])
+    batch = sample_batch(short, SMALL.max_move, 6, seed=0)
+    return model, batch
+
+
+class MeanNLL(torch.nn.Module):
+    """The training loss as a module, so functional_call can swap its parameters."""
+
+    def __init__(self, model, batch):
+        super().__init__()
+        self.model, self.batch = model, batch
+
+    def forward(self):
+        return self.model.nll(*self.batch).sum() / int((self.batch[2][..., 2] >= 0).sum())
+
+
+def exact_hessian(model, batch, mask=None):
+    """torch.autograd.functional.hessian of the loss as a function of the (free) flat parameters."""
+    import copy
+
+    model = copy.deepcopy(model).double()
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    free = {n: (mask[n] if mask and n in mask else torch.ones_like(p, dtype=torch.bool)) for n, p in params.items()}
+    loss = MeanNLL(model, batch)
+    flat = torch.cat([params[n][free[n]] for n in names])
+
+    def f(x):
+        out, offset = {}, 0
+        for n in names:
+            k = int(free[n].sum())
+            full = torch.zeros_like(params[n]).masked_scatter(free[n], x[offset: offset + k])
+            out[f"model.{n}"] = full
+            offset += k
+        return functional_call(loss, out, ())
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.autograd.functional.hessian(f, flat, vectorize=True).numpy()
+
+
+@pytest.fixture(scope="module")
+def exact(setup):
+    model, batch = setup
+    return exact_hessian(model, batch)
+
+
+def test_lanczos_top_eigenvalues_match_the_exact_hessian(setup, exact):
+    model, batch = setup
+    operator = HessianOperator(model, batch)
+    assert operator.dim == sum(p.numel() for p in model.parameters()) <= 3000
+    spectrum = HessianSpectrum(top_k=5, lanczos_steps=80, trace_samples=2, density_runs=1).fit(operator, density=False)
+    reference = np.sort(np.linalg.eigvalsh(exact))[::-1][:5]
+    assert np.allclose(spectrum.eigenvalues_, reference, rtol=1e-3)
+
+
+def test_hessian_vector_product_matches_the_exact_hessian(setup, exact):
+    model, batch = setup
+    operator = HessianOperator(model, batch)
+    v = np.random.default_rng(1).standard_normal(operator.dim)
+    assert np.allclose(operator.matvec(v).numpy(), exact @ v, rtol=1e-8, atol=1e-10)
+
+
+def test_slq_density_and_traces_agree(setup, exact):
+    model, batch = setup
+    operator = HessianOperator(model, batch)
+    spectrum = HessianSpectrum(top_k=3, lanczos_steps=30, trace_samples=80, density_runs=8,
+                               density_steps=30, seed=3).fit(operator)
+    assert np.allclose(spectrum.density_weights_.sum(axis=1), 1.0)  # each run is a probability measure
+    grid = np.linspace(spectrum.density_nodes_.min() - 1, spectrum.density_nodes_.max() + 1, 20001)
+    from scipy.integrate import trapezoid
+
+    assert trapezoid(spectrum.density(grid, sigma=0.05), grid) == pytest.approx(1.0, abs=1e-3)
+    true_trace = np.trace(exact)
+    slq, slq_se = spectrum.density_trace()
+    combined = np.hypot(spectrum.trace_stderr_, slq_se)
+    assert abs(slq - spectrum.trace_) < 3 * combined  # first moment vs Hutchinson, within error bars
+    assert abs(spectrum.trace_ - true_trace) < 3 * spectrum.trace_stderr_
+
+
+def test_pruned_model_spectrum_is_over_surviving_weights_only(setup):
+    model, batch = setup
+    mask = prune(model, full_mask(model), 0.5)
+    operator = HessianOperator(model, batch, mask)
+    kept = sum(int(m.sum()) for m in mask.values())
+    others = sum(p.numel() for n, p in model.named_parameters() if n not in mask)
+    assert operator.dim == kept + others
+    restricted = exact_hessian(model, batch, mask)
+    spectrum = HessianSpectrum(top_k=4, lanczos_steps=60, trace_samples=2, density_runs=1).fit(operator, density=False)
+    reference = np.sort(np.linalg.eigvalsh(restricted))[::-1][:4]
+    assert np.allclose(spectrum.eigenvalues_, reference, rtol=1e-3)
+
+
+def test_outlier_rule():
+    assert outlier_count([50.0, 40.0, 30.0, 3.0, 2.5, 2.0]) == 3
+    assert outlier_count([5.0, 4.0, 3.0, 2.5]) == 0  # no gap of 2x
+    assert outlier_count([-1.0, -2.0]) == 0
+
+
+def test_bad_arguments(setup):
+    model, batch = setup
+    operator = HessianOperator(model, batch)
+    with pytest.raises(ConfigError, match="lanczos_steps"):
+        HessianSpectrum(top_k=10, lanczos_steps=5).fit(operator)
+    with pytest.raises(ConfigError, match="top_k must be between 1"):
+        HessianSpectrum(top_k=0).fit(operator)
