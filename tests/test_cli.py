@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -131,3 +132,37 @@ def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
                             cwd=tmp_path, timeout=120)
     assert_user_error(result, message)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def tiny_run(train, tmp_path_factory):
+    """A barely trained tiny tinyDOT run folder, made through the Python API (fast)."""
+    from tinydot.config import ModelConfig, TrainConfig
+    from tinydot.training import train as train_model
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    train_model(train.subset(np.arange(200)), folder, ModelConfig(n_layers=1, d_model=8, d_mlp=16),
+                TrainConfig(steps=2, eval_every=0), progress=False)
+    return folder
+
+
+def test_hessian_and_svcca_cli(tiny_run, tmp_path):
+    import json
+
+    run_dir = tiny_run
+    result = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "h"), "--top-k", "3",
+                 "--density", "--sequences", "4", "--lanczos-steps", "8", "--trace-samples", "4",
+                 "--density-runs", "2")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert len(summary["top_eigenvalues"]) == 3 and summary["density_integral"] == pytest.approx(1.0, abs=0.01)
+    assert {"eigenvalues.csv", "spectrum.png", "density.png", "density.csv"} <= {p.name for p in (tmp_path / "h").iterdir()}
+    result = run("svcca", "--checkpoint", str(run_dir), "--checkpoint", str(run_dir), "--out", str(tmp_path / "s"),
+                 "--sequences", "20")
+    assert result.returncode == 0, result.stderr
+    import pandas as pd
+
+    similarity = pd.read_csv(tmp_path / "s" / "similarity.csv", index_col=0).to_numpy()
+    assert np.allclose(np.diag(similarity), 1.0)  # a model against itself, layer by layer
+    bad = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "bad"), "--top-k", "0")
+    assert_user_error(bad, "top_k must be between 1")

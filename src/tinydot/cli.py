@@ -264,15 +264,17 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                 top_k: int = typer.Option(10, help="Top eigenvalues (Lanczos)."),
                 density: bool = typer.Option(False, "--density", help="Also estimate the spectral density (SLQ)."),
                 sequences: int = typer.Option(64, help="Train sequences in the fixed loss sample."),
-                lanczos_steps: int = typer.Option(60, help="Lanczos iterations for the top eigenvalues."),
+                lanczos_steps: int = typer.Option(60, help="Lanczos iterations (top eigenvalues and each SLQ run)."),
                 trace_samples: int = typer.Option(50, help="Hutchinson probes for the trace."),
+                density_runs: int = typer.Option(5, help="Independent SLQ runs for the density."),
                 seed: int = typer.Option(0, help="Seed for the sample and the random vectors."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Hessian of the training loss: top eigenvalues, trace, density, bulk/outlier split."""
     from tinydot.analysis.hessian import write_hessian
 
     summary = write_hessian(checkpoint, out, top_k=top_k, density=density, sequences=sequences,
-                            lanczos_steps=lanczos_steps, trace_samples=trace_samples, seed=seed, data_dir=data_dir)
+                            lanczos_steps=lanczos_steps, trace_samples=trace_samples, density_runs=density_runs,
+                            seed=seed, data_dir=data_dir)
     console.print(f"{summary['coordinates']:,} coordinates{' (surviving weights only)' if summary['pruned'] else ''}; "
                   f"loss {summary['loss_nats']:.4f} nats on {sequences} sequences")
     console.print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))

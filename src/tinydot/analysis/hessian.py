@@ -78,7 +78,7 @@ class HessianOperator:
         return torch.cat(parts)
 
     def loss_value(self) -> float:
-        return float(self._loss)
+        return float(self._loss.detach())
 
     def matvec(self, v) -> torch.Tensor:
         """H v by differentiating (gradient . v) once more (Pearlmutter's trick)."""
@@ -245,8 +245,9 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
     batch = sample_batch(load_strokes("train", data_dir), model.cfg.max_move, sequences, seed)
     operator = HessianOperator(model, batch, mask)
-    spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=max(lanczos_steps, top_k), trace_samples=trace_samples,
-                               density_runs=density_runs, seed=seed).fit(operator, density=density)
+    spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
+                               density_runs=density_runs, density_steps=lanczos_steps, seed=seed)
+    spectrum.fit(operator, density=density)
     eigenvalues = spectrum.eigenvalues_
     summary = {"checkpoint": str(checkpoint), "coordinates": operator.dim, "pruned": mask is not None,
                "sequences": sequences, "loss_nats": operator.loss_value(), "top_eigenvalues": eigenvalues.tolist(),
