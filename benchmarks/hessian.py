@@ -22,6 +22,7 @@ from tinydot.data.batching import Encoded
 from tinydot.training import train
 
 CONFIG = ModelConfig(n_layers=2, d_model=20, d_mlp=80)
+DECLARED_STEPS = 20  # the setting the ratio is quoted for, fixed before looking at the reference
 
 
 class LossModel(torch.nn.Module):
@@ -77,11 +78,15 @@ def main():
     def error(values):
         return float(np.max(np.abs(np.sort(values)[::-1] - reference) / np.abs(reference)))
 
-    start = time.perf_counter()
-    operator = HessianOperator(model, batch, dtype=torch.float32)
-    ours = HessianSpectrum(top_k=5, lanczos_steps=40, trace_samples=2, density_runs=1).fit(operator, density=False)
-    ours_time = time.perf_counter() - start
-    ours_error = error(ours.eigenvalues_)
+    def ours(steps):
+        start = time.perf_counter()
+        operator = HessianOperator(model, batch, dtype=torch.float32)
+        spectrum = HessianSpectrum(top_k=5, lanczos_steps=steps, trace_samples=2, density_runs=1)
+        spectrum.fit(operator, density=False)
+        return time.perf_counter() - start, error(spectrum.eigenvalues_)
+
+    sweep = {steps: ours(steps) for steps in (15, 20, 30, 40)}
+    ours_time, ours_error = sweep[DECLARED_STEPS]
 
     try:
         from pyhessian import hessian as pyhessian
@@ -103,8 +108,10 @@ def main():
 
     print("reference top-5 (200-step Lanczos, float64): " + ", ".join(f"{v:.5g}" for v in reference))
     print(f"{name}: {baseline_time:.2f} s, max relative error {baseline_error:.2e}")
-    print(f"tinydot Lanczos (40 steps, float32): {ours_time:.2f} s, max relative error {ours_error:.2e}")
-    print(f"ratio baseline / tinydot: {baseline_time / ours_time:.2f}x (goal >= 2x at equal or better accuracy: "
+    for steps, (seconds, err) in sweep.items():
+        print(f"tinydot Lanczos ({steps} steps, float32): {seconds:.2f} s, max relative error {err:.2e}")
+    print(f"ratio baseline / tinydot at the declared {DECLARED_STEPS} steps: {baseline_time / ours_time:.2f}x "
+          f"(goal >= 2x at equal or better accuracy: "
           f"{'yes' if ours_error <= baseline_error else 'no'})")
 
 
