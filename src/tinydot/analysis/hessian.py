@@ -51,6 +51,7 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.dtype = dtype
         self.n_matvecs = 0
+        self.on_matvec = None  # optional callback after every product (progress bars)
         count = int((batch[2][..., 2] >= 0).sum())
         with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward
             self._loss = model.nll(*batch).sum() / count
@@ -88,6 +89,8 @@ class HessianOperator:
         with sdpa_kernel(SDPBackend.MATH):
             hv = torch.autograd.grad(dot, self.params, retain_graph=True)
         self.n_matvecs += 1
+        if self.on_matvec is not None:
+            self.on_matvec()
         return self._flatten(hv)
 
     def dense(self) -> np.ndarray:
@@ -247,7 +250,14 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     operator = HessianOperator(model, batch, mask)
     spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
                                density_runs=density_runs, density_steps=lanczos_steps, seed=seed)
-    spectrum.fit(operator, density=density)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    expected = lanczos_steps + trace_samples + (density_runs * lanczos_steps if density else 0)
+    with Progress(TextColumn("Hessian-vector products"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task("hvp", total=expected)
+        operator.on_matvec = lambda: bar.advance(task)
+        spectrum.fit(operator, density=density)
     eigenvalues = spectrum.eigenvalues_
     summary = {"checkpoint": str(checkpoint), "coordinates": operator.dim, "pruned": mask is not None,
                "sequences": sequences, "loss_nats": operator.loss_value(), "top_eigenvalues": eigenvalues.tolist(),
