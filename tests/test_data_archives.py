@@ -1,7 +1,6 @@
 """Archive parsing, validation, caching and download, on small archives built here."""
 
 import io
-import os
 import shutil
 import tarfile
 from pathlib import Path

@@ -1,7 +1,6 @@
 """Facts about the real MNIST stroke data (60k train / 10k test), checked on the shipped archives."""
 
 import numpy as np
-import pytest
 
 from tinydot.data import PEN_END_DIGIT, PEN_END_STROKE, NUM_CLASSES
 from tinydot.data.strokes import FRAME

@@ -16,7 +16,6 @@ if no gap exceeds `min_gap` (2 by default) there are no outliers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
