@@ -97,7 +97,7 @@ def _spectral(rows: np.ndarray, z: np.ndarray, counts: np.ndarray):
             p = np.divide(non_dc, mass, out=np.zeros_like(non_dc), where=mass > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
-            entropy[group] = np.clip(h / np.log(n - 1), 0, 1)
+            entropy[group] = np.clip(h / np.log(n - 1), 0, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
     return S, entropy
 
 
