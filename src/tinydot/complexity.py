@@ -202,7 +202,7 @@ def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathL
     measures.csv (per sample, with its bin), bins.csv (edges), summary.csv, correlations.csv
     (Pearson, between measures) and histograms.png."""
     from tinydot.io import atomic_path
-    from tinydot.report.figures import complexity_histograms
+    from tinydot.report.figures import complexity_histograms, save_figure
 
     _check_measure(measure)
     if len(strokes) == 0:
@@ -221,7 +221,5 @@ def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathL
                        ("correlations", correlations)):
         with atomic_path(paths[key]) as tmp:
             frame.to_csv(tmp, index=key in ("summary", "correlations"))
-    figure = complexity_histograms(table, measure, edges)
-    with atomic_path(paths["histograms"]) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
+    save_figure(complexity_histograms(table, measure, edges), paths["histograms"])
     return paths

@@ -239,7 +239,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     from tinydot.data.strokes import load_strokes
     from tinydot.io import atomic_path, atomic_write_text
     from tinydot.pruning.mask import load_mask
-    from tinydot.report.figures import hessian_density, hessian_spectrum
+    from tinydot.report.figures import hessian_density, hessian_spectrum, save_figure
 
     checkpoint, out = Path(checkpoint), Path(out)
     model = load_model(checkpoint)
@@ -266,8 +266,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     with atomic_path(out / "eigenvalues.csv") as tmp:
         pd.DataFrame({"rank": np.arange(1, len(eigenvalues) + 1), "eigenvalue": eigenvalues,
                       "outlier": np.arange(len(eigenvalues)) < spectrum.outliers_}).to_csv(tmp, index=False)
-    with atomic_path(out / "spectrum.png") as tmp:
-        hessian_spectrum(eigenvalues, spectrum.outliers_).savefig(tmp, dpi=110, format="png")
+    save_figure(hessian_spectrum(eigenvalues, spectrum.outliers_), out / "spectrum.png")
     if density:
         low, high = spectrum.density_nodes_.min(), spectrum.density_nodes_.max()
         sigma = max((high - low) / 200, 1e-12)
@@ -278,7 +277,6 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
                        density_integral=float(trapezoid(values, grid)))
         with atomic_path(out / "density.csv") as tmp:
             pd.DataFrame({"eigenvalue": grid, "density": values}).to_csv(tmp, index=False)
-        with atomic_path(out / "density.png") as tmp:
-            hessian_density(grid, values, summary["bulk_edge"]).savefig(tmp, dpi=110, format="png")
+        save_figure(hessian_density(grid, values, summary["bulk_edge"]), out / "density.png")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -93,7 +93,7 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
     from tinydot.checkpoint import load_model
     from tinydot.data.strokes import load_strokes
     from tinydot.io import atomic_path
-    from tinydot.report.figures import similarity_heatmap
+    from tinydot.report.figures import save_figure, similarity_heatmap
 
     if not 1 <= len(checkpoints) <= 2:
         raise ConfigError(f"give one or two checkpoints, got {len(checkpoints)}")
@@ -117,7 +117,6 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
         similarity.to_csv(tmp)
     with atomic_path(out / "dims.csv") as tmp:
         dims.to_csv(tmp, index=False)
-    with atomic_path(out / "similarity.png") as tmp:
-        similarity_heatmap(similarity, f"SVCCA ({keep:.0%} variance), {len(first[0]):,} test positions").savefig(
-            tmp, dpi=110, format="png")
+    title = f"SVCCA ({keep:.0%} variance), {len(first[0]):,} test positions"
+    save_figure(similarity_heatmap(similarity, title), out / "similarity.png")
     return {"similarity": similarity, "dims": dims}

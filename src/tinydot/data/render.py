@@ -9,7 +9,6 @@ import numpy as np
 from scipy import ndimage
 
 from tinydot.data.strokes import FRAME, PEN_END_STROKE, Strokes
-from tinydot.io import atomic_path
 
 
 def rasterize_all(strokes: Strokes, scale: int = 1) -> np.ndarray:
@@ -73,8 +72,9 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, titles=None, ncols: i
                 ax.set_title(str(titles[k]), fontsize=8, pad=2)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95 if titles is not None else 0.99,
                         wspace=0.08, hspace=0.3 if titles is not None else 0.08)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+    from tinydot.report.figures import save_figure
+
+    save_figure(fig, path, dpi)
 
 
 def show_grid(out: str | os.PathLike, *, split: str = "test", n: int = 64, digit: int | None = None,

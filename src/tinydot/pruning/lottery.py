@@ -162,8 +162,7 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
     table = pd.DataFrame(rows)
     with atomic_path(run_dir / "results.csv") as tmp:
         table.to_csv(tmp, index=False)
-    from tinydot.report.figures import lottery_curve
+    from tinydot.report.figures import lottery_curve, save_figure
 
-    with atomic_path(run_dir / "nll_vs_sparsity.png") as tmp:
-        lottery_curve(table).savefig(tmp, dpi=110, format="png")
+    save_figure(lottery_curve(table), run_dir / "nll_vs_sparsity.png")
     return LotteryResult(table, run_dir)

@@ -1,10 +1,20 @@
-"""Pure functions that build matplotlib Figures; callers save them (no pyplot, no global state)."""
+"""Pure functions that build matplotlib Figures (no pyplot, no global state), and `save_figure`."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write `fig` as a PNG at `path`, atomically."""
+    from tinydot.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
 
 
 def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame) -> Figure:
