@@ -235,18 +235,15 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
                 data: str = typer.Option("test", "--data", help="SPLIT or SPLIT:DIGIT, e.g. test or train:7."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Predict the unused fraction of a dataset from its complexity alone (no training)."""
-    import numpy as np
-
     from tinydot.data import load_strokes
+    from tinydot.data.strokes import digit_subset
     from tinydot.errors import ConfigError
     from tinydot.study import predict
 
     split, _, digit = data.partition(":")
-    strokes = load_strokes(split, data_dir)
-    if digit:
-        if not digit.isdigit() or not 0 <= int(digit) <= 9:
-            raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
-        strokes = strokes.subset(np.flatnonzero(strokes.labels == int(digit)))
+    if digit and not digit.isdigit():
+        raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
+    strokes = digit_subset(load_strokes(split, data_dir), int(digit) if digit else None)
     frame = predict(study, strokes)
     table = Table(title=f"predicted for {data} ({len(strokes):,} sequences), from complexity alone")
     for column in ("model", "target", "unused fraction", "95% CI", "95% PI", "needed params", "in range"):
@@ -310,18 +307,13 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
                    seed: int = typer.Option(0, help="Seed for breaking ties between equal values."),
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """Per-sample complexity measures, quantile bins and histograms."""
-    import numpy as np
     import pandas as pd
 
     from tinydot.complexity import write_complexity
     from tinydot.data import load_strokes
-    from tinydot.errors import ConfigError
+    from tinydot.data.strokes import digit_subset
 
-    strokes = load_strokes(split, data_dir)
-    if digit is not None:
-        if not 0 <= digit <= 9:
-            raise ConfigError(f"--digit must be between 0 and 9, got {digit}")
-        strokes = strokes.subset(np.flatnonzero(strokes.labels == digit))
+    strokes = digit_subset(load_strokes(split, data_dir), digit)
     paths = write_complexity(strokes, measure, bins, out, balanced=balanced, seed=seed)
     summary = pd.read_csv(paths["summary"], index_col=0)
     table = Table(title=f"complexity of {len(strokes):,} {split} samples")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from tinydot.data.batching import make_inputs
-from tinydot.data.strokes import FRAME, NUM_CLASSES, PEN_DRAW, PEN_END_DIGIT, Strokes
+from tinydot.data.strokes import FRAME, NUM_CLASSES, PEN_DRAW, PEN_END_DIGIT, Strokes, check_digit
 from tinydot.errors import ConfigError
 from tinydot.model import TinyDOT
 
@@ -80,8 +80,7 @@ def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temp
         raise ConfigError(f"--out {out} must end in .png")
     if not 1 <= n <= 1000:
         raise ConfigError(f"--n must be between 1 and 1000, got {n}")
-    if digit is not None and not 0 <= digit < NUM_CLASSES:
-        raise ConfigError(f"--digit must be between 0 and {NUM_CLASSES - 1}, got {digit}")
+    check_digit(digit)
     model = load_model(checkpoint)
     digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
     samples = sample(model, digits, temperature=temperature, seed=seed)

@@ -80,7 +80,7 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, titles=None, ncols: i
 def show_grid(out: str | os.PathLike, *, split: str = "test", n: int = 64, digit: int | None = None,
               seed: int = 0, scale: int = 4, data_dir=None) -> Path:
     """Draw `n` randomly chosen (seeded) real sequences of `split` into a PNG grid at `out`."""
-    from tinydot.data.strokes import NUM_CLASSES, load_strokes
+    from tinydot.data.strokes import check_digit, load_strokes
     from tinydot.errors import DataError
 
     out = Path(out)
@@ -90,8 +90,7 @@ def show_grid(out: str | os.PathLike, *, split: str = "test", n: int = 64, digit
         raise DataError(f"--n must be at least 1, got {n}")
     if not 1 <= scale <= 16:
         raise DataError(f"--scale must be between 1 and 16, got {scale}")
-    if digit is not None and not 0 <= digit < NUM_CLASSES:
-        raise DataError(f"--digit must be between 0 and {NUM_CLASSES - 1}, got {digit}")
+    check_digit(digit)
     strokes = load_strokes(split, data_dir)
     candidates = np.arange(len(strokes)) if digit is None else np.flatnonzero(strokes.labels == digit)
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False))

@@ -288,6 +288,18 @@ def read_split(data_dir: str | os.PathLike, split: str) -> Strokes:
 
 # --------------------------------------------------------------------------- the public loader
 
+def check_digit(digit: int | None) -> None:
+    """Reject a digit class outside 0..9 (None means 'all classes')."""
+    if digit is not None and not 0 <= digit < NUM_CLASSES:
+        raise DataError(f"--digit must be between 0 and {NUM_CLASSES - 1}, got {digit}")
+
+
+def digit_subset(strokes: Strokes, digit: int | None) -> Strokes:
+    """The sequences of one digit class (all of them for None)."""
+    check_digit(digit)
+    return strokes if digit is None else strokes.subset(np.flatnonzero(strokes.labels == digit))
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
