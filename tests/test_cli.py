@@ -122,12 +122,15 @@ def test_lottery_cli(data_dir, tmp_path):
     (["study", "--executor", "spark", "--config", "ok.json"], "unknown executor 'spark'"),
     (["predict", "--study", "."], "is not a finished study run"),
     (["predict", "--study", ".", "--data", "valid"], "unknown split 'valid'"),
+    (["predict", "--study", ".", "--data", "test:x"], "--data test:x: the digit after ':' must be 0..9"),
+    (["study", "--config", "list.json"], "must be a JSON object whose keys are among"),
 ])
 def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
     import json
 
     (tmp_path / "bins.json").write_text(json.dumps({"study": {"bins": 2}}))
     (tmp_path / "ok.json").write_text(json.dumps({"study": {"bins": 3, "max_train_per_bin": 10}}))
+    (tmp_path / "list.json").write_text(json.dumps([1, 2]))
     result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert_user_error(result, message)

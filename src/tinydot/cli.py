@@ -334,7 +334,10 @@ def main() -> None:
     try:
         app()
     except TinydotError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        Console(stderr=True, emoji=False).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False,
+                                               soft_wrap=True)
         sys.exit(2)
 
 
