@@ -24,7 +24,14 @@ def _check(condition: bool, message: str) -> None:
 
 
 class _Config:
-    """JSON round trip and hashing shared by the config dataclasses."""
+    """JSON round trip, hashing and integer checks shared by the config dataclasses."""
+
+    def _check_ints(self, section: str, names: tuple[str, ...], minimum: int) -> None:
+        kind = {0: "a non-negative", 1: "a positive"}[minimum]
+        for name in names:
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                   f"{section} {name} must be {kind} integer, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,9 +69,7 @@ class ModelConfig(_Config):
     n_classes: int = field(default=10, metadata={"help": "digit classes to condition on"})
 
     def __post_init__(self):
-        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "max_len", "max_move", "n_classes"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                   f"model {name} must be a positive integer, got {getattr(self, name)!r}")
+        self._check_ints("model", ("n_layers", "d_model", "n_heads", "d_mlp", "max_len", "max_move", "n_classes"), 1)
         _check(self.d_model % self.n_heads == 0,
                f"model d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
@@ -89,12 +94,8 @@ class TrainConfig(_Config):
     seed: int = field(default=0, metadata={"help": "seeds the initial weights and the batch order"})
 
     def __post_init__(self):
-        for name in ("steps", "tokens_per_batch"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                   f"train {name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_sequences", "seed"):
-            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                   f"train {name} must be a non-negative integer, got {getattr(self, name)!r}")
+        self._check_ints("train", ("steps", "tokens_per_batch"), 1)
+        self._check_ints("train", ("warmup_steps", "eval_every", "checkpoint_every", "eval_sequences", "seed"), 0)
         _check(self.tokens_per_batch >= 118, f"train tokens_per_batch must be >= 118 (one full sequence), "
                                              f"got {self.tokens_per_batch}")
         _check(0 < self.lr <= 1, f"train lr must be in (0, 1], got {self.lr}")
@@ -124,8 +125,7 @@ class PruneConfig(_Config):
         _check(isinstance(self.levels, int) and self.levels >= 1, f"prune levels must be >= 1, got {self.levels!r}")
         _check(0 < self.fraction < 1, f"prune fraction must be in (0, 1), got {self.fraction}")
         _check(self.scope in ("global", "layerwise"), f"prune scope must be global or layerwise, got {self.scope!r}")
-        _check(isinstance(self.rewind_step, int) and self.rewind_step >= 0,
-               f"prune rewind_step must be a non-negative integer, got {self.rewind_step!r}")
+        self._check_ints("prune", ("rewind_step",), 0)
         _check(self.epsilon >= 0, f"prune epsilon must be >= 0, got {self.epsilon}")
         _check(self.relative_epsilon >= 0, f"prune relative_epsilon must be >= 0, got {self.relative_epsilon}")
 
@@ -155,8 +155,7 @@ class StudyConfig(_Config):
         _check(isinstance(self.bins, int) and self.bins >= 3,
                f"study bins must be an integer >= 3 (a line through fewer points has no error estimate), "
                f"got {self.bins!r}")
-        _check(isinstance(self.seeds, int) and self.seeds >= 1, f"study seeds must be >= 1, got {self.seeds!r}")
+        self._check_ints("study", ("seeds",), 1)
         _check(0 < self.held_out_fraction < 0.5,
                f"study held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
-        _check(isinstance(self.max_train_per_bin, int) and self.max_train_per_bin >= 0,
-               f"study max_train_per_bin must be a non-negative integer, got {self.max_train_per_bin!r}")
+        self._check_ints("study", ("max_train_per_bin",), 0)

@@ -116,7 +116,8 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
         raise ConfigError(f"{run_dir} holds a lottery run with a different configuration; "
                           "choose another output folder or delete it")
     atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
-    names = prunable_names(init_model(model_config, 0), cfg.prunable)
+    skeleton = init_model(model_config, 0)  # for parameter names and shapes only
+    names = prunable_names(skeleton, cfg.prunable)
     last = cfg.levels if max_level is None else min(max_level, cfg.levels)
 
     def trained(folder: Path, **kwargs) -> TinyDOT:  # a finished run folder returns at once
@@ -130,14 +131,13 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
             rows.append(json.loads(results.read_text()))
             continue
         if level == 0:
-            mask = full_mask(init_model(model_config, 0), names)
+            mask = full_mask(skeleton, names)
             model = trained(level_dir, init_state=init_state, snapshot_steps=(k,))
             row = _level_row(0, model, mask, names, eval_data, cfg, level_dir)
             row.update(reinit_bits_per_step=math.nan, random_bits_per_step=math.nan)
         else:
             previous = run_dir / f"level_{level - 1}"
-            old_mask = load_mask(previous / "mask.safetensors") if level > 1 else full_mask(
-                init_model(model_config, 0), names)
+            old_mask = load_mask(previous / "mask.safetensors") if level > 1 else full_mask(skeleton, names)
             mask_path = level_dir / "mask.safetensors"
             if mask_path.exists():
                 mask = load_mask(mask_path)
