@@ -5,9 +5,9 @@
   model.safetensors       the final weights with the model config (what `load_model` reads)
   config.json             model and train configs
   metrics.csv             the training curve
-Calling `train` again on the same folder resumes from the last checkpoint, or returns at once if the
-run is finished; the batches are a pure function of (seed, epoch), so a resumed run computes the
-same numbers as an uninterrupted one.
+Calling `train` again on the same folder resumes from the last checkpoint, or, if the run is
+finished, loads its model and metrics without touching the data; the batches are a pure function
+of (seed, epoch), so a resumed run computes the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tinydot.checkpoint import MODEL_FILE, load_tensors, save_model, save_tensors
+from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig
 from tinydot.data.batching import Encoded, epoch_batches
 from tinydot.data.strokes import Strokes
@@ -135,6 +135,9 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
                               "choose another output folder or delete it")
     else:
         atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
+
+    if (run_dir / MODEL_FILE).exists() and (run_dir / "metrics.csv").exists():  # written last: finished
+        return TrainResult(load_model(run_dir / MODEL_FILE), pd.read_csv(run_dir / "metrics.csv"), run_dir)
 
     cfg = train_config
     model = init_model(model_config, cfg.seed)
