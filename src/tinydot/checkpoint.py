@@ -54,6 +54,18 @@ def resolve(path: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
+def is_tinydot_checkpoint(path: str | os.PathLike) -> bool:
+    """True if `path` (a file or a run folder) holds a safetensors file written by save_model."""
+    path = resolve(path)
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == "tinydot"
+    except (SafetensorError, OSError):
+        return False
+
+
 def load_model(path: str | os.PathLike) -> TinyDOT:
     """Rebuild a TinyDOT from a checkpoint file or a run folder, in eval mode."""
     path = resolve(path)

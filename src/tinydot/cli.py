@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tinydot.errors import TinydotError
@@ -294,6 +295,29 @@ def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="O
     console.print(result["similarity"].round(3).to_string())
     console.print(result["dims"].to_string(index=False))
     console.print(f"wrote {out}/")
+
+
+@app.command("redundancy")
+def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a Hugging Face model folder, or a "
+                                              "tinyDOT checkpoint (file or run folder)."),
+                   task: str = typer.Option(..., "--task", help="ner or pos (text models); digit or pen (tinyDOT)."),
+                   out: Path = typer.Option(..., "--out", help="Folder for activations, tables, figures, section.html."),
+                   tokens: int = typer.Option(10_000, help="Tokens (words or pen positions) to analyse, split 80/10/10 "
+                                              "by sentence or sequence."),
+                   seed: int = typer.Option(0, help="Seed for the token sample and the split."),
+                   threshold: float = typer.Option(0.3, help="Correlation-clustering cut c of the task pipeline."),
+                   alpha: float = typer.Option(1e-3, help="Elastic-net strength of the probes."),
+                   data_dir: Optional[Path] = DataDirOption) -> None:
+    """General and task-specific redundancy of a transformer (Dalvi et al. 2020)."""
+    from tinydot.redundancy import RedundancyConfig, run_redundancy, verdict
+
+    config = RedundancyConfig(model=model, task=task, tokens=tokens, seed=seed, threshold=threshold, alpha=alpha)
+    summary = run_redundancy(config, out, data_dir=data_dir)
+    for sentence in verdict(summary):
+        console.print(escape(sentence))
+    fractions = ", ".join(f"c={c}: {100 * f:.0f}%" for c, f in summary["redundant_fraction"].items())
+    console.print(f"redundant neurons by threshold: {fractions}")
+    console.print(f"wrote {out}/ (section.html, cka.png, redundant_fraction.png, neurons_kept.png, *.csv)")
 
 
 @app.command("complexity")

@@ -186,3 +186,35 @@ def similarity_heatmap(frame: pd.DataFrame, title: str) -> Figure:
     ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig
+
+
+def redundant_fraction(sweep: pd.DataFrame, title: str) -> Figure:
+    """Share of redundant neurons (neurons - clusters) / neurons against the clustering threshold c."""
+    fig = Figure(figsize=(4.6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(sweep["threshold"], 100 * sweep["redundant_fraction"], marker="o")
+    ax.set_xlabel("clustering threshold c (distance 1 - |rho|)")
+    ax.set_ylabel("redundant neurons (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def neurons_kept(curves: pd.DataFrame, selections: pd.DataFrame, oracle: float, metric: str, title: str) -> Figure:
+    """Test score of probes on the top-ranked neurons against how many are kept, per delta setting."""
+    fig = Figure(figsize=(5.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for (delta_l, delta_n), part in curves.groupby(["delta_L", "delta_N"]):
+        line, = ax.plot(part["neurons"], part["test"], marker=".", label=f"LS {delta_l:g}%, CC/LCA {delta_n:g}%")
+        chosen = selections[(selections["delta_L"] == delta_l) & (selections["delta_N"] == delta_n)]
+        ax.scatter(chosen["neurons"], chosen["test"], s=60, facecolors="none", edgecolors=line.get_color())
+    ax.axhline(oracle, color="k", ls="--", lw=1, label="oracle (all neurons)")
+    ax.axhline(0.97 * oracle, color="k", ls=":", lw=1, label="97% of oracle")
+    ax.set_xscale("log")
+    ax.set_xlabel("neurons kept (top-ranked)")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return fig
