@@ -204,6 +204,17 @@ class HessianSpectrum:
         kernel /= sigma * math.sqrt(2 * math.pi)
         return (kernel * self.density_weights_[None]).sum(axis=(1, 2)) / len(self.density_nodes_)
 
+    def density_mass(self, low: float, high: float) -> float:
+        """The SLQ estimate of the share of eigenvalues in [low, high] (mean over runs)."""
+        inside = (self.density_nodes_ >= low) & (self.density_nodes_ <= high)
+        return float((self.density_weights_ * inside).sum(axis=1).mean())
+
+    def density_spread(self) -> float:
+        """The SLQ estimate of the standard deviation of all eigenvalues (the bulk's width)."""
+        first = (self.density_nodes_ * self.density_weights_).sum(axis=1).mean()
+        second = (self.density_nodes_ ** 2 * self.density_weights_).sum(axis=1).mean()
+        return float(np.sqrt(max(second - first ** 2, 0.0)))
+
     def density_trace(self) -> tuple[float, float]:
         """dim x the density's first moment (an estimate of the trace), and its standard error over runs."""
         per_run = self.dim_ * (self.density_nodes_ * self.density_weights_).sum(axis=1)
