@@ -242,7 +242,9 @@ def test_redundancy_cli_errors(tiny_checkpoint, tmp_path):
                           str(tmp_path / "d")), "has no config.json")
     assert_user_error(run("redundancy", "--model", str(tiny_checkpoint), "--task", "digit", "--tokens", "50",
                           "--out", str(tmp_path / "e")), "tokens must be an integer >= 200")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()
+    assert_user_error(run("redundancy", "--model", str(tiny_checkpoint), "--task", "digit", "--tokens", "200",
+                          "--out", str(tmp_path / "f")), "too few tokens for a probe")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_minilm_ner_activations_align_words():

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tinydot.analysis.activations import resolve_hf_model
-from tinydot.analysis.neurons import DELTAS, THRESHOLDS, CorrelationClustering, TaskRedundancy
+from tinydot.analysis.neurons import DELTAS, THRESHOLDS, CorrelationClustering, TaskRedundancy, check_split
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
 from tinydot.errors import ConfigError
@@ -74,6 +74,7 @@ def _stroke_activations(config: RedundancyConfig, data_dir, progress: bool):
     sample = test.subset(chosen)
     layers, sequence, pen = stroke_states(load_model(config.model), sample)
     task = stroke_task(config.task, sample.labels[sequence], pen, sequence, config.seed)
+    check_split(task.labels, task.split)
     return np.stack(layers), task, {"sequence": chosen[sequence]}
 
 
@@ -81,6 +82,7 @@ def _text_activations(config: RedundancyConfig, out: Path, progress: bool):
     from tinydot.analysis.activations import load_hf_model, word_states
 
     task = text_task(config.task, config.tokens, config.seed)
+    check_split(task.labels, task.split)  # before anything is written
     tokenizer, model = load_hf_model(config.model)
     states = word_states(tokenizer, model, task.sentences, path=out / "activations.npy", progress=progress)
     return states, task, {"word": [w for sentence in task.sentences for w in sentence]}
@@ -111,7 +113,7 @@ def activations_for(config: RedundancyConfig, out: Path, data_dir=None, progress
 
 
 def layer_names(n_layers: int) -> list[str]:
-    return ["emb"] + [f"layer{i}" for i in range(1, n_layers)]
+    return ["emb"] + [f"block{i}" for i in range(1, n_layers)]
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
@@ -125,8 +127,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
 
     config.check()
     check_model_task(config)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # created by the first (atomic) write, once the inputs have passed their checks
     states, task, extra = activations_for(config, out, data_dir, progress)
     n_layers, n_tokens, width = states.shape
     names = layer_names(n_layers)
