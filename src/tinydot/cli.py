@@ -306,7 +306,8 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
                                               "by sentence or sequence."),
                    seed: int = typer.Option(0, help="Seed for the token sample and the split."),
                    threshold: float = typer.Option(0.3, help="Correlation-clustering cut c of the task pipeline."),
-                   alpha: float = typer.Option(1e-3, help="Elastic-net strength of the probes."),
+                   alpha: Optional[float] = typer.Option(None, help="Elastic-net strength of the probes "
+                                                         "(default: chosen on dev from 1e-3, 1e-4, 1e-5)."),
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """General and task-specific redundancy of a transformer (Dalvi et al. 2020)."""
     from tinydot.redundancy import RedundancyConfig, run_redundancy, verdict

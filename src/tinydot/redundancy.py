@@ -33,7 +33,7 @@ class RedundancyConfig:
     tokens: int = 10_000
     seed: int = 0
     threshold: float = 0.3  # the correlation-clustering cut used inside the task pipeline
-    alpha: float = 1e-3  # elastic-net strength of the probes
+    alpha: float | None = None  # elastic-net strength of the probes; None: chosen on dev from ALPHAS
     l1_ratio: float = 0.5
 
     def check(self) -> None:
@@ -42,7 +42,7 @@ class RedundancyConfig:
             raise ConfigError(f"tokens must be an integer >= 200, got {self.tokens!r}")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not (self.alpha > 0 and 0 <= self.l1_ratio <= 1):
+        if not ((self.alpha is None or self.alpha > 0) and 0 <= self.l1_ratio <= 1):
             raise ConfigError(f"need alpha > 0 and 0 <= l1_ratio <= 1, got {self.alpha} and {self.l1_ratio}")
 
 
@@ -150,6 +150,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     _write_csv(layers_table, out / "layers.csv")
     _write_csv(pipeline.selections_, out / "selections.csv")
     _write_csv(pipeline.curves_, out / "curves.csv")
+    _write_csv(pipeline.alphas_, out / "alphas.csv")
 
     label = f"{Path(config.model).name if config.model != 'minilm' else 'MiniLM'} / {task.name}"
     save_figure(similarity_heatmap(cka, f"linear CKA between layers, {n_tokens:,} tokens ({label})"),
@@ -163,7 +164,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
         "config": asdict(config), "layers": n_layers, "width": width, "neurons": n_layers * width,
         "tokens": {part: int((task.split == part).sum()) for part in ("train", "dev", "test")},
         "classes": int(len(np.unique(task.labels))), "metric": task.metric,
-        "majority_test": majority_score(task), "oracle": pipeline.oracle_,
+        "majority_test": majority_score(task), "alpha": pipeline.alpha_, "oracle": pipeline.oracle_,
         "selections": pipeline.selections_.to_dict(orient="records"),
         "redundant_fraction": dict(zip(sweep["threshold"].astype(str), sweep["redundant_fraction"])),
         "adjacent_cka": [float(cka.iat[i, i + 1]) for i in range(n_layers - 1)],
