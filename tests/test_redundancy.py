@@ -210,7 +210,8 @@ def test_redundancy_on_a_real_tinydot_checkpoint(tiny_checkpoint, data_dir, tmp_
     summary = run_redundancy(RedundancyConfig(str(tiny_checkpoint), "pen", tokens=3000), out, data_dir=data_dir,
                              progress=False)
     expected = {"activations.npy", "tokens.csv", "cka.csv", "clusters.csv", "layers.csv", "selections.csv",
-                "curves.csv", "alphas.csv", "cka.png", "redundant_fraction.png", "neurons_kept.png", "summary.json", "section.html"}
+                "curves.csv", "alphas.csv", "cka.png", "redundant_fraction.png", "neurons_kept.png", "summary.json",
+                "section.html", "report.html"}
     assert {p.name for p in out.iterdir()} == expected
     states = np.load(out / "activations.npy")
     assert states.shape == (3, sum(summary["tokens"].values()), 16)

@@ -318,7 +318,7 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
         console.print(escape(sentence))
     fractions = ", ".join(f"c={c}: {100 * f:.0f}%" for c, f in summary["redundant_fraction"].items())
     console.print(f"redundant neurons by threshold: {fractions}")
-    console.print(f"wrote {out}/ (section.html, cka.png, redundant_fraction.png, neurons_kept.png, *.csv)")
+    console.print(f"wrote {out}/report.html (and section.html, figures, tables)")
 
 
 @app.command("complexity")

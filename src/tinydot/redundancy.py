@@ -6,7 +6,7 @@ model (tinyDOT checkpoint, 'minilm' or a Hugging Face folder) + task
      over the threshold c (clusters.csv)
   -> task-specific redundancy: probes per layer, layer selector, clustering, ranking, retraining
      on the top k% (layers.csv, selections.csv, curves.csv)
-  -> figures, summary.json and section.html (a fragment for the HTML report) in the out folder.
+  -> figures, summary.json, section.html (a fragment for the HTML report) and report.html.
 """
 
 from __future__ import annotations
@@ -205,8 +205,10 @@ class _ProbeBar:
 
 
 def write_section(out) -> Path:
-    """section.html: the analysis as an HTML fragment (figures embedded) for a report page."""
+    """section.html (the analysis as an HTML fragment for a report page, figures embedded) and
+    report.html (the same section as a page of its own). Reads only files in `out`."""
     import base64
+    import datetime
 
     from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -215,12 +217,13 @@ def write_section(out) -> Path:
     images = {name: "data:image/png;base64," + base64.b64encode((out / f"{name}.png").read_bytes()).decode()
               for name in ("cka", "redundant_fraction", "neurons_kept")}
     env = Environment(loader=PackageLoader("tinydot.report", "templates"), autoescape=select_autoescape())
-    html = env.get_template("redundancy.html.j2").render(
-        s=summary, images=images, layers=pd.read_csv(out / "layers.csv"),
-        selections=pd.read_csv(out / "selections.csv"), clusters=pd.read_csv(out / "clusters.csv"),
-        verdict=verdict(summary))
-    path = out / "section.html"
-    atomic_write_text(path, html)
+    context = dict(s=summary, images=images, layers=pd.read_csv(out / "layers.csv"),
+                   selections=pd.read_csv(out / "selections.csv"), clusters=pd.read_csv(out / "clusters.csv"),
+                   verdict=verdict(summary), config=json.dumps(summary["config"], indent=2),
+                   created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
+    atomic_write_text(out / "section.html", env.get_template("redundancy.html.j2").render(**context))
+    path = out / "report.html"
+    atomic_write_text(path, env.get_template("redundancy_page.html.j2").render(**context))
     return path
 
 
