@@ -30,7 +30,7 @@ def measure(data, cfg, folder, steps, seed, sequences):
     batch = sample_batch(data, cfg.max_move, sequences, seed=0)
     spectrum = HessianSpectrum(top_k=20, lanczos_steps=80, trace_samples=50, density_runs=3, density_steps=80,
                                seed=seed).fit(HessianOperator(result.model, batch))
-    top = spectrum.eigenvalues_
+    top = [float(v) for v in spectrum.eigenvalues_]
     return {"parameters": result.model.num_params(), "outliers": spectrum.outliers_, "top1": top[0],
             "top5": top[4], "top20": top[19], "trace": spectrum.trace_, "trace_stderr": spectrum.trace_stderr_,
             "mean_eigenvalue": spectrum.trace_ / spectrum.dim_,
