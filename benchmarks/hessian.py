@@ -9,6 +9,7 @@ iteration with deflation written here, run the way PyHessian runs it (tol 1e-3, 
     python benchmarks/hessian.py
 """
 
+import statistics
 import tempfile
 import time
 
@@ -22,6 +23,7 @@ from tinydot.data.batching import Encoded
 from tinydot.training import train
 
 CONFIG = ModelConfig(n_layers=2, d_model=20, d_mlp=80)
+REPEATS = 5
 DECLARED_STEPS = 20  # the setting the ratio is quoted for, fixed before looking at the reference
 
 
@@ -85,33 +87,43 @@ def main():
         spectrum.fit(operator, density=False)
         return time.perf_counter() - start, error(spectrum.eigenvalues_)
 
-    sweep = {steps: ours(steps) for steps in (15, 20, 30, 40)}
-    ours_time, ours_error = sweep[DECLARED_STEPS]
-
     try:
         from pyhessian import hessian as pyhessian
 
         name = "PyHessian 0.1"
-        start = time.perf_counter()
-        wrapped = LossModel(model).float()
-        count = float((batch[2][..., 2] >= 0).sum())
-        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):  # needs double backward
-            engine = pyhessian(wrapped, lambda out, _: out / count, data=(batch, None), cuda=False)
-            baseline_values, _ = engine.eigenvalues(top_n=5)
-        baseline_time = time.perf_counter() - start
+
+        def baseline():
+            start = time.perf_counter()
+            wrapped = LossModel(model).float()
+            count = float((batch[2][..., 2] >= 0).sum())
+            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):  # needs double backward
+                engine = pyhessian(wrapped, lambda out, _: out / count, data=(batch, None), cuda=False)
+                values, _ = engine.eigenvalues(top_n=5)
+            return time.perf_counter() - start, error(np.array(values))
     except ImportError:
         name = "power iteration with deflation (PyHessian not installed)"
-        start = time.perf_counter()
-        baseline_values = power_iteration_top(HessianOperator(model, batch, dtype=torch.float32), 5)
-        baseline_time = time.perf_counter() - start
-    baseline_error = error(np.array(baseline_values))
+
+        def baseline():
+            start = time.perf_counter()
+            values = power_iteration_top(HessianOperator(model, batch, dtype=torch.float32), 5)
+            return time.perf_counter() - start, error(np.array(values))
+
+    # single timings of these sub-second runs vary by +-30% here: interleave repeats, take medians
+    pairs = [(baseline(), ours(DECLARED_STEPS)) for _ in range(REPEATS)]
+    baseline_time = statistics.median(b[0] for b, _ in pairs)
+    baseline_error = max(b[1] for b, _ in pairs)
+    ours_time = statistics.median(o[0] for _, o in pairs)
+    ours_error = max(o[1] for _, o in pairs)
+    sweep = {steps: ours(steps) for steps in (15, 30, 40)}
+    sweep[DECLARED_STEPS] = (ours_time, ours_error)
 
     print("reference top-5 (200-step Lanczos, float64): " + ", ".join(f"{v:.5g}" for v in reference))
-    print(f"{name}: {baseline_time:.2f} s, max relative error {baseline_error:.2e}")
-    for steps, (seconds, err) in sweep.items():
+    print(f"{name}: {baseline_time:.2f} s (median of {REPEATS}), max relative error {baseline_error:.2e}")
+    for steps, (seconds, err) in sorted(sweep.items()):
         print(f"tinydot Lanczos ({steps} steps, float32): {seconds:.2f} s, max relative error {err:.2e}")
-    print(f"ratio baseline / tinydot at the declared {DECLARED_STEPS} steps: {baseline_time / ours_time:.2f}x "
-          f"(goal >= 2x at equal or better accuracy: "
+    ratio = baseline_time / ours_time
+    print(f"ratio baseline / tinydot at the declared {DECLARED_STEPS} steps (medians of {REPEATS}): {ratio:.2f}x "
+          f"(goal >= 2x: {'met' if ratio >= 2 else 'missed'}; accuracy equal or better: "
           f"{'yes' if ours_error <= baseline_error else 'no'})")
 
 
