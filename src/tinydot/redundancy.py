@@ -126,7 +126,6 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     from tinydot.report.figures import neurons_kept, redundant_fraction, save_figure, similarity_heatmap
 
     config.check()
-    check_model_task(config)
     out = Path(out)  # created by the first (atomic) write, once the inputs have passed their checks
     states, task, extra = activations_for(config, out, data_dir, progress)
     n_layers, n_tokens, width = states.shape
