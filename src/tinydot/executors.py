@@ -17,7 +17,8 @@ from tinydot.errors import ConfigError
 EXECUTORS = ("local", "ray")
 
 
-def _progress(total: int, enabled: bool, description: str):
+def progress_bar(total: int | None, enabled: bool, description: str):
+    """A rich progress bar and its task (total None: a count without an end)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -37,7 +38,7 @@ def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = 
     """Apply `fn` to every spec and return the results in the order of `specs`."""
     check_executor(executor, workers)
     results: list[Any] = [None] * len(specs)
-    bar, task = _progress(len(specs), progress, description)
+    bar, task = progress_bar(len(specs), progress, description)
     with bar:
         if executor == "ray":
             _run_ray(fn, specs, results, workers, ray_address, lambda: bar.advance(task))

@@ -23,6 +23,7 @@ from tinydot.analysis.neurons import DELTAS, THRESHOLDS, CorrelationClustering, 
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
 from tinydot.errors import ConfigError
+from tinydot.executors import progress_bar
 from tinydot.io import atomic_path, atomic_write_text
 
 
@@ -141,10 +142,11 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     _write_csv(sweep, out / "clusters.csv")
 
     # task-specific redundancy
-    bar = _ProbeBar(progress)
+    bar, counter = progress_bar(None, progress, "probes trained")  # their number depends on the data
     with bar:
         pipeline = TaskRedundancy(DELTAS, config.threshold, alpha=config.alpha, l1_ratio=config.l1_ratio,
-                                  progress=bar.advance).fit(list(states), task.labels, task.split, task.scored)
+                                  progress=lambda: bar.advance(counter)).fit(list(states), task.labels,
+                                                                             task.split, task.scored)
     layers_table = pipeline.layers_.assign(name=[names[i] for i in pipeline.layers_["layer"]])
     _write_csv(layers_table, out / "layers.csv")
     _write_csv(pipeline.selections_, out / "selections.csv")
@@ -180,27 +182,6 @@ def majority_score(task: Task) -> float:
     values, counts = np.unique(task.labels[task.split == "train"], return_counts=True)
     truth = task.labels[task.split == "test"]
     return task_score(truth, np.full(len(truth), values[np.argmax(counts)]), task.scored)
-
-
-class _ProbeBar:
-    """A rich progress bar counting probe fits (their number depends on the data)."""
-
-    def __init__(self, enabled: bool):
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(SpinnerColumn(), TextColumn("probes trained: {task.completed}"), TimeElapsedColumn(),
-                            disable=not enabled, transient=True)
-        self.task = self.bar.add_task("probes", total=None)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def advance(self):
-        self.bar.advance(self.task)
 
 
 def write_section(out) -> Path:

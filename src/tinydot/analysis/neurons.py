@@ -312,14 +312,16 @@ class TaskRedundancy(BaseEstimator):
                          "cumulative_dev": upto["dev"], "cumulative_test": upto["test"]})
         self.layers_ = pd.DataFrame(rows)
 
-        selections, curves = [], []
+        selections, curves, representatives = [], [], {}  # clusters per selected layer, made once
         for delta_l, delta_n in self.deltas:
             goal = self.oracle_["dev"] * (1 - delta_l / 100)
             passing = self.layers_.index[self.layers_["cumulative_dev"] >= goal]
             layer = int(passing[0]) if len(passing) else len(widths) - 1
             candidates = np.arange(bounds[layer + 1])
-            clustering = CorrelationClustering(self.threshold).fit(self._parts["train"][0][:, candidates])
-            kept = candidates[clustering.representatives_]
+            if layer not in representatives:
+                clustering = CorrelationClustering(self.threshold).fit(self._parts["train"][0][:, candidates])
+                representatives[layer] = candidates[clustering.representatives_]
+            kept = representatives[layer]
             base_probe, base = self._probe(kept)
             ranking = kept[lca_ranking(base_probe.coef_)]
             chosen = None
