@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tinydot.analysis.activations import resolve_hf_model
-from tinydot.analysis.neurons import DELTAS, THRESHOLDS, CorrelationClustering, TaskRedundancy, check_split
+from tinydot.analysis.activations import MINILM, resolve_hf_model
+from tinydot.analysis.neurons import (
+    DELTAS,
+    THRESHOLDS,
+    CorrelationClustering,
+    TaskRedundancy,
+    check_split,
+    task_score,
+)
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
 from tinydot.errors import ConfigError
@@ -51,12 +58,14 @@ def model_kind(model: str) -> str:
     """'tinydot' for a tinyDOT checkpoint (file or run folder), 'hf' for 'minilm' or an HF folder."""
     from tinydot.checkpoint import is_tinydot_checkpoint
 
-    if model != "minilm" and is_tinydot_checkpoint(model):
+    if model == MINILM:
+        return "hf"
+    if is_tinydot_checkpoint(model):
         return "tinydot"
-    if model != "minilm" and not Path(model).exists():
+    if not Path(model).exists():
         raise ConfigError(f"model {model} does not exist; give 'minilm', a Hugging Face model folder "
                           "or a tinyDOT checkpoint")
-    if model != "minilm" and Path(model).is_file():
+    if Path(model).is_file():
         raise ConfigError(f"{model} is not a tinyDOT checkpoint; give a checkpoint, 'minilm' or a model folder")
     return "hf"
 
@@ -153,7 +162,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     _write_csv(pipeline.curves_, out / "curves.csv")
     _write_csv(pipeline.alphas_, out / "alphas.csv")
 
-    label = f"{Path(config.model).name if config.model != 'minilm' else 'MiniLM'} / {task.name}"
+    label = f"{'MiniLM' if config.model == MINILM else Path(config.model).name} / {task.name}"
     save_figure(similarity_heatmap(cka, f"linear CKA between layers, {n_tokens:,} tokens ({label})"),
                 out / "cka.png")
     save_figure(redundant_fraction(sweep, f"redundant neurons of {n_layers * width:,} ({label})"),
@@ -177,8 +186,6 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
 
 def majority_score(task: Task) -> float:
     """The test score of always predicting the most frequent training label (the floor to beat)."""
-    from tinydot.analysis.neurons import task_score
-
     values, counts = np.unique(task.labels[task.split == "train"], return_counts=True)
     truth = task.labels[task.split == "test"]
     return task_score(truth, np.full(len(truth), values[np.argmax(counts)]), task.scored)
@@ -217,7 +224,6 @@ def verdict(summary: dict) -> list[str]:
         lines.append(
             f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: layers 0..{row['layer']} selected, "
             f"{row['neurons']:,} neurons kept ({100 * row['neuron_share']:.1f}% of all), test {metric} "
-            f"{row['test']:.3f} = {100 * row['oracle_share']:.1f}% of the oracle - "
-            + ("the paper's headline (>= 97% of performance with <= 10% of neurons) holds here."
-               if meets else "the paper's headline (>= 97% with <= 10% of neurons) does not hold here."))
+            f"{row['test']:.3f} = {100 * row['oracle_share']:.1f}% of the oracle - the paper's headline "
+            f"(>= 97% of performance with <= 10% of neurons) {'holds' if meets else 'does not hold'} here.")
     return lines

@@ -63,7 +63,8 @@ def stroke_states(model: TinyDOT, strokes: Strokes, tokens_per_batch: int = 8192
     layers   : list of n_layers + 1 float32 arrays (n_positions, d_model), as in `hidden_states`
     sequence : int64 (n_positions,), the index into `strokes` of the position's sequence
     pen      : int64 (n_positions,), the pen state of the move predicted at that position
-               (0 draw, 1 lift, 2 end): what the model is about to do, not something it was given
+               (0 draw, 1 end of stroke, 2 end of digit): what the model is about to do, not
+               something it was given
     """
     model.eval()
     parts = list(_stroke_batches(model, strokes, tokens_per_batch))

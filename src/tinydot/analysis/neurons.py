@@ -260,7 +260,8 @@ class TaskRedundancy(BaseEstimator):
       selections_  DataFrame: per (delta_L, delta_N) in percent, the selected layer, the clusters,
                    the base score, the neurons kept and their share of all neurons, and the test
                    score with its share of the oracle's
-      curves_      DataFrame: dev/test score against the number of top-ranked neurons kept
+      curves_      DataFrame: dev/test score against the number of top-ranked neurons kept; it goes
+                   on past the chosen k, up to all clustered neurons, for the score-vs-neurons figure
     """
 
     def __init__(self, deltas=DELTAS, threshold: float = 0.3, k_grid=K_GRID, alpha: float | None = None,

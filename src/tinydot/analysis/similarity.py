@@ -78,10 +78,10 @@ def cka_matrix(layers) -> np.ndarray:
     Every layer is centered once and every cross product Y^T X is formed once (upper triangle),
     in float32 with float64 sums: 10k tokens x 7 layers of 384 take about half a second.
     """
-    centered = []
+    centered, n_tokens = [], len(layers[0])
     for X in layers:
         X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or len(X) != len(np.asarray(layers[0])):
+        if X.ndim != 2 or len(X) != n_tokens:
             raise ConfigError(f"layers must be 2-d over the same tokens, got shape {X.shape}")
         centered.append(X - np.ones(len(X), np.float32) @ X / len(X))
     if len(centered[0]) < 2:
