@@ -11,7 +11,7 @@ from tinydot.config import ModelConfig, TrainConfig
 from tinydot.data.batching import Encoded, length_buckets, make_inputs
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.model import IN_PEN
+from tinydot.data.batching import IN_PEN
 from tinydot.sampling import sample
 from tinydot.training import init_model, lr_at, train
 

@@ -8,7 +8,8 @@ from tinydot.checkpoint import load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
 from tinydot.errors import ConfigError
 from tinydot.pruning import density, full_mask, prunable_names, prune, random_mask
-from tinydot.pruning.lottery import run_lottery, used_counts
+from tinydot.lottery import run_lottery, used_counts
+from tinydot.report.pages import write_lottery_figures
 from tinydot.training import init_model, train
 
 TINY = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
@@ -124,7 +125,9 @@ def test_lottery_table(lottery):
     assert np.allclose(table["density"], [1, 0.5, 0.25, 0.125], atol=1e-4)
     assert table.loc[1:, ["reinit_bits_per_step", "random_bits_per_step"]].notna().all().all()
     assert (table["unused_fraction"] >= table["sparsity"] - 1e-9).all()  # pruned weights are unused
-    assert (result.run_dir / "nll_vs_sparsity.png").exists() and (result.run_dir / "results.csv").exists()
+    assert (result.run_dir / "results.csv").exists() and not (result.run_dir / "nll_vs_sparsity.png").exists()
+    assert write_lottery_figures(result.run_dir) == [result.run_dir / "nll_vs_sparsity.png"]  # the report draws it
+    assert (result.run_dir / "nll_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_rewinding_restores_survivors_bit_exactly(lottery):
@@ -144,7 +147,7 @@ def test_rewinding_restores_survivors_bit_exactly(lottery):
 
 def test_killed_lottery_resumes_to_the_same_table(lottery, tmp_path, monkeypatch):
     data, held_out, cfg, result = lottery
-    import tinydot.pruning.lottery as lottery_module
+    import tinydot.lottery as lottery_module
 
     real_train = lottery_module.train
 

@@ -22,6 +22,7 @@ from tinydot.analysis.neurons import (
 from tinydot.analysis.similarity import cka_matrix, linear_cka
 from tinydot.analysis.tasks import read_conll, split_groups
 from tinydot.errors import ConfigError
+from tinydot.report.pages import write_report
 
 
 def same_partition(a, b) -> bool:
@@ -139,6 +140,27 @@ def test_fista_probe_minimises_the_same_objective_as_scikit_learn_saga():
     assert (ours.predict(X) == theirs.predict(X)).mean() > 0.99
 
 
+def test_two_class_saga_probe_minimises_the_fista_objective():
+    # scikit-learn fits one row for two classes; the probe converts its penalty so that both
+    # solvers minimise the same two-row objective (a plain C = 1 / (alpha n) would not)
+    X, y = synthetic_task(n=400, width=12, informative=(3, 7, 9))
+    y = np.where(y == y[0], "a", "b")
+    for l1_ratio in (0.0, 0.5, 0.9):
+        ours = ElasticNetProbe(alpha=0.02, l1_ratio=l1_ratio, max_iter=8000, tol=1e-10).fit(X, y)
+        theirs = ElasticNetProbe(alpha=0.02, l1_ratio=l1_ratio, max_iter=20000, tol=1e-8, solver="saga").fit(X, y)
+        assert ours.objective(X, y) == pytest.approx(theirs.objective(X, y), rel=1e-4), l1_ratio
+        np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=3e-3)
+        np.testing.assert_allclose(theirs.coef_[0], -theirs.coef_[1])  # the symmetric two-row form
+
+
+def test_saga_probe_reads_the_l1_ratio():
+    # the l1 part of the elastic net zeroes weights; without it (penalty ignored) none would be exactly zero
+    X, y = synthetic_task(n=400, width=12, informative=(3, 7, 9))
+    sparse = ElasticNetProbe(alpha=0.05, l1_ratio=0.9, max_iter=5000, tol=1e-6, solver="saga").fit(X, y)
+    dense = ElasticNetProbe(alpha=0.05, l1_ratio=0.0, max_iter=5000, tol=1e-6, solver="saga").fit(X, y)
+    assert (sparse.coef_ == 0).sum() > 0 and (dense.coef_ == 0).sum() == 0
+
+
 def test_elastic_net_zeroes_uninformative_neurons_and_ranks_informative_first():
     X, y = synthetic_task()
     probe = ElasticNetProbe(alpha=0.02).fit(X, y)
@@ -209,10 +231,12 @@ def test_redundancy_on_a_real_tinydot_checkpoint(tiny_checkpoint, data_dir, tmp_
     out = tmp_path / "pen"
     summary = run_redundancy(RedundancyConfig(str(tiny_checkpoint), "pen", tokens=3000), out, data_dir=data_dir,
                              progress=False)
-    expected = {"activations.npy", "tokens.csv", "cka.csv", "clusters.csv", "layers.csv", "selections.csv",
-                "curves.csv", "alphas.csv", "cka.png", "redundant_fraction.png", "neurons_kept.png", "summary.json",
-                "section.html", "report.html"}
-    assert {p.name for p in out.iterdir()} == expected
+    tables = {"activations.npy", "tokens.csv", "cka.csv", "clusters.csv", "layers.csv", "selections.csv",
+              "curves.csv", "alphas.csv", "summary.json"}
+    assert {p.name for p in out.iterdir()} == tables  # the stage writes tables; the report layer draws
+    assert write_report(out) == [out / "report.html"]
+    assert {p.name for p in out.iterdir()} == tables | {"cka.png", "redundant_fraction.png", "neurons_kept.png",
+                                                        "section.html", "report.html"}
     states = np.load(out / "activations.npy")
     assert states.shape == (3, sum(summary["tokens"].values()), 16)
     tokens = pd.read_csv(out / "tokens.csv")

@@ -12,7 +12,9 @@ from scipy import stats
 
 from tinydot.config import StudyConfig
 from tinydot.errors import ConfigError
-from tinydot.study import Study, assign, leave_one_bin_out, ols_table, predict, run_study
+from tinydot.fits import leave_one_bin_out, ols_table
+from tinydot.report.html import write_study_report
+from tinydot.study import TARGETS, Study, assign, predict, run_study
 
 TINY_STUDY = {
     "study": {"measures": ["L", "S"], "bins": 3, "seeds": 1, "max_train_per_bin": 120},
@@ -70,7 +72,7 @@ def synthetic_jobs(slope=0.02, intercept=0.1, noise=0.0, seed=0):
 
 def test_ols_matches_the_textbook_formulas():
     jobs = synthetic_jobs(noise=0.01)
-    ols = ols_table(jobs, ["L", "S"])
+    ols = ols_table(jobs, ["L", "S"], TARGETS)
     row = ols[(ols.model == "L") & (ols.target == "dense")].iloc[0]
     part = jobs[jobs.measure == "L"]
     x, y = part.complexity.to_numpy(), part.dense_unused_fraction.to_numpy()
@@ -86,7 +88,7 @@ def test_ols_matches_the_textbook_formulas():
 
 
 def test_leave_one_bin_out_is_exact_on_a_line():
-    loo = leave_one_bin_out(synthetic_jobs(noise=0.0), ["L", "S"])
+    loo = leave_one_bin_out(synthetic_jobs(noise=0.0), ["L", "S"], TARGETS)
     assert np.abs(loo.error).max() < 1e-10
     assert np.abs(loo.baseline_error).max() > 0.01  # ignoring complexity does worse
 
@@ -95,7 +97,9 @@ def test_leave_one_bin_out_is_exact_on_a_line():
 def tiny_study(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     study = Study.from_dict(TINY_STUDY)
-    return study, run_study(study, out, data_dir=data_dir, workers=1, progress=False)
+    result = run_study(study, out, data_dir=data_dir, workers=1, progress=False)
+    write_study_report(result.run_dir)
+    return study, result
 
 
 def same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -177,7 +181,7 @@ class _Refs(HTMLParser):
 
 def test_report_is_self_contained_and_generated_from_the_numbers(tiny_study):
     _, result = tiny_study
-    html = result.report.read_text()
+    html = (result.run_dir / "report.html").read_text()
     parser = _Refs()
     parser.feed(html)
     assert len(parser.refs) >= 4  # histograms, per-bin, OLS and sample figures

@@ -1,10 +1,13 @@
 """The `tinydot` command line: parse arguments, call the Python API, print a short summary.
 
 User mistakes raise `TinydotError`; `main` prints its one-line message and exits with status 2.
+Each command imports the API it calls inside its own function, so that `tinydot --help` and a
+mistyped command answer without loading torch, pandas and matplotlib.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tinydot.errors import TinydotError
+from tinydot.errors import ConfigError, TinydotError
 
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -63,10 +66,6 @@ CheckpointOption = typer.Option(..., "--checkpoint", help="A run folder or its m
 
 
 def _load_json_object(path: Path, sections: set[str]) -> dict:
-    import json
-
-    from tinydot.errors import ConfigError
-
     try:
         values = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -121,7 +120,7 @@ def sample_cmd(checkpoint: Path = CheckpointOption,
                temperature: float = typer.Option(0.8, help="Softmax temperature."),
                seed: int = typer.Option(0, help="Sampling seed.")) -> None:
     """Generate digits of a requested class and draw them to a PNG grid."""
-    from tinydot.sampling import save_samples
+    from tinydot.runs import save_samples
 
     path = save_samples(checkpoint, out, digit=digit, n=n, temperature=temperature, seed=seed)
     console.print(f"wrote {path}")
@@ -135,8 +134,6 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
              out: Optional[Path] = typer.Option(None, "--out", help="Also write the results as JSON here."),
              data_dir: Optional[Path] = DataDirOption) -> None:
     """Test NLL (bits/step), the stroke classifier's accuracy, and recognizability of samples."""
-    import json
-
     from tinydot.checkpoint import load_model
     from tinydot.evaluation import evaluate
     from tinydot.io import atomic_write_text
@@ -154,8 +151,6 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
 
 
 def _parse_rewind(rewind: str) -> int:
-    from tinydot.errors import ConfigError
-
     if rewind == "init":
         return 0
     if rewind.startswith("step:") and rewind[5:].isdigit():
@@ -181,7 +176,8 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
 
     from tinydot.config import ModelConfig, PruneConfig, TrainConfig
     from tinydot.data import load_strokes
-    from tinydot.pruning.lottery import run_lottery
+    from tinydot.lottery import run_lottery
+    from tinydot.report.pages import write_lottery_figures
 
     model_values, train_values = _load_configs(config)
     if steps is not None:
@@ -192,6 +188,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     test = load_strokes("test", data_dir)
     held_out = test.subset(np.arange(min(max(eval_sequences, 1), len(test))))
     result = run_lottery(load_strokes("train", data_dir), out, held_out, model_config, train_config, prune_config)
+    write_lottery_figures(out)
     table = Table(title=f"lottery tickets: test NLL in bits/step on {len(held_out):,} test sequences")
     columns = {"level": "level", "sparsity": "sparsity", "bits_per_step": "ticket", "reinit_bits_per_step": "reinit",
                "random_bits_per_step": "random", "unused_fraction": "unused", "unused_fraction_relative": "unused rel",
@@ -216,11 +213,13 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
               ray_address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster."),
               data_dir: Optional[Path] = DataDirOption) -> None:
     """Complexity bins -> train -> first lottery round -> OLS -> predictor -> HTML report."""
+    from tinydot.report.html import write_study_report
     from tinydot.study import Study, run_study
 
     overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
     study = Study.preset(preset, overrides)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
+    report = write_study_report(result.run_dir)
     table = Table(title="OLS: unused fraction ~ bin complexity")
     for column in ("model", "target", "term", "slope", "95% CI", "p", "R^2"):
         table.add_column(column, justify="left" if column in ("model", "target", "term") else "right")
@@ -228,7 +227,7 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
         table.add_row(r.model, r.target, r.term, f"{r.coef:.4g}", f"[{r.ci_low:.3g}, {r.ci_high:.3g}]",
                       f"{r.p_value:.3g}", f"{r.r2:.3f}")
     console.print(table)
-    console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {result.report}")
+    console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {report}")
 
 
 @app.command("predict")
@@ -238,7 +237,6 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
     """Predict the unused fraction of a dataset from its complexity alone (no training)."""
     from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
-    from tinydot.errors import ConfigError
     from tinydot.study import predict
 
     split, _, digit = data.partition(":")
@@ -268,11 +266,13 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                 seed: int = typer.Option(0, help="Seed for the sample and the random vectors."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Hessian of the training loss: top eigenvalues, trace, density, bulk/outlier split."""
-    from tinydot.analysis.hessian import write_hessian
+    from tinydot.report.pages import write_hessian_figures
+    from tinydot.runs import write_hessian
 
     summary = write_hessian(checkpoint, out, top_k=top_k, density=density, sequences=sequences,
                             lanczos_steps=lanczos_steps, trace_samples=trace_samples, density_runs=density_runs,
                             seed=seed, data_dir=data_dir)
+    write_hessian_figures(out)
     console.print(f"{summary['coordinates']:,} coordinates{' (surviving weights only)' if summary['pruned'] else ''}; "
                   f"loss {summary['loss_nats']:.4f} nats on {sequences} sequences")
     console.print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))
@@ -289,9 +289,11 @@ def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="O
               keep: float = typer.Option(0.99, help="Share of variance each SVD keeps."),
               data_dir: Optional[Path] = DataDirOption) -> None:
     """SVCCA similarity between layers (of one checkpoint, or across two) and intrinsic dimensionality."""
-    from tinydot.analysis.similarity import write_svcca
+    from tinydot.report.pages import write_svcca_figures
+    from tinydot.runs import write_svcca
 
     result = write_svcca(checkpoint, out, sequences=sequences, keep=keep, data_dir=data_dir)
+    write_svcca_figures(out)
     console.print(result["similarity"].round(3).to_string())
     console.print(result["dims"].to_string(index=False))
     console.print(f"wrote {out}/")
@@ -310,15 +312,17 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
                                                          "(default: chosen on dev from 1e-3, 1e-4, 1e-5)."),
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """General and task-specific redundancy of a transformer (Dalvi et al. 2020)."""
-    from tinydot.redundancy import RedundancyConfig, run_redundancy, verdict
+    from tinydot.redundancy import RedundancyConfig, run_redundancy
+    from tinydot.report.html import redundancy_verdict, write_redundancy_report
 
     config = RedundancyConfig(model=model, task=task, tokens=tokens, seed=seed, threshold=threshold, alpha=alpha)
     summary = run_redundancy(config, out, data_dir=data_dir)
-    for sentence in verdict(summary):
+    report = write_redundancy_report(out)
+    for sentence in redundancy_verdict(summary):
         console.print(escape(sentence))
     fractions = ", ".join(f"c={c}: {100 * f:.0f}%" for c, f in summary["redundant_fraction"].items())
     console.print(f"redundant neurons by threshold: {fractions}")
-    console.print(f"wrote {out}/report.html (and section.html, figures, tables)")
+    console.print(f"wrote {report} (and section.html, figures, tables)")
 
 
 @app.command("complexity")
@@ -334,12 +338,14 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     """Per-sample complexity measures, quantile bins and histograms."""
     import pandas as pd
 
-    from tinydot.complexity import write_complexity
     from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
+    from tinydot.report.pages import write_complexity_figures
+    from tinydot.runs import write_complexity
 
     strokes = digit_subset(load_strokes(split, data_dir), digit)
     paths = write_complexity(strokes, measure, bins, out, balanced=balanced, seed=seed)
+    write_complexity_figures(out)
     summary = pd.read_csv(paths["summary"], index_col=0)
     table = Table(title=f"complexity of {len(strokes):,} {split} samples")
     for column in ("measure", "mean", "std", "min", "10%", "50%", "90%", "max"):
@@ -355,12 +361,20 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     console.print(f"wrote {out}/: measures.csv, bins.csv, summary.csv, correlations.csv, histograms.png")
 
 
+@app.command("report")
+def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (study, redundancy, lottery, "
+                                                  "hessian, svcca or complexity).")) -> None:
+    """(Re)write the figures and HTML pages of a finished run folder from its tables."""
+    from tinydot.report.pages import write_report
+
+    for path in write_report(run):
+        console.print(f"wrote {path}")
+
+
 def main() -> None:
     try:
         app()
     except TinydotError as err:
-        from rich.markup import escape
-
         Console(stderr=True, emoji=False).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False,
                                                soft_wrap=True)
         sys.exit(2)

@@ -32,9 +32,8 @@ compressed_bytes  bytes per pen step of the steps' raw-deflate encoding (zlib, l
 
 from __future__ import annotations
 
-import os
+import difflib
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,10 +44,8 @@ from tinydot.errors import ConfigError
 MEASURES = ("L", "S", "spectral_entropy", "turning", "strokes", "pen_up_travel", "compressed_bytes")
 
 
-def _check_measure(measure: str) -> None:
+def check_measure(measure: str) -> None:
     if measure not in MEASURES:
-        import difflib
-
         close = difflib.get_close_matches(measure, MEASURES, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown measure {measure!r}{hint}; choose from {', '.join(MEASURES)}")
@@ -119,7 +116,7 @@ def _compressed_bytes(strokes: Strokes) -> np.ndarray:
 def measure_all(strokes: Strokes, measures=MEASURES) -> pd.DataFrame:
     """A table with one row per sequence: `label` and each requested measure."""
     for m in measures:
-        _check_measure(m)
+        check_measure(m)
     table = {"label": strokes.labels.astype(int)}
     if {"S", "spectral_entropy", "turning"} & set(measures):
         rows, z, same, counts = _flow(strokes)
@@ -194,32 +191,3 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per measure: mean, std, quantiles."""
     measures = [c for c in table.columns if c in MEASURES]
     return table[measures].describe(percentiles=[0.1, 0.5, 0.9]).T
-
-
-def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathLike, *,
-                     balanced: bool = False, seed: int = 0) -> dict[str, Path]:
-    """Measure `strokes`, bin them by `measure` into `k` quantile bins, and write into `out`:
-    measures.csv (per sample, with its bin), bins.csv (edges), summary.csv, correlations.csv
-    (Pearson, between measures) and histograms.png."""
-    from tinydot.io import atomic_path
-    from tinydot.report.figures import complexity_histograms, save_figure
-
-    _check_measure(measure)
-    if len(strokes) == 0:
-        raise ConfigError("the selection is empty: no samples to measure")
-    table = measure_all(strokes)
-    table.insert(0, "index", np.arange(len(strokes)))
-    bins = quantile_bins(table[measure].to_numpy(), k, labels=strokes.labels if balanced else None, seed=seed)
-    table["bin"] = bins
-    edges = bin_table(table[measure], bins)
-    edges.insert(0, "measure", measure)
-    out = Path(out)
-    paths = {"measures": out / "measures.csv", "bins": out / "bins.csv", "summary": out / "summary.csv",
-             "correlations": out / "correlations.csv", "histograms": out / "histograms.png"}
-    correlations = table[list(MEASURES)].corr()
-    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table)),
-                       ("correlations", correlations)):
-        with atomic_path(paths[key]) as tmp:
-            frame.to_csv(tmp, index=key in ("summary", "correlations"))
-    save_figure(complexity_histograms(table, measure, edges), paths["histograms"])
-    return paths

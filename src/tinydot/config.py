@@ -143,14 +143,11 @@ class StudyConfig(_Config):
     sample_digits: bool = field(default=True, metadata={"help": "draw digits from each bin's model for the report"})
 
     def __post_init__(self):
-        from tinydot.complexity import MEASURES
-
         if isinstance(self.measures, (list, str)):
             object.__setattr__(self, "measures", tuple([self.measures] if isinstance(self.measures, str)
                                                        else self.measures))
         _check(len(self.measures) >= 1, "study measures must name at least one measure")
-        for m in self.measures:
-            _check(m in MEASURES, f"unknown study measure {m!r}; choose from {', '.join(MEASURES)}")
+        _check(all(isinstance(m, str) for m in self.measures), "study measures must be names (strings)")
         _check(len(set(self.measures)) == len(self.measures), "study measures must not repeat")
         _check(isinstance(self.bins, int) and self.bins >= 3,
                f"study bins must be an integer >= 3 (a line through fewer points has no error estimate), "

@@ -8,11 +8,13 @@ import math
 import numpy as np
 import torch
 
+from tinydot.checkpoint import load_tensors, save_tensors
 from tinydot.data.batching import Encoded, length_buckets
 from tinydot.data.render import rasterize_all
-from tinydot.data.strokes import NUM_CLASSES, Strokes
+from tinydot.data.strokes import NUM_CLASSES, Strokes, cache_dir, load_strokes
 from tinydot.errors import ConfigError
 from tinydot.model import TinyDOT
+from tinydot.sampling import sample
 
 
 @torch.no_grad()
@@ -90,9 +92,6 @@ def train_classifier(train: Strokes, *, epochs: int = CLASSIFIER_EPOCHS, seed: i
 
 def load_or_train_classifier(train: Strokes) -> StrokeClassifier:
     """The classifier for `train`, cached (safetensors) under the tinydot cache folder."""
-    from tinydot.checkpoint import load_tensors, save_tensors
-    from tinydot.data.strokes import cache_dir
-
     digest = hashlib.sha256()
     for array in (train.steps, train.lengths, train.labels, train.starts):
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -109,8 +108,6 @@ def load_or_train_classifier(train: Strokes) -> StrokeClassifier:
 def recognizability(model: TinyDOT, classifier: StrokeClassifier, *, per_class: int = 100,
                     temperature: float = 0.8, seed: int = 0) -> dict:
     """Sample `per_class` digits of each class; the fraction the classifier assigns to the requested class."""
-    from tinydot.sampling import sample
-
     digits = np.repeat(np.arange(NUM_CLASSES), per_class)
     samples = sample(model, digits, temperature=temperature, seed=seed)
     correct = classifier.predict(samples) == digits
@@ -123,8 +120,6 @@ def evaluate(model: TinyDOT, *, data_dir=None, per_class: int = 100, temperature
              seed: int = 0) -> dict:
     """The headline numbers of a model: test NLL (bits/step), the classifier's test accuracy, and
     the recognizability of `per_class` samples per digit."""
-    from tinydot.data.strokes import load_strokes
-
     if per_class < 1:
         raise ConfigError(f"per_class must be at least 1, got {per_class}")
     train, test = load_strokes("train", data_dir), load_strokes("test", data_dir)

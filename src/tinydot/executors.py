@@ -12,6 +12,8 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from tinydot.errors import ConfigError
 
 EXECUTORS = ("local", "ray")
@@ -19,8 +21,6 @@ EXECUTORS = ("local", "ray")
 
 def progress_bar(total: int | None, enabled: bool, description: str):
     """A rich progress bar and its task (total None: a count without an end)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not enabled)
     return bar, bar.add_task(description, total=total)
@@ -58,7 +58,7 @@ def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = 
 
 def _run_ray(fn, specs, results, workers, ray_address, advance) -> None:
     try:
-        import ray
+        import ray  # optional and heavy: imported only when the ray executor is chosen
     except ImportError:
         raise ConfigError("the ray executor needs Ray: pip install 'tinydot[ray]'") from None
     started_here = not ray.is_initialized()

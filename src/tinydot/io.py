@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes and hashing."""
+"""Small file helpers shared by every layer: atomic writes (text, figures) and hashing."""
 
 from __future__ import annotations
 
@@ -46,3 +46,9 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write a matplotlib Figure (anything with `savefig`) as a PNG at `path`, atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")

@@ -26,15 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinydot.config import ModelConfig
-
-PEN_STATES = 3  # draw, end of stroke, end of digit (targets)
-BOS = 3  # the pen input at position 0
-FRAME_SLOTS = 30  # absolute pen positions 1..28, with 0 and 29 for "outside the frame"
-
-# Columns of the integer input tensor (B, T, 5) and target tensor (B, T, 3).
-IN_DX, IN_DY, IN_PEN, IN_X, IN_Y = range(5)
-OUT_DX, OUT_DY, OUT_PEN = range(3)
-IGNORE = -1  # target pen of padding positions
+from tinydot.data.batching import FRAME_SLOTS, IGNORE, IN_DX, IN_DY, IN_PEN, IN_X, IN_Y, OUT_DX, OUT_DY, OUT_PEN, PEN_STATES
 
 
 class CausalSelfAttention(nn.Module):

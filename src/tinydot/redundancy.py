@@ -6,7 +6,8 @@ model (tinyDOT checkpoint, 'minilm' or a Hugging Face folder) + task
      over the threshold c (clusters.csv)
   -> task-specific redundancy: probes per layer, layer selector, clustering, ranking, retraining
      on the top k% (layers.csv, selections.csv, curves.csv)
-  -> figures, summary.json, section.html (a fragment for the HTML report) and report.html.
+  -> summary.json. The report layer (`tinydot.report.html.write_redundancy_report`) draws the
+     figures and writes section.html (a fragment for a report page) and report.html.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tinydot.analysis.activations import MINILM, resolve_hf_model
+from tinydot.analysis.activations import MINILM, load_hf_model, resolve_hf_model, stroke_states, word_states
 from tinydot.analysis.neurons import (
     DELTAS,
     THRESHOLDS,
@@ -29,6 +30,8 @@ from tinydot.analysis.neurons import (
 )
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
+from tinydot.checkpoint import is_tinydot_checkpoint, load_model
+from tinydot.data.strokes import load_strokes
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
 from tinydot.io import atomic_path, atomic_write_text
@@ -56,8 +59,6 @@ class RedundancyConfig:
 
 def model_kind(model: str) -> str:
     """'tinydot' for a tinyDOT checkpoint (file or run folder), 'hf' for 'minilm' or an HF folder."""
-    from tinydot.checkpoint import is_tinydot_checkpoint
-
     if model == MINILM:
         return "hf"
     if is_tinydot_checkpoint(model):
@@ -71,10 +72,6 @@ def model_kind(model: str) -> str:
 
 
 def _stroke_activations(config: RedundancyConfig, data_dir, progress: bool):
-    from tinydot.analysis.activations import stroke_states
-    from tinydot.checkpoint import load_model
-    from tinydot.data.strokes import load_strokes
-
     test = load_strokes("test", data_dir)
     order = np.random.default_rng(config.seed).permutation(len(test))
     positions = np.cumsum(test.lengths[order] + 1)
@@ -89,8 +86,6 @@ def _stroke_activations(config: RedundancyConfig, data_dir, progress: bool):
 
 
 def _text_activations(config: RedundancyConfig, out: Path, progress: bool):
-    from tinydot.analysis.activations import load_hf_model, word_states
-
     task = text_task(config.task, config.tokens, config.seed)
     check_split(task.labels, task.split)  # before anything is written
     tokenizer, model = load_hf_model(config.model)
@@ -133,8 +128,6 @@ def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
 
 def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bool = True) -> dict:
     """Run the whole analysis into `out`; returns the summary (also written to summary.json)."""
-    from tinydot.report.figures import neurons_kept, redundant_fraction, save_figure, similarity_heatmap
-
     config.check()
     out = Path(out)  # created by the first (atomic) write, once the inputs have passed their checks
     states, task, extra = activations_for(config, out, data_dir, progress)
@@ -163,15 +156,8 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     _write_csv(pipeline.alphas_, out / "alphas.csv")
 
     label = f"{'MiniLM' if config.model == MINILM else Path(config.model).name} / {task.name}"
-    save_figure(similarity_heatmap(cka, f"linear CKA between layers, {n_tokens:,} tokens ({label})"),
-                out / "cka.png")
-    save_figure(redundant_fraction(sweep, f"redundant neurons of {n_layers * width:,} ({label})"),
-                out / "redundant_fraction.png")
-    save_figure(neurons_kept(pipeline.curves_, pipeline.selections_, pipeline.oracle_["test"], task.metric, label),
-                out / "neurons_kept.png")
-
     summary = {
-        "config": asdict(config), "layers": n_layers, "width": width, "neurons": n_layers * width,
+        "config": asdict(config), "label": label, "layers": n_layers, "width": width, "neurons": n_layers * width,
         "tokens": {part: int((task.split == part).sum()) for part in ("train", "dev", "test")},
         "classes": int(len(np.unique(task.labels))), "metric": task.metric,
         "majority_test": majority_score(task), "alpha": pipeline.alpha_, "oracle": pipeline.oracle_,
@@ -180,7 +166,6 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
         "adjacent_cka": [float(cka.iat[i, i + 1]) for i in range(n_layers - 1)],
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
-    write_section(out)
     return summary
 
 
@@ -190,40 +175,3 @@ def majority_score(task: Task) -> float:
     truth = task.labels[task.split == "test"]
     return task_score(truth, np.full(len(truth), values[np.argmax(counts)]), task.scored)
 
-
-def write_section(out) -> Path:
-    """section.html (the analysis as an HTML fragment for a report page, figures embedded) and
-    report.html (the same section as a page of its own). Reads only files in `out`."""
-    import base64
-    import datetime
-
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    out = Path(out)
-    summary = json.loads((out / "summary.json").read_text())
-    images = {name: "data:image/png;base64," + base64.b64encode((out / f"{name}.png").read_bytes()).decode()
-              for name in ("cka", "redundant_fraction", "neurons_kept")}
-    env = Environment(loader=PackageLoader("tinydot.report", "templates"), autoescape=select_autoescape())
-    context = dict(s=summary, images=images, layers=pd.read_csv(out / "layers.csv"),
-                   selections=pd.read_csv(out / "selections.csv"), clusters=pd.read_csv(out / "clusters.csv"),
-                   verdict=verdict(summary), config=json.dumps(summary["config"], indent=2),
-                   created=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
-    atomic_write_text(out / "section.html", env.get_template("redundancy.html.j2").render(**context))
-    path = out / "report.html"
-    atomic_write_text(path, env.get_template("redundancy_page.html.j2").render(**context))
-    return path
-
-
-def verdict(summary: dict) -> list[str]:
-    """Plain sentences comparing the result with the paper's headline (97% with <= 10% of neurons)."""
-    metric, oracle = summary["metric"], summary["oracle"]
-    lines = [f"Oracle probe on all {summary['neurons']:,} neurons: test {metric} {oracle['test']:.3f} "
-             f"(dev {oracle['dev']:.3f}); always predicting the majority label scores {summary['majority_test']:.3f}."]
-    for row in summary["selections"]:
-        meets = row["oracle_share"] >= 0.97 and row["neuron_share"] <= 0.10
-        lines.append(
-            f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: layers 0..{row['layer']} selected, "
-            f"{row['neurons']:,} neurons kept ({100 * row['neuron_share']:.1f}% of all), test {metric} "
-            f"{row['test']:.3f} = {100 * row['oracle_share']:.1f}% of the oracle - the paper's headline "
-            f"(>= 97% of performance with <= 10% of neurons) {'holds' if meets else 'does not hold'} here.")
-    return lines

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from tinydot.data.batching import make_inputs
-from tinydot.data.strokes import FRAME, NUM_CLASSES, PEN_DRAW, PEN_END_DIGIT, Strokes, check_digit
+from tinydot.data.strokes import FRAME, NUM_CLASSES, PEN_DRAW, PEN_END_DIGIT, Strokes
 from tinydot.errors import ConfigError
 from tinydot.model import TinyDOT
 
@@ -65,25 +65,3 @@ def sample(model: TinyDOT, digits, *, temperature: float = 0.8, seed: int = 0) -
     starts = moves[:, 0, :2].numpy()
     return Strokes(steps.astype(np.int8), lengths.numpy().astype(np.int16), digits.astype(np.int8),
                    starts.astype(np.int8), split="sampled")
-
-
-def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temperature: float = 0.8,
-                 seed: int = 0):
-    """Sample `n` digits of class `digit` (or `n` of each class) from a checkpoint into a PNG grid."""
-    from pathlib import Path
-
-    from tinydot.checkpoint import load_model
-    from tinydot.data.render import rasterize_all, save_grid
-
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out} must end in .png")
-    if not 1 <= n <= 1000:
-        raise ConfigError(f"--n must be between 1 and 1000, got {n}")
-    check_digit(digit)
-    model = load_model(checkpoint)
-    digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
-    samples = sample(model, digits, temperature=temperature, seed=seed)
-    save_grid(rasterize_all(samples, scale=4), out, titles=list(digits),
-              ncols=None if digit is not None else n)
-    return out

@@ -14,7 +14,7 @@ A run folder `runs/study-<hash>` (hash of the non-default configuration) holds:
   assignments.csv   per train sample: its measures, its bin per measure, held-out flags
   jobs/<job>/       one lottery run per job (resumable) and its job.json row
   jobs.csv          one row per job             ols.csv   OLS fits      loo.csv  leave-one-bin-out
-  figures/*.png     report.html
+The report layer (`tinydot.report.html.write_study_report`) adds figures/*.png and report.html.
 """
 
 from __future__ import annotations
@@ -28,10 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from tinydot.complexity import MEASURES, measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
+from tinydot.data.strokes import load_strokes, locate_data_dir
 from tinydot.errors import ConfigError, TinydotError
+from tinydot.executors import check_executor, run_jobs
+from tinydot.fits import leave_one_bin_out, ols_table, predict_line
 from tinydot.io import atomic_path, atomic_write_text
+from tinydot.lottery import run_lottery
+from tinydot.training import init_model
 
 TARGETS = {"dense": "unused fraction, dense", "round1": "unused fraction, after round 1"}
 JOB_THREADS = 1  # every job pins one torch thread: identical numbers under every executor
@@ -63,6 +70,11 @@ class Study:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     prune: PruneConfig = PruneConfig(levels=1, controls=False)
+
+    def __post_init__(self):
+        for m in self.study.measures:
+            if m not in MEASURES:
+                raise ConfigError(f"unknown study measure {m!r}; choose from {', '.join(MEASURES)}")
 
     @classmethod
     def from_dict(cls, values: dict) -> Study:
@@ -97,7 +109,6 @@ class StudyResult:
     jobs: pd.DataFrame
     ols: pd.DataFrame
     loo: pd.DataFrame
-    report: Path
     seconds: float
 
 
@@ -105,8 +116,6 @@ class StudyResult:
 
 def assign(strokes, cfg: StudyConfig, seed: int = 0) -> pd.DataFrame:
     """Per train sample: every measure the study needs, its bin per binned measure, held-out flags."""
-    from tinydot.complexity import measure_all, quantile_bins
-
     needed = list(dict.fromkeys([*cfg.measures, "L", "S"]))
     table = measure_all(strokes, needed)
     table.insert(0, "index", np.arange(len(strokes)))
@@ -131,12 +140,6 @@ def job_name(measure: str, bin_index: int, seed: int) -> str:
 
 def run_job(spec: dict) -> dict:
     """Train, prune once, count: one (measure, bin, seed) job. Resumable; returns its row."""
-    import torch
-
-    from tinydot.data.strokes import load_strokes
-    from tinydot.pruning.lottery import run_lottery
-    from tinydot.training import init_model
-
     torch.set_num_threads(spec["threads"])
     folder = Path(spec["run_dir"]) / "jobs" / job_name(spec["measure"], spec["bin"], spec["seed"])
     done = folder / "job.json"
@@ -175,73 +178,14 @@ def run_job(spec: dict) -> dict:
     return row
 
 
-# --------------------------------------------------------------------------- analysis
-
-def fit_ols(x: np.ndarray, y: np.ndarray):
-    """statsmodels OLS of y on [1, x] (x may have several columns)."""
-    import statsmodels.api as sm
-
-    return sm.OLS(np.asarray(y, dtype=float), sm.add_constant(np.asarray(x, dtype=float), has_constant="add")).fit()
-
-
-def ols_table(jobs: pd.DataFrame, measures) -> pd.DataFrame:
-    """Slope, 95% CI, p-value and R^2 of unused fraction vs bin complexity, per measure and target;
-    plus one model with the mean L and mean S of every job together."""
-    rows = []
-    for target in TARGETS:
-        y_col = f"{target}_unused_fraction"
-        for m in measures:
-            part = jobs[jobs["measure"] == m]
-            fit = fit_ols(part["complexity"], part[y_col])
-            low, high = fit.conf_int(0.05)[1]
-            rows.append({"model": m, "target": target, "term": m, "coef": fit.params[1], "ci_low": low,
-                         "ci_high": high, "p_value": fit.pvalues[1], "r2": fit.rsquared, "n": int(fit.nobs),
-                         "intercept": fit.params[0]})
-        fit = fit_ols(jobs[["mean_L", "mean_S"]], jobs[y_col])
-        for k, term in enumerate(("L", "S"), start=1):
-            low, high = fit.conf_int(0.05)[k]
-            rows.append({"model": "L+S", "target": target, "term": term, "coef": fit.params[k], "ci_low": low,
-                         "ci_high": high, "p_value": fit.pvalues[k], "r2": fit.rsquared, "n": int(fit.nobs),
-                         "intercept": fit.params[0]})
-    return pd.DataFrame(rows)
-
-
-def leave_one_bin_out(jobs: pd.DataFrame, measures) -> pd.DataFrame:
-    """Predict each bin's mean unused fraction from a line fitted to the other bins, and compare
-    with the no-complexity baseline (the other bins' mean)."""
-    rows = []
-    for target in TARGETS:
-        y_col = f"{target}_unused_fraction"
-        for m in measures:
-            part = jobs[jobs["measure"] == m]
-            for b in sorted(part["bin"].unique()):
-                rest, held = part[part["bin"] != b], part[part["bin"] == b]
-                fit = fit_ols(rest["complexity"], rest[y_col])
-                x = held["complexity"].mean()
-                predicted = fit.params[0] + fit.params[1] * x
-                actual = held[y_col].mean()
-                rows.append({"measure": m, "target": target, "bin": int(b), "complexity": x, "actual": actual,
-                             "predicted": predicted, "error": predicted - actual,
-                             "baseline_error": rest[y_col].mean() - actual})
-    return pd.DataFrame(rows)
-
-
-def loo_summary(loo: pd.DataFrame) -> pd.DataFrame:
-    return loo.groupby(["measure", "target"], sort=False).agg(
-        mae=("error", lambda e: float(np.abs(e).mean())),
-        rmse=("error", lambda e: float(np.sqrt((e ** 2).mean()))),
-        baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean()))).reset_index()
-
-
 # --------------------------------------------------------------------------- the whole study
 
 def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, executor: str = "local",
               workers: int = 1, ray_address: str | None = None, progress: bool = True) -> StudyResult:
-    """Run (or resume) the study into `out/study-<hash>` and write its report."""
-    from tinydot.data.strokes import load_strokes
-    from tinydot.data.strokes import locate_data_dir
-    from tinydot.executors import check_executor, run_jobs
+    """Run (or resume) the study into `out/study-<hash>`: its jobs, job table and fits.
 
+    The report is the report layer's: `tinydot.report.html.write_study_report(result.run_dir)`.
+    """
     check_executor(executor, workers)
     started = time.perf_counter()
     run_dir = Path(out) / f"study-{study.hash()}"
@@ -259,15 +203,12 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     rows = run_jobs(run_job, specs, executor=executor, workers=workers, ray_address=ray_address,
                     progress=progress, description="study jobs")
     jobs = pd.DataFrame(rows)
-    ols = ols_table(jobs, study.study.measures)
-    loo = leave_one_bin_out(jobs, study.study.measures)
+    ols = ols_table(jobs, study.study.measures, TARGETS)
+    loo = leave_one_bin_out(jobs, study.study.measures, TARGETS)
     for name, frame in (("jobs", jobs), ("ols", ols), ("loo", loo)):
         with atomic_path(run_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
-    from tinydot.report.html import write_study_report
-
-    report = write_study_report(run_dir, data_dir=data_dir)
-    return StudyResult(run_dir, jobs, ols, loo, report, time.perf_counter() - started)
+    return StudyResult(run_dir, jobs, ols, loo, time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -284,8 +225,6 @@ def predict(run_dir: str | os.PathLike, strokes) -> pd.DataFrame:
     """Predicted unused fraction (95% CI of the line and prediction interval) of `strokes`, from
     its mean complexity alone, by each measure's OLS line and by the L+S model; plus the implied
     number of needed (used) prunable parameters of the study's tinyDOT."""
-    from tinydot.complexity import measure_all
-
     study, jobs = load_study(run_dir)
     if len(strokes) == 0:
         raise ConfigError("the selection to predict for is empty")
@@ -297,34 +236,11 @@ def predict(run_dir: str | os.PathLike, strokes) -> pd.DataFrame:
         models = [(m, jobs[jobs["measure"] == m][["complexity"]], [means[m]]) for m in study.study.measures]
         models.append(("L+S", jobs[["mean_L", "mean_S"]], [means["L"], means["S"]]))
         for name, x, point in models:
-            fit = fit_ols(x, jobs.loc[x.index, y_col])
-            frame = fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
-            train_range = x.min().to_numpy(), x.max().to_numpy()
-            inside = bool(np.all(np.array(point) >= train_range[0]) and np.all(np.array(point) <= train_range[1]))
+            line = predict_line(x, jobs.loc[x.index, y_col], point)
             rows.append({"model": name, "target": target, "complexity": point if len(point) > 1 else point[0],
-                         "predicted_unused_fraction": frame["mean"], "ci_low": frame["mean_ci_lower"],
-                         "ci_high": frame["mean_ci_upper"], "pi_low": frame["obs_ci_lower"],
-                         "pi_high": frame["obs_ci_upper"], "needed_parameters": prunable * (1 - frame["mean"]),
-                         "prunable_parameters": prunable, "within_study_range": inside})
+                         "predicted_unused_fraction": line["mean"], "ci_low": line["ci_low"],
+                         "ci_high": line["ci_high"], "pi_low": line["pi_low"], "pi_high": line["pi_high"],
+                         "needed_parameters": prunable * (1 - line["mean"]), "prunable_parameters": prunable,
+                         "within_study_range": line["within_range"]})
     return pd.DataFrame(rows)
 
-
-def verdict(ols: pd.DataFrame, loo: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """Plain sentences generated from the fitted numbers (not fixed text)."""
-    sentences = []
-    summary = loo_summary(loo)
-    for row in ols[ols["model"] != "L+S"].itertuples():
-        direction = "rises" if row.coef > 0 else "falls"
-        significant = row.p_value < alpha
-        s = (f"{TARGETS[row.target].capitalize()} {direction} by {abs(row.coef):.3g} per unit of {row.term} "
-             f"(95% CI [{row.ci_low:.3g}, {row.ci_high:.3g}], p = {row.p_value:.3g}, R² = {row.r2:.2f}, "
-             f"n = {row.n} jobs): ")
-        s += ("the slope is significantly different from zero at the 5% level." if significant else
-              "the data do not show a slope distinguishable from zero at the 5% level.")
-        loo_row = summary[(summary["measure"] == row.term) & (summary["target"] == row.target)].iloc[0]
-        better = loo_row.mae < loo_row.baseline_mae
-        s += (f" Leaving one bin out, the line predicts that bin's unused fraction with mean absolute error "
-              f"{loo_row.mae:.3g}, {'better' if better else 'no better'} than ignoring complexity "
-              f"({loo_row.baseline_mae:.3g}).")
-        sentences.append(s)
-    return sentences

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig
@@ -179,8 +180,6 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
             row["eval_bits_per_step"] = evaluate_nll(model, held_out)["bits_per_step"]
             model.train()
         history.append(row)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     model.train()
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)

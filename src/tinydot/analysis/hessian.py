@@ -15,13 +15,14 @@ if no gap exceeds `min_gap` (2 by default) there are no outliers.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import torch
-from scipy.integrate import trapezoid
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from tinydot.data.batching import Encoded
 from tinydot.errors import ConfigError
 
 
@@ -34,8 +35,6 @@ class HessianOperator:
     """
 
     def __init__(self, model, batch, mask=None, dtype=torch.float64):
-        import copy
-
         model = copy.deepcopy(model).to(dtype).eval()
         mask = mask or {}
         self.names = [n for n, _ in model.named_parameters()]
@@ -224,70 +223,7 @@ class HessianSpectrum:
 
 def sample_batch(strokes, max_move: int, sequences: int, seed: int):
     """A fixed batch of `sequences` randomly chosen (seeded) sequences as model tensors."""
-    from tinydot.data.batching import Encoded
-
     if not 1 <= sequences <= len(strokes):
         raise ConfigError(f"sequences must be between 1 and {len(strokes)}, got {sequences}")
     index = np.sort(np.random.default_rng(seed).choice(len(strokes), size=sequences, replace=False))
     return Encoded(strokes.subset(index)).batch(np.arange(sequences), max_move)
-
-
-def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, sequences: int = 64,
-                  lanczos_steps: int = 60, trace_samples: int = 50, density_runs: int = 5, seed: int = 0,
-                  data_dir=None, progress: bool = True) -> dict:
-    """Hessian spectrum of a checkpoint's training loss on a fixed sample of train sequences.
-
-    A run folder holding `mask.safetensors` (a lottery level) is analysed over its surviving
-    weights only. Writes eigenvalues.csv, summary.json, spectrum.png and (with `density`)
-    density.csv and density.png into `out`; returns the summary.
-    """
-    import json
-    from pathlib import Path
-
-    import pandas as pd
-
-    from tinydot.checkpoint import load_model
-    from tinydot.data.strokes import load_strokes
-    from tinydot.io import atomic_path, atomic_write_text
-    from tinydot.pruning.mask import load_mask
-    from tinydot.report.figures import hessian_density, hessian_spectrum, save_figure
-
-    checkpoint, out = Path(checkpoint), Path(out)
-    model = load_model(checkpoint)
-    mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
-    mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
-    batch = sample_batch(load_strokes("train", data_dir), model.cfg.max_move, sequences, seed)
-    operator = HessianOperator(model, batch, mask)
-    spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
-                               density_runs=density_runs, density_steps=lanczos_steps, seed=seed)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    expected = lanczos_steps + trace_samples + (density_runs * lanczos_steps if density else 0)
-    with Progress(TextColumn("Hessian-vector products"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
-        task = bar.add_task("hvp", total=expected)
-        operator.on_matvec = lambda: bar.advance(task)
-        spectrum.fit(operator, density=density)
-    eigenvalues = spectrum.eigenvalues_
-    summary = {"checkpoint": str(checkpoint), "coordinates": operator.dim, "pruned": mask is not None,
-               "sequences": sequences, "loss_nats": operator.loss_value(), "top_eigenvalues": eigenvalues.tolist(),
-               "trace": spectrum.trace_, "trace_stderr": spectrum.trace_stderr_, "outliers": spectrum.outliers_,
-               "bulk_edge": float(eigenvalues[spectrum.outliers_]) if spectrum.outliers_ < len(eigenvalues) else None,
-               "hessian_vector_products": operator.n_matvecs}
-    with atomic_path(out / "eigenvalues.csv") as tmp:
-        pd.DataFrame({"rank": np.arange(1, len(eigenvalues) + 1), "eigenvalue": eigenvalues,
-                      "outlier": np.arange(len(eigenvalues)) < spectrum.outliers_}).to_csv(tmp, index=False)
-    save_figure(hessian_spectrum(eigenvalues, spectrum.outliers_), out / "spectrum.png")
-    if density:
-        low, high = spectrum.density_nodes_.min(), spectrum.density_nodes_.max()
-        sigma = max((high - low) / 200, 1e-12)
-        grid = np.linspace(low - 10 * sigma, high + 10 * sigma, 1000)
-        values = spectrum.density(grid, sigma)
-        estimate, stderr = spectrum.density_trace()
-        summary.update(density_trace=estimate, density_trace_stderr=stderr, density_sigma=sigma,
-                       density_integral=float(trapezoid(values, grid)))
-        with atomic_path(out / "density.csv") as tmp:
-            pd.DataFrame({"eigenvalue": grid, "density": values}).to_csv(tmp, index=False)
-        save_figure(hessian_density(grid, values, summary["bulk_edge"]), out / "density.png")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary

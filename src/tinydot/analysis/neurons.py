@@ -27,6 +27,7 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from tinydot.errors import ConfigError
@@ -154,12 +155,20 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_saga(self, Z, codes):
-        from sklearn.linear_model import LogisticRegression
-
-        model = LogisticRegression(solver="saga", l1_ratio=self.l1_ratio, C=1.0 / (self.alpha * len(Z)),
-                                   max_iter=self.max_iter, tol=self.tol).fit(Z, codes)
+        # scikit-learn >= 1.8 reads the elastic net from l1_ratio alone (`penalty` is deprecated;
+        # before 1.8 the default penalty="l2" silently ignored l1_ratio: hence the version pin).
+        alpha, l1_ratio = self.alpha, self.l1_ratio
+        if len(self.classes_) == 2:
+            # scikit-learn fits one row w for two classes (a sigmoid); our objective has two rows, and
+            # its minimiser is W = [-w/2, w/2] (only w1 - w0 enters the loss, and that split has the
+            # least penalty), whose penalty is alpha (l1 |w|_1 + (1 - l1) / 2 * |w|_2^2 / 2). The same
+            # objective in scikit-learn's one-row form: alpha' l1' = alpha l1, alpha' (1 - l1') = alpha (1 - l1) / 2.
+            alpha = self.alpha * (1 + self.l1_ratio) / 2
+            l1_ratio = self.l1_ratio / (alpha / self.alpha)
+        model = LogisticRegression(solver="saga", l1_ratio=l1_ratio, C=1.0 / (alpha * len(Z)),
+                                   max_iter=self.max_iter, tol=self.tol, random_state=0).fit(Z, codes)
         coef, intercept = model.coef_, model.intercept_
-        if len(self.classes_) == 2:  # scikit-learn keeps one row for two classes; spell out both
+        if len(self.classes_) == 2:  # spell out both rows of the two-row form
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
         self.coef_, self.intercept_, self.n_iter_ = coef, intercept, int(np.max(model.n_iter_))
 

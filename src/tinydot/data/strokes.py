@@ -22,16 +22,13 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import platformdirs
 
 from tinydot.errors import DataError
 from tinydot.io import atomic_path, sha256_file
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 SPLITS = ("train", "test")
 NUM_CLASSES = 10
@@ -341,8 +338,6 @@ def load_strokes(split: str = "train", data_dir: str | os.PathLike | None = None
 
 def length_summary(splits: dict[str, Strokes]) -> pd.DataFrame:
     """Per split and digit (then "all"): count and statistics of the number of pen steps."""
-    import pandas as pd
-
     rows = []
     for name, strokes in splits.items():
         for digit in [*range(NUM_CLASSES), "all"]:

@@ -8,6 +8,7 @@ import os
 import torch
 from torch import nn
 
+from tinydot.checkpoint import CheckpointError, load_tensors, save_tensors
 from tinydot.errors import ConfigError
 
 Mask = dict[str, torch.Tensor]
@@ -54,14 +55,10 @@ def masked_pairs(model: nn.Module, mask: Mask) -> list[tuple[torch.nn.Parameter,
 
 
 def save_mask(path: str | os.PathLike, mask: Mask) -> None:
-    from tinydot.checkpoint import save_tensors
-
     save_tensors(path, mask, {"format": "tinydot-mask"})
 
 
 def load_mask(path: str | os.PathLike) -> Mask:
-    from tinydot.checkpoint import CheckpointError, load_tensors
-
     tensors, metadata = load_tensors(path)
     if metadata.get("format") != "tinydot-mask" or any(t.dtype != torch.bool for t in tensors.values()):
         raise CheckpointError(f"{path} is not a tinydot mask")

@@ -1,26 +1,17 @@
-"""Pure functions that build matplotlib Figures (no pyplot, no global state), and `save_figure`."""
+"""Pure functions that build matplotlib Figures (no pyplot, no global state, no files)."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
-    """Write `fig` as a PNG at `path`, atomically."""
-    from tinydot.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
+from tinydot.complexity import MEASURES
+from tinydot.fits import fit_ols
 
 
 def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame) -> Figure:
     """One histogram per measure column of `table`; the `binned` measure shows its bin edges."""
-    from tinydot.complexity import MEASURES
-
     measures = [m for m in MEASURES if m in table.columns]
     ncols = 4
     nrows = int(np.ceil(len(measures) / ncols))
@@ -102,8 +93,6 @@ def per_bin(jobs: pd.DataFrame, measures) -> Figure:
 
 def ols_fits(jobs: pd.DataFrame, measures, targets: dict[str, str]) -> Figure:
     """Jobs, the OLS line and its 95% confidence band, per measure (columns) and target (rows)."""
-    from tinydot.study import fit_ols
-
     fig = Figure(figsize=(4.2 * len(measures), 3.0 * len(targets)), layout="constrained")
     axes = fig.subplots(len(targets), len(measures), squeeze=False)
     for i, (target, label) in enumerate(targets.items()):

@@ -9,7 +9,7 @@ A lottery run folder:
                                    same per-tensor sparsity with the rewound weights
   level_i/results.json             that level's row; a level with this file is skipped on re-runs
   level_i/used.csv                 per-tensor used/unused counts
-  results.csv, nll_vs_sparsity.png the table and its plot
+  results.csv                      the table (the report layer draws nll_vs_sparsity.png from it)
 
 "Used" weights: among the prunable tensors, |w| > epsilon (absolute), and, as a scale-free variant,
 |w| > relative_epsilon x the tensor's standard deviation (over all its entries, zeros included).
@@ -162,7 +162,4 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
     table = pd.DataFrame(rows)
     with atomic_path(run_dir / "results.csv") as tmp:
         table.to_csv(tmp, index=False)
-    from tinydot.report.figures import lottery_curve, save_figure
-
-    save_figure(lottery_curve(table), run_dir / "nll_vs_sparsity.png")
     return LotteryResult(table, run_dir)

@@ -1,0 +1,82 @@
+"""The figures of every kind of run folder, drawn from the tables its stage wrote, and
+`write_report(run_dir)`, which recognises the kind of a finished run folder and (re)writes its
+figures and pages. Nothing here computes a result; it reads files and draws them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tinydot.errors import TinydotError
+from tinydot.io import save_figure
+from tinydot.report import figures
+from tinydot.report.html import write_redundancy_report, write_study_report
+
+
+def write_lottery_figures(run_dir: str | Path) -> list[Path]:
+    """nll_vs_sparsity.png from a lottery run's results.csv."""
+    run_dir = Path(run_dir)
+    path = run_dir / "nll_vs_sparsity.png"
+    save_figure(figures.lottery_curve(pd.read_csv(run_dir / "results.csv")), path)
+    return [path]
+
+
+def write_complexity_figures(run_dir: str | Path) -> list[Path]:
+    """histograms.png (every measure; the binned one with its bin edges) from measures.csv and bins.csv."""
+    run_dir = Path(run_dir)
+    edges = pd.read_csv(run_dir / "bins.csv")
+    path = run_dir / "histograms.png"
+    save_figure(figures.complexity_histograms(pd.read_csv(run_dir / "measures.csv"), edges["measure"].iloc[0], edges),
+                path)
+    return [path]
+
+
+def write_hessian_figures(run_dir: str | Path) -> list[Path]:
+    """spectrum.png (top eigenvalues, outliers marked) and, when estimated, density.png."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    eigenvalues = pd.read_csv(run_dir / "eigenvalues.csv")["eigenvalue"].to_numpy()
+    paths = [run_dir / "spectrum.png"]
+    save_figure(figures.hessian_spectrum(eigenvalues, summary["outliers"]), paths[0])
+    if (run_dir / "density.csv").exists():
+        density = pd.read_csv(run_dir / "density.csv")
+        paths.append(run_dir / "density.png")
+        save_figure(figures.hessian_density(density["eigenvalue"].to_numpy(), density["density"].to_numpy(),
+                                            summary["bulk_edge"]), paths[1])
+    return paths
+
+
+def write_svcca_figures(run_dir: str | Path) -> list[Path]:
+    """similarity.png: the layer-by-layer SVCCA table as a heatmap."""
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "svcca.json").read_text())
+    similarity = pd.read_csv(run_dir / "similarity.csv", index_col=0)
+    title = f"SVCCA ({info['keep']:.0%} variance), {info['positions']:,} test positions"
+    path = run_dir / "similarity.png"
+    save_figure(figures.similarity_heatmap(similarity, title), path)
+    return [path]
+
+
+# the files that only a finished run folder of this kind holds, and the function that reports it
+KINDS = (
+    (("jobs.csv", "ols.csv", "assignments.csv"), write_study_report),
+    (("summary.json", "selections.csv"), write_redundancy_report),
+    (("results.csv", "level_0"), write_lottery_figures),
+    (("summary.json", "eigenvalues.csv"), write_hessian_figures),
+    (("svcca.json", "similarity.csv"), write_svcca_figures),
+    (("measures.csv", "bins.csv"), write_complexity_figures),
+)
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Recognise a finished run folder by its files and (re)write its figures and pages."""
+    run_dir = Path(run_dir)
+    for markers, writer in KINDS:
+        if all((run_dir / name).exists() for name in markers):
+            written = writer(run_dir)
+            return [written] if isinstance(written, Path) else written
+    raise TinydotError(f"{run_dir} is not a finished tinydot run folder (study, redundancy, lottery, hessian, "
+                       "svcca or complexity); run the stage first")

@@ -1,0 +1,152 @@
+"""Small stages, one run folder each: complexity tables, digit samples, the Hessian spectrum, SVCCA.
+
+Each runs pure computations from the layers below and writes its tables (CSV, JSON) atomically;
+the figures of these folders are drawn by `tinydot.report.runs` from those tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from scipy.integrate import trapezoid
+
+from tinydot.analysis.activations import hidden_states
+from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
+from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
+from tinydot.checkpoint import load_model
+from tinydot.complexity import MEASURES, bin_table, check_measure, measure_all, quantile_bins, summary
+from tinydot.data.render import rasterize_all, save_grid
+from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
+from tinydot.errors import ConfigError
+from tinydot.io import atomic_path, atomic_write_text
+from tinydot.pruning.mask import load_mask
+from tinydot.sampling import sample
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+
+
+def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathLike, *,
+                     balanced: bool = False, seed: int = 0) -> dict[str, Path]:
+    """Measure `strokes`, bin them by `measure` into `k` quantile bins, and write into `out`:
+    measures.csv (per sample, with its bin), bins.csv (edges), summary.csv and correlations.csv
+    (Pearson, between measures)."""
+    check_measure(measure)
+    if len(strokes) == 0:
+        raise ConfigError("the selection is empty: no samples to measure")
+    table = measure_all(strokes)
+    table.insert(0, "index", np.arange(len(strokes)))
+    bins = quantile_bins(table[measure].to_numpy(), k, labels=strokes.labels if balanced else None, seed=seed)
+    table["bin"] = bins
+    edges = bin_table(table[measure], bins)
+    edges.insert(0, "measure", measure)
+    out = Path(out)
+    paths = {"measures": out / "measures.csv", "bins": out / "bins.csv", "summary": out / "summary.csv",
+             "correlations": out / "correlations.csv"}
+    correlations = table[list(MEASURES)].corr()
+    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table)),
+                       ("correlations", correlations)):
+        _write_csv(frame, paths[key], index=key in ("summary", "correlations"))
+    return paths
+
+
+def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temperature: float = 0.8,
+                 seed: int = 0) -> Path:
+    """Sample `n` digits of class `digit` (or `n` of each class) from a checkpoint into a PNG grid."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out} must end in .png")
+    if not 1 <= n <= 1000:
+        raise ConfigError(f"--n must be between 1 and 1000, got {n}")
+    check_digit(digit)
+    model = load_model(checkpoint)
+    digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
+    samples = sample(model, digits, temperature=temperature, seed=seed)
+    save_grid(rasterize_all(samples, scale=4), out, titles=list(digits),
+              ncols=None if digit is not None else n)
+    return out
+
+
+def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, sequences: int = 64,
+                  lanczos_steps: int = 60, trace_samples: int = 50, density_runs: int = 5, seed: int = 0,
+                  data_dir=None, progress: bool = True) -> dict:
+    """Hessian spectrum of a checkpoint's training loss on a fixed sample of train sequences.
+
+    A run folder holding `mask.safetensors` (a lottery level) is analysed over its surviving
+    weights only. Writes eigenvalues.csv, summary.json and (with `density`) density.csv into
+    `out`; returns the summary.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    model = load_model(checkpoint)
+    mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
+    mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
+    batch = sample_batch(load_strokes("train", data_dir), model.cfg.max_move, sequences, seed)
+    operator = HessianOperator(model, batch, mask)
+    spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
+                               density_runs=density_runs, density_steps=lanczos_steps, seed=seed)
+    expected = lanczos_steps + trace_samples + (density_runs * lanczos_steps if density else 0)
+    with Progress(TextColumn("Hessian-vector products"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress, transient=True) as bar:
+        task = bar.add_task("hvp", total=expected)
+        operator.on_matvec = lambda: bar.advance(task)
+        spectrum.fit(operator, density=density)
+    eigenvalues = spectrum.eigenvalues_
+    summary = {"checkpoint": str(checkpoint), "coordinates": operator.dim, "pruned": mask is not None,
+               "sequences": sequences, "loss_nats": operator.loss_value(), "top_eigenvalues": eigenvalues.tolist(),
+               "trace": spectrum.trace_, "trace_stderr": spectrum.trace_stderr_, "outliers": spectrum.outliers_,
+               "bulk_edge": float(eigenvalues[spectrum.outliers_]) if spectrum.outliers_ < len(eigenvalues) else None,
+               "hessian_vector_products": operator.n_matvecs}
+    _write_csv(pd.DataFrame({"rank": np.arange(1, len(eigenvalues) + 1), "eigenvalue": eigenvalues,
+                             "outlier": np.arange(len(eigenvalues)) < spectrum.outliers_}), out / "eigenvalues.csv")
+    if density:
+        low, high = spectrum.density_nodes_.min(), spectrum.density_nodes_.max()
+        sigma = max((high - low) / 200, 1e-12)
+        grid = np.linspace(low - 10 * sigma, high + 10 * sigma, 1000)
+        values = spectrum.density(grid, sigma)
+        estimate, stderr = spectrum.density_trace()
+        summary.update(density_trace=estimate, density_trace_stderr=stderr, density_sigma=sigma,
+                       density_integral=float(trapezoid(values, grid)))
+        _write_csv(pd.DataFrame({"eigenvalue": grid, "density": values}), out / "density.csv")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, seed: int = 0,
+                data_dir=None) -> dict:
+    """SVCCA between every layer of one checkpoint (or of two) on the same test tokens.
+
+    Writes similarity.csv (rows: layers of the first model, columns: layers of the second, or
+    of the same model), dims.csv (intrinsic dimensionality of every layer at `keep`) and
+    svcca.json (what was compared) into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
+    """
+    if not 1 <= len(checkpoints) <= 2:
+        raise ConfigError(f"give one or two checkpoints, got {len(checkpoints)}")
+    test = load_strokes("test", data_dir)
+    if not 2 <= sequences <= len(test):
+        raise ConfigError(f"sequences must be between 2 and {len(test)}, got {sequences}")
+    index = np.sort(np.random.default_rng(seed).choice(len(test), size=sequences, replace=False))
+    chosen = test.subset(index)
+    layers = [hidden_states(load_model(c), chosen) for c in checkpoints]
+    names = [[f"{'AB'[k] if len(checkpoints) == 2 else ''}{'emb' if i == 0 else f'block{i}'}"
+              for i in range(len(states))] for k, states in enumerate(layers)]
+    first, second = layers[0], layers[-1]
+    matrix = np.array([[SVCCA(keep).fit(X, Y).similarity_ for Y in second] for X in first])
+    similarity = pd.DataFrame(matrix, index=names[0], columns=names[-1])
+    dims = pd.DataFrame([{"checkpoint": str(c), "layer": name, "intrinsic_dimension": intrinsic_dimension(X, keep),
+                          "width": X.shape[1]}
+                         for c, states, layer_names in zip(checkpoints, layers, names)
+                         for X, name in zip(states, layer_names)])
+    out = Path(out)
+    _write_csv(similarity, out / "similarity.csv", index=True)
+    _write_csv(dims, out / "dims.csv")
+    atomic_write_text(out / "svcca.json", json.dumps({"checkpoints": [str(c) for c in checkpoints], "keep": keep,
+                                                      "sequences": sequences, "positions": len(first[0]),
+                                                      "seed": seed}, indent=2) + "\n")
+    return {"similarity": similarity, "dims": dims}
