@@ -116,7 +116,9 @@ def test_default_shape_on_a_real_batch(train):
     model = init_model(cfg, seed=0)
     inputs, labels, targets = Encoded(train.subset(np.arange(64))).batch(np.arange(32), cfg.max_move)
     B, T = inputs.shape[:2]
-    step = lambda: model.nll(inputs, labels, targets).sum().backward()  # noqa: E731
+    def step():
+        model.nll(inputs, labels, targets).sum().backward()
+
     assert counted(step, math_kernel=True) == train_step_flops(cfg, B, T)
     default = counted(step, math_kernel=False)
     assert default == train_step_flops(cfg, B, T) - 3 * attention_flops(cfg, B, T)

@@ -29,8 +29,8 @@ Energy comes from codecarbon's OfflineEmissionsTracker, set up so that it
 Where the machine exposes power counters (Intel RAPL, ...) codecarbon reads the CPU's energy from
 them; without (as on the 2-vCPU AMD EPYC virtual machine this was written on: no
 /sys/class/powercap) it estimates: the CPU as a TDP times this process's CPU load (an unknown CPU
-model gets codecarbon's default of 4 W per thread), and the RAM from a power model (5 W per
-estimated memory module, at least 10 W). RAM energy is always a model. `energy_mode` spells out
+model gets codecarbon's default of 4 W per thread), and the RAM from a power model (in 3.3.2:
+5 W per estimated memory module, at least 10 W). RAM energy is always a model. `energy_mode` spells out
 which case a run was in; an estimate is never recorded as a measurement.
 
 If codecarbon is missing or fails, the run goes on: one warning line, energy recorded as null.
@@ -115,11 +115,11 @@ def energy_mode(tracker) -> tuple[str, bool]:
             measured.append(True)
         elif kind == "CPU" and mode == "cpu_load":
             parts.append(f"CPU = {getattr(hardware, '_tdp', '?')} W TDP x this process's CPU load "
-                         f"(codecarbon cpu_load mode, no power counters)")
+                         f"(codecarbon cpu_load mode, no power counter read)")
             measured.append(False)
         elif kind == "CPU":
             parts.append(f"CPU = constant share of {getattr(hardware, '_tdp', '?')} W TDP "
-                         f"(codecarbon {mode} mode, no power counters)")
+                         f"(codecarbon {mode} mode, no power counter read)")
             measured.append(False)
         elif kind == "RAM":
             parts.append("RAM = codecarbon power model")
@@ -173,7 +173,12 @@ class _Energy:
     def _fail(self, reason: str) -> None:
         if not self.failed:
             log.warning("energy not recorded (codecarbon: %s); the run goes on", reason)
-        self.failed, self.tracker = True, None
+        tracker, self.failed, self.tracker = self.tracker, True, None
+        if tracker is not None:
+            try:  # end its measuring threads
+                tracker.stop()
+            except Exception:  # noqa: BLE001 - already failing; nothing more to report
+                pass
 
     def read(self, stop: bool = False) -> dict:
         """Energy so far: energy_kwh, co2_kg, cpu/ram_energy_kwh (None when not metered)."""
