@@ -5,9 +5,11 @@
   model.safetensors       the final weights with the model config (what `load_model` reads)
   config.json             model and train configs
   metrics.csv             the training curve
+  cost.json               wall and CPU seconds, training and evaluation FLOPs, energy (tinydot.cost)
 Calling `train` again on the same folder resumes from the last checkpoint, or, if the run is
 finished, loads its model and metrics without touching the data; the batches are a pure function
-of (seed, epoch), so a resumed run computes the same numbers as an uninterrupted one.
+of (seed, epoch), so a resumed run computes the same numbers as an uninterrupted one. The cost of a
+resumed run adds to what its folder recorded before (work redone after a kill included).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig
+from tinydot.cost import CostMeter
 from tinydot.data.batching import Encoded, epoch_batches
 from tinydot.data.strokes import Strokes
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
+from tinydot.flops import FlopTally
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.model import TinyDOT
 from tinydot.pruning.mask import Mask, masked_pairs
@@ -112,7 +116,8 @@ def _load_state(tensors, model, optimizer) -> None:
 def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig = ModelConfig(),
           train_config: TrainConfig = TrainConfig(), *, eval_data: Strokes | None = None,
           init_state: dict[str, torch.Tensor] | None = None, start_step: int = 0,
-          mask: Mask | None = None, snapshot_steps: tuple[int, ...] = (), progress: bool = True) -> TrainResult:
+          mask: Mask | None = None, snapshot_steps: tuple[int, ...] = (), progress: bool = True,
+          country: str | None = None, verbose: bool = False) -> TrainResult:
     """Train tinyDOT on `data`, checkpointing into `run_dir`; resume if it holds an unfinished run.
 
     eval_data      : sequences for the periodic held-out NLL (the first `eval_sequences` are used).
@@ -121,6 +126,8 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     mask           : keep these weights exactly zero throughout (their gradients and AdamW
                      moments stay zero, and the weights are re-zeroed after every step).
     snapshot_steps : also save the weights at these steps as `weights-step{k}.safetensors`.
+    country        : ISO 3166 code for the CO2 of the energy in cost.json (tinydot.cost.resolve_country)
+    verbose        : let codecarbon log
     Returns the trained model and its history (one row per evaluation).
     """
     if len(data) == 0:
@@ -183,8 +190,11 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
 
     model.train()
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeRemainingColumn(), disable=not progress, transient=True) as bar:
+    flops = FlopTally(model_config, mask)  # counts the forward passes of training steps and evaluations
+    with CostMeter(run_dir, counters=flops.totals, country=country, verbose=verbose) as meter, \
+            flops.counting(model), \
+            Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                     TimeRemainingColumn(), disable=not progress, transient=True) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, status="")
         snapshot()
         while step < cfg.steps:
@@ -219,6 +229,7 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
                 bar.update(task, status=status)
             if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 save_checkpoint()
+                meter.flush()  # a run killed after this point keeps its cost so far
             bar.update(task, completed=step)
 
     frame = pd.DataFrame(history)
