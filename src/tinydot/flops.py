@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tinydot.config import ModelConfig
-from tinydot.model import PEN_STATES, TinyDOT
+from tinydot.data.batching import PEN_STATES
+from tinydot.model import TinyDOT
 from tinydot.pruning.mask import Mask
 
 TRAIN_STEP_FACTOR = 3  # forward + backward (gradients of inputs and of weights)

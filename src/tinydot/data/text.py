@@ -37,16 +37,12 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
+import pandas as pd
 
 from tinydot.data.strokes import cache_dir
 from tinydot.errors import DataError
 from tinydot.io import atomic_path
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 SPLITS = ("train", "valid", "test")
 EOS = 0  # id of <eos>; also the beginning-of-sentence input and the input padding
@@ -309,8 +305,6 @@ def count_summary(splits: dict[str, Sentences]) -> pd.DataFrame:
     """Per split: sentences, words (sentence ends not counted), words with sentence ends,
     vocabulary size, sentence length statistics, the published PTB counts where the split has
     them, and whether all counts equal the published ones (`matches`)."""
-    import pandas as pd  # as strokes.length_summary: keeps pandas out of `import tinydot`
-
     rows = []
     for name, s in splits.items():
         lengths = s.lengths.astype(float)
