@@ -8,9 +8,10 @@ from tinydot.checkpoint import load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
 from tinydot.errors import ConfigError
 from tinydot.pruning import density, full_mask, prunable_names, prune, random_mask
-from tinydot.lottery import run_lottery, used_counts
+from tinydot.lottery import run_lottery
+from tinydot.pruning.usage import needed_density, usage_counts, usage_fractions
 from tinydot.report.pages import write_lottery_figures
-from tinydot.training import init_model, train
+from tinydot.training import init_model, load_touched, train
 
 TINY = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
 QUICK = TrainConfig(steps=12, tokens_per_batch=800, warmup_steps=2, eval_every=0, checkpoint_every=0)
@@ -97,16 +98,81 @@ def train_run(data, folder, mask, steps):
     return train(data, folder, TINY, cfg, mask=mask, progress=False)
 
 
-def test_used_counts_by_hand():
+def test_usage_counts_by_hand():
     model = init_model(TINY, seed=0)
     with torch.no_grad():
         w = model.head_pen.weight  # (3, 16)
         w.zero_()
         w[0, :4] = torch.tensor([0.5, -0.002, 0.0005, -0.0001])
-    counts = used_counts(model, ["head_pen.weight"], epsilon=1e-3, relative_epsilon=0.5)
-    assert counts.loc[0, "total"] == 48 and counts.loc[0, "used"] == 2
+    touched = {"head_pen.weight": torch.ones(3, 16, dtype=torch.bool)}
+    touched["head_pen.weight"][0, 1] = False  # -0.002: above epsilon, but never reached by a gradient
+    mask = {"head_pen.weight": torch.ones(3, 16, dtype=torch.bool)}
+    mask["head_pen.weight"][2] = False  # one row pruned
+    counts = usage_counts(model, ["head_pen.weight"], touched, mask, epsilon=1e-3, relative_epsilon=0.5)
+    row = counts.iloc[0]
+    assert (row.total, row.pruned, row.untouched, row.used) == (48, 16, 1, 1)  # only 0.5 is touched and large
+    assert row.trained_to_small == 48 - 16 - 1 - 1
     std = float(w.detach().std())  # 0.5 dominates: std ~0.072, so only |0.5| passes 0.5 * std
-    assert counts.loc[0, "used_relative"] == int((w.abs() > 0.5 * std).sum()) == 1
+    assert row.used_relative == int((w.abs() > 0.5 * std).sum()) == 1
+    fractions = usage_fractions(counts)
+    assert fractions["unused_fraction"] == pytest.approx(47 / 48)
+    assert sum(fractions[f"{p}_fraction"] for p in ("pruned", "untouched", "trained_to_small", "used")) == pytest.approx(1)
+
+
+def short_strokes(n=40, length=8, digit=3, seed=0):
+    """Synthetic sequences of one class, all `length` steps: short back-and-forth moves, then end."""
+    from tinydot.data.strokes import PEN_DRAW, PEN_END_DIGIT, Strokes
+
+    rng = np.random.default_rng(seed)
+    steps = np.zeros((n, 116, 3), dtype=np.int8)
+    steps[:, :length - 1, :2] = rng.integers(-2, 3, size=(n, length - 1, 2))
+    steps[:, :length - 1, 2] = PEN_DRAW
+    steps[:, length - 1, 2] = PEN_END_DIGIT
+    return Strokes(steps, np.full(n, length, dtype=np.int16), np.full(n, digit, dtype=np.int8),
+                   rng.integers(5, 20, size=(n, 2)).astype(np.int8))
+
+
+def test_weights_the_data_never_reaches_are_untouched_not_used(tmp_path):
+    # one digit class, 8 steps: the other classes' embedding rows and the positions past 8 never
+    # get a gradient; they keep (decayed) initial values far above epsilon, and must not count as used
+    data = short_strokes()
+    result = train_run(data, tmp_path, None, steps=6)
+    touched = load_touched(tmp_path)
+    assert touched["emb_class.weight"][3].all() and not touched["emb_class.weight"][[0, 1, 2, 4, 5]].any()
+    assert touched["emb_pos.weight"][:9].all() and not touched["emb_pos.weight"][9:].any()  # start + 8 steps
+    assert touched["blocks.0.mlp.0.weight"].all()
+    model = result.model
+    assert (model.emb_class.weight[0].abs() > 1e-3).sum() > 10  # big, yet never used by the data
+    counts = usage_counts(model, ["emb_class.weight", "emb_pos.weight"], touched, None, 1e-3, 0.05).set_index("tensor")
+    assert counts.loc["emb_class.weight", "untouched"] == 9 * 16
+    assert counts.loc["emb_pos.weight", "untouched"] == (TINY.max_len - 9) * 16
+    assert counts.loc["emb_class.weight", "used"] <= 16
+
+
+def test_needed_density_by_hand():
+    densities = [1.0, 0.5, 0.25, 0.125]
+    # dense 2.0 bits; threshold at delta 1%: 2.02; level 2 (2.01) is within, level 3 (2.05) is above
+    result = needed_density(densities, [2.0, 1.99, 2.01, 2.05], 0.01)
+    t = (2.02 - 2.01) / (2.05 - 2.01)  # a quarter of the way from level 2 to level 3, in log density
+    assert result["needed"] == pytest.approx(np.exp(np.log(0.25) + t * (np.log(0.125) - np.log(0.25))))
+    assert result["reached"] and (result["within_level"], result["above_level"]) == (2, 3)
+    # the first crossing counts, even if a later ticket comes back under the threshold
+    assert needed_density(densities, [2.0, 2.03, 2.0, 2.0], 0.01)["above_level"] == 1
+    not_reached = needed_density(densities, [2.0, 2.0, 2.01, 2.015], 0.01)
+    assert not not_reached["reached"] and np.isnan(not_reached["needed"])
+    assert not_reached["within_density"] == 0.125  # only known to be below the last level's density
+    with pytest.raises(ValueError):
+        needed_density(densities, [2.0, 2.0, 2.0, 2.0], 0.0)
+
+
+def test_lottery_stops_once_the_needed_density_is_bracketed(train, test_split, tmp_path):
+    cfg = PruneConfig(levels=6, fraction=0.5, controls=False, delta=1e-6)  # any loss counts as a loss
+    result = run_lottery(train.subset(np.arange(300)), tmp_path, test_split.subset(np.arange(100)), TINY, QUICK,
+                         cfg, stop_above_delta=True, progress=False)
+    table = result.table
+    above = np.flatnonzero(table["bits_per_step"].to_numpy() > table["bits_per_step"].iloc[0] * (1 + 1e-6))
+    assert len(above) >= 1 and len(table) == above[0] + 1  # trained up to the first level above, no further
+    assert not (tmp_path / f"level_{len(table)}").exists()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +191,9 @@ def test_lottery_table(lottery):
     assert np.allclose(table["density"], [1, 0.5, 0.25, 0.125], atol=1e-4)
     assert table.loc[1:, ["reinit_bits_per_step", "random_bits_per_step"]].notna().all().all()
     assert (table["unused_fraction"] >= table["sparsity"] - 1e-9).all()  # pruned weights are unused
+    np.testing.assert_allclose(table["pruned_fraction"], table["sparsity"], atol=1e-12)
+    parts = table[["pruned_fraction", "untouched_fraction", "trained_to_small_fraction", "used_fraction"]].sum(axis=1)
+    np.testing.assert_allclose(parts, 1.0)
     assert (result.run_dir / "results.csv").exists() and not (result.run_dir / "nll_vs_sparsity.png").exists()
     assert write_lottery_figures(result.run_dir) == [result.run_dir / "nll_vs_sparsity.png"]  # the report draws it
     assert (result.run_dir / "nll_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,7 +12,7 @@ from scipy import stats
 
 from tinydot.config import StudyConfig
 from tinydot.errors import ConfigError
-from tinydot.fits import leave_one_bin_out, ols_table
+from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predictor_ranking
 from tinydot.report.html import write_study_report
 from tinydot.study import TARGETS, Study, assign, predict, run_study
 
@@ -20,13 +20,13 @@ TINY_STUDY = {
     "study": {"measures": ["L", "S"], "bins": 3, "seeds": 1, "max_train_per_bin": 120},
     "model": {"n_layers": 1, "d_model": 16, "d_mlp": 32},
     "train": {"steps": 8, "tokens_per_batch": 1200, "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 4},
-    "prune": {"fraction": 0.3},
+    "prune": {"fraction": 0.5, "levels": 3, "rewind_step": 1},
 }
 TABLE_COLUMNS_THAT_MAY_DIFFER = ["seconds"]  # wall time is not a result
 
 
 def test_presets_and_pinned_hashes():
-    assert Study.preset("quick").study.bins == 5 and Study.preset("paper").study.seeds == 2
+    assert Study.preset("quick").study.bins == 3 and Study.preset("paper").study.seeds == 3
     # run folders are named by these hashes: changing them renames existing runs
     assert Study().hash() == Study.from_dict({}).hash()
     assert len(Study.preset("quick").hash()) == 10
@@ -37,9 +37,14 @@ def test_presets_and_pinned_hashes():
 @pytest.mark.parametrize("values,message", [
     ({"study": {"bins": 2}}, "bins must be an integer >= 3"),
     ({"study": {"measures": ["Q"]}}, "unknown study measure 'Q'"),
+    ({"study": {"predictors": ["L", "gzip"]}}, "unknown study measure 'gzip'"),
+    ({"study": {"held_out_classes": [1, 12]}}, "held_out_classes must be distinct digits"),
     ({"study": {"held_out_fraction": 0.7}}, "held_out_fraction must be in"),
     ({"studdy": {}}, "unknown study config section"),
     ({"model": {"d_model": -1}}, "d_model must be a positive integer"),
+    ({"prune": {"delta": 0}}, "prune delta must be in"),
+    ({"prune": {"delta": -0.01}}, "prune delta must be in"),
+    ({"train": {"steps": 50}, "prune": {"rewind_step": 50}}, "rewind_step .50. must be smaller than the training steps"),
 ])
 def test_bad_study_config(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -48,34 +53,43 @@ def test_bad_study_config(values, message):
         Study.preset("slow")
 
 
-def test_assignment_bins_and_held_out_share(train):
-    sample = train.subset(np.arange(3000))
-    table = assign(sample, StudyConfig(measures=("L", "S"), bins=5, held_out_fraction=0.1))
+def test_assignment_holds_out_whole_classes_before_binning(train):
+    study = Study.from_dict(TINY_STUDY)
+    table = assign(train.subset(np.arange(3000)), study)
+    held = np.isin(table["label"], [1, 5, 8])
+    assert (table["held_class"] == held).all()
     for m in ("L", "S"):
-        counts = table.groupby(f"bin_{m}").size()
-        assert counts.tolist() == [600] * 5
-        assert table.groupby(f"bin_{m}")[f"held_out_{m}"].sum().tolist() == [60] * 5
+        assert (table.loc[held, f"bin_{m}"] == -1).all()  # the bins are cut from the other classes only
+        counts = table.loc[~held].groupby(f"bin_{m}").size()
+        assert len(counts) == 3 and counts.max() - counts.min() <= 1
+    for c in (1, 5, 8):  # each held-out class keeps ~10% for its own held-out NLL
+        members = table["label"] == c
+        assert table.loc[members, "held_out_class"].sum() == round(0.1 * members.sum())
+    assert {"compressed_bytes", "spectral_entropy"} <= set(table.columns)
 
 
-def synthetic_jobs(slope=0.02, intercept=0.1, noise=0.0, seed=0):
+def synthetic_jobs(noise: float, slope: float = -0.004, intercept: float = 0.5, seed: int = 0) -> pd.DataFrame:
+    """Bin jobs whose targets lie on known lines of mean_L (plus noise), and three held-out classes."""
     rng = np.random.default_rng(seed)
     rows = []
-    for m, xs in (("L", [20.0, 30.0, 40.0, 50.0, 60.0]), ("S", [0.5, 0.7, 0.8, 0.9, 0.95])):
-        for b, x in enumerate(xs):
+    for kind, groups in (("bin", [("L", b, 20.0 + 10 * b) for b in range(5)]),
+                         ("class", [("digit", d, x) for d, x in ((1, 25.0), (8, 45.0))])):
+        for measure, b, x in groups:
             for s in range(2):
                 y = intercept + slope * x + noise * rng.standard_normal()
-                rows.append({"measure": m, "bin": b, "seed": s, "complexity": x, "mean_L": 20 + 10 * b + s,
-                             "mean_S": 0.5 + 0.1 * b - 0.01 * s, "dense_unused_fraction": y,
-                             "round1_unused_fraction": y + 0.2})
+                rows.append({"kind": kind, "measure": measure, "bin": b if kind == "bin" else -1,
+                             "digit": b if kind == "class" else -1, "seed": s, "mean_L": x + s,
+                             "mean_S": 0.5 + 0.01 * x - 0.01 * s + 0.05 * rng.standard_normal(),
+                             **{f"{t}_fraction": y + 0.1 * k for k, t in enumerate(TARGETS)}})
     return pd.DataFrame(rows)
 
 
 def test_ols_matches_the_textbook_formulas():
     jobs = synthetic_jobs(noise=0.01)
     ols = ols_table(jobs, ["L", "S"], TARGETS)
-    row = ols[(ols.model == "L") & (ols.target == "dense")].iloc[0]
-    part = jobs[jobs.measure == "L"]
-    x, y = part.complexity.to_numpy(), part.dense_unused_fraction.to_numpy()
+    row = ols[(ols.model == "L") & (ols.target == "needed")].iloc[0]
+    part = jobs[jobs.kind == "bin"]  # the held-out classes never enter a fit
+    x, y = part.mean_L.to_numpy(), part.needed_fraction.to_numpy()
     slope, intercept = np.polyfit(x, y, 1)
     residuals = y - (intercept + slope * x)
     se = np.sqrt(residuals @ residuals / (len(x) - 2) / ((x - x.mean()) ** 2).sum())
@@ -84,13 +98,38 @@ def test_ols_matches_the_textbook_formulas():
     assert row.ci_low == pytest.approx(slope - t * se) and row.ci_high == pytest.approx(slope + t * se)
     assert row.p_value == pytest.approx(2 * stats.t.sf(abs(slope / se), len(x) - 2))
     assert row.r2 == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2)
-    assert set(ols.model) == {"L", "S", "L+S"} and row.n == 10
+    assert set(ols.model) == {"L", "S", "joint"} and row.n == 10
+
+
+def test_a_not_reached_needed_fraction_is_left_out_of_the_fit():
+    jobs = synthetic_jobs(noise=0.01)
+    jobs.loc[0, "needed_fraction"] = np.nan
+    row = ols_table(jobs, ["L"], TARGETS).query("target == 'needed'").iloc[0]
+    assert row.n == 9
 
 
 def test_leave_one_bin_out_is_exact_on_a_line():
-    loo = leave_one_bin_out(synthetic_jobs(noise=0.0), ["L", "S"], TARGETS)
-    assert np.abs(loo.error).max() < 1e-10
+    jobs = synthetic_jobs(noise=0.0)
+    loo = leave_one_bin_out(jobs.assign(mean_L=jobs.mean_L - jobs.seed), ["L"], TARGETS)
+    assert np.abs(loo.error).max() < 1e-10 and len(loo) == 5 * len(TARGETS)
     assert np.abs(loo.baseline_error).max() > 0.01  # ignoring complexity does worse
+
+
+def test_held_out_classes_are_predicted_with_intervals():
+    jobs = synthetic_jobs(noise=0.0)
+    jobs = jobs.assign(mean_L=jobs.mean_L - jobs.seed)  # both seeds at the same x: an exact line
+    validation = held_out_validation(jobs, ["L"], TARGETS)
+    needed = validation[validation.target == "needed"].set_index("digit")
+    assert set(needed.index) == {1, 8}
+    for digit, x in ((1, 25.0), (8, 45.0)):
+        exact = 0.5 - 0.004 * x
+        assert needed.loc[digit, "measured"] == pytest.approx(exact)
+        assert needed.loc[digit, "predicted"] == pytest.approx(exact)
+        assert needed.loc[digit, "covered"]
+        bins = jobs[jobs.kind == "bin"].needed_fraction.mean()
+        assert needed.loc[digit, "baseline_error"] == pytest.approx(bins - exact)
+    ranking = predictor_ranking(validation)
+    assert ranking.query("target == 'needed'").iloc[0].beats_baseline
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +142,7 @@ def tiny_study(data_dir, tmp_path_factory):
 
 
 def same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    keys = ["measure", "bin", "seed"]
+    keys = ["measure", "bin", "digit", "seed"]
     a = a.drop(columns=TABLE_COLUMNS_THAT_MAY_DIFFER).sort_values(keys, ignore_index=True)
     b = b.drop(columns=TABLE_COLUMNS_THAT_MAY_DIFFER).sort_values(keys, ignore_index=True)
     return a.equals(b)
@@ -112,16 +151,26 @@ def same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 def test_tiny_study_end_to_end(tiny_study):
     study, result = tiny_study
     jobs = result.jobs
-    assert len(jobs) == 6 and set(jobs.measure) == {"L", "S"}
-    assert (jobs.n_train == 120).all()
-    # the first round prunes 30% of the prunable weights, so at least that share is unused
-    assert (jobs.round1_unused_fraction >= 0.3 - 1e-6).all()
-    assert (jobs.dense_unused_fraction < jobs.round1_unused_fraction).all()
+    assert len(jobs) == 6 + 3 and set(jobs.measure) == {"L", "S", "digit"}
+    assert sorted(jobs[jobs.kind == "class"].digit) == [1, 5, 8]
+    assert (jobs.n_train == 120).all()  # a held-out class trains on as many sequences as a bin
+    parts = jobs[["untouched_fraction", "trained_to_small_fraction", "used_fraction"]].sum(axis=1)
+    np.testing.assert_allclose(parts, 1.0)  # the dense network: nothing pruned
+    np.testing.assert_allclose(jobs.unused_fraction, jobs.untouched_fraction + jobs.trained_to_small_fraction)
+    reached = jobs[jobs.needed_reached]
+    assert ((reached.needed_fraction > 0) & (reached.needed_fraction <= 1)).all()
+    assert (reached.needed_fraction <= reached.needed_within_density + 1e-12).all()
+    assert (reached.needed_fraction >= reached.needed_above_density - 1e-12).all()
+    assert jobs[~jobs.needed_reached].needed_fraction.isna().all()
     l_jobs = jobs[jobs.measure == "L"].sort_values("bin")
     assert l_jobs.complexity.is_monotonic_increasing  # bins are ordered by their measure
     assert result.run_dir.name == f"study-{study.hash()}"
-    for name in ("config.json", "assignments.csv", "jobs.csv", "ols.csv", "loo.csv", "report.html"):
+    for name in ("config.json", "assignments.csv", "jobs.csv", "ols.csv", "loo.csv", "validation.csv",
+                 "seed_slopes.csv", "report.html"):
         assert (result.run_dir / name).exists(), name
+    # every job's lottery table carries the three-part decomposition per level
+    table = pd.read_csv(result.run_dir / "jobs" / "digit8-seed0" / "results.csv")
+    assert {"untouched_fraction", "trained_to_small_fraction", "used_fraction", "pruned_fraction"} <= set(table)
 
 
 def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
@@ -135,7 +184,7 @@ def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
     (job / "job.json").unlink()
     shutil.rmtree(job / "level_1")
     (job / "level_0" / "results.json").unlink()
-    for name in ("jobs.csv", "ols.csv", "loo.csv", "report.html"):
+    for name in ("jobs.csv", "ols.csv", "loo.csv", "validation.csv", "report.html"):
         (copy / name).unlink()
     resumed = run_study(study, tmp_path, data_dir=data_dir, workers=1, progress=False)
     assert same_table(resumed.jobs, result.jobs)
@@ -158,16 +207,20 @@ def test_predict_from_complexity_alone(tiny_study, test_split):
     _, result = tiny_study
     sevens = test_split.subset(np.flatnonzero(test_split.labels == 7))
     frame = predict(result.run_dir, sevens)
-    assert set(frame.model) == {"L", "S", "L+S"} and set(frame.target) == {"dense", "round1"}
+    assert set(frame.target) == set(TARGETS)
     for r in frame.itertuples():
-        assert r.ci_low <= r.predicted_unused_fraction <= r.ci_high
+        assert r.ci_low <= r.mean <= r.ci_high
         assert r.pi_low <= r.ci_low and r.ci_high <= r.pi_high
-        assert r.needed_parameters == pytest.approx(r.prunable_parameters * (1 - r.predicted_unused_fraction))
     # the L line's prediction is the line evaluated at the sevens' mean length
-    row = frame[(frame.model == "L") & (frame.target == "dense")].iloc[0]
-    ols = result.ols[(result.ols.model == "L") & (result.ols.target == "dense")].iloc[0]
+    row = frame[(frame.model == "L") & (frame.target == "unused")].iloc[0]
+    ols = result.ols[(result.ols.model == "L") & (result.ols.target == "unused")].iloc[0]
     assert row.complexity == pytest.approx(sevens.lengths.mean())
-    assert row.predicted_unused_fraction == pytest.approx(ols.intercept + ols.coef * row.complexity)
+    assert row["mean"] == pytest.approx(ols.intercept + ols.coef * row.complexity)
+    needed = frame[frame.target == "needed"]
+    if len(needed):
+        r = needed.iloc[0]
+        assert r.needed_parameters_mean == round(min(max(r["mean"], 0), 1) * r.prunable_parameters)
+        assert "x" in r.recommended_model
 
 
 class _Refs(HTMLParser):
@@ -188,6 +241,9 @@ def test_report_is_self_contained_and_generated_from_the_numbers(tiny_study):
     for ref in parser.refs:
         assert ref.startswith("data:image/png;base64,")
         assert base64.b64decode(ref.split(",", 1)[1])[:4] == b"\x89PNG"
-    # the verdict quotes the fitted slope of L for the dense target
-    ols = result.ols[(result.ols.model == "L") & (result.ols.target == "dense")].iloc[0]
-    assert f"{abs(ols.coef):.3g} per unit of L" in html
+    # the verdict is written from the job table: it quotes the prunable count and the needed range
+    jobs = result.jobs
+    assert f"{int(jobs.prunable.iloc[0]):,} prunable weights" in html
+    reached = jobs[(jobs.kind == "bin") & jobs.needed_reached]
+    if len(reached):
+        assert f"{reached.needed_fraction.min():.3g} to {reached.needed_fraction.max():.3g}" in html

@@ -212,7 +212,7 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
               executor: str = typer.Option("local", help="local (process pool) or ray."),
               ray_address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster."),
               data_dir: Optional[Path] = DataDirOption) -> None:
-    """Complexity bins -> train -> first lottery round -> OLS -> predictor -> HTML report."""
+    """Complexity bins -> train -> prune until the NLL suffers -> OLS -> held-out classes -> HTML report."""
     from tinydot.report.html import write_study_report
     from tinydot.study import Study, run_study
 
@@ -220,13 +220,22 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     study = Study.preset(preset, overrides)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
     report = write_study_report(result.run_dir)
-    table = Table(title="OLS: unused fraction ~ bin complexity")
-    for column in ("model", "target", "term", "slope", "95% CI", "p", "R^2"):
-        table.add_column(column, justify="left" if column in ("model", "target", "term") else "right")
-    for r in result.ols.itertuples():
-        table.add_row(r.model, r.target, r.term, f"{r.coef:.4g}", f"[{r.ci_low:.3g}, {r.ci_high:.3g}]",
-                      f"{r.p_value:.3g}", f"{r.r2:.3f}")
+    table = Table(title="OLS of each target on each complexity measure (bin jobs)")
+    for column in ("target", "measure", "slope", "95% CI", "p", "R^2", "n"):
+        table.add_column(column, justify="left" if column in ("target", "measure") else "right")
+    for r in result.ols[result.ols["model"] != "joint"].itertuples():
+        table.add_row(r.target, r.term, f"{r.coef:.4g}", f"[{r.ci_low:.3g}, {r.ci_high:.3g}]", f"{r.p_value:.3g}",
+                      f"{r.r2:.3f}", str(r.n))
     console.print(table)
+    if not result.validation.empty:
+        held = result.validation[result.validation["target"] == "needed"]
+        table = Table(title="held-out classes: needed fraction predicted from complexity vs measured")
+        for column in ("digit", "measure", "predicted", "95% PI", "measured", "covered", "baseline err"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        for r in held.itertuples():
+            table.add_row(str(r.digit), r.predictor, f"{r.predicted:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
+                          f"{r.measured:.4f}", "yes" if r.covered else "no", f"{r.baseline_error:+.4f}")
+        console.print(table)
     console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {report}")
 
 
@@ -234,7 +243,7 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
 def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished study run folder."),
                 data: str = typer.Option("test", "--data", help="SPLIT or SPLIT:DIGIT, e.g. test or train:7."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
-    """Predict the unused fraction of a dataset from its complexity alone (no training)."""
+    """Predict how many parameters a dataset needs from its complexity alone (no training)."""
     from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
     from tinydot.study import predict
@@ -244,13 +253,25 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
         raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
     strokes = digit_subset(load_strokes(split, data_dir), int(digit) if digit else None)
     frame = predict(study, strokes)
-    table = Table(title=f"predicted for {data} ({len(strokes):,} sequences), from complexity alone")
-    for column in ("model", "target", "unused fraction", "95% CI", "95% PI", "needed params", "in range"):
-        table.add_column(column, justify="left" if column in ("model", "target") else "right")
-    for r in frame.itertuples():
-        table.add_row(r.model, r.target, f"{r.predicted_unused_fraction:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
-                      f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
-                      f"{r.needed_parameters:,.0f} / {r.prunable_parameters:,}", "yes" if r.within_study_range else "no")
+    needed = frame[frame["target"] == "needed"]
+    prunable = int(frame["prunable_parameters"].iloc[0])
+    table = Table(title=f"needed fraction of {prunable:,} prunable weights for {data} ({len(strokes):,} sequences), "
+                        "from complexity alone")
+    for column in ("measure", "needed", "95% PI", "needed weights (PI)", "smallest tinyDOT: layers x d_model "
+                   "(prunable), at the prediction / PI ends", "in range"):
+        table.add_column(column, justify="left" if column.startswith(("measure", "smallest")) else "right")
+    for r in needed.itertuples():
+        table.add_row(r.model, f"{r.mean:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
+                      f"{r.needed_parameters_mean:,.0f} [{r.needed_parameters_pi_low:,.0f}, "
+                      f"{r.needed_parameters_pi_high:,.0f}]", r.recommended_model, "yes" if r.within_range else "no")
+    console.print(table)
+    others = frame[frame["target"] != "needed"]
+    table = Table(title="the dense network's unused weights, predicted")
+    for column in ("target", "measure", "predicted", "95% CI", "95% PI"):
+        table.add_column(column, justify="left" if column in ("target", "measure") else "right")
+    for r in others.itertuples():
+        table.add_row(r.target, r.model, f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
+                      f"[{r.pi_low:.4f}, {r.pi_high:.4f}]")
     console.print(table)
 
 

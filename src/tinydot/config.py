@@ -49,9 +49,12 @@ class _Config:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
-def config_hash(*configs: _Config, length: int = 10) -> str:
-    """Short stable hash of the non-default fields of `configs` (names the run folder)."""
+def config_hash(*configs: _Config, length: int = 10, extra: dict | None = None) -> str:
+    """Short stable hash of the non-default fields of `configs` (names the run folder); `extra`
+    (e.g. an edition number of what a stage computes) joins the payload when given."""
     payload = {type(c).__name__: c.non_default() for c in configs}
+    if extra:
+        payload.update(extra)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
@@ -116,6 +119,8 @@ class PruneConfig(_Config):
     epsilon: float = field(default=1e-3, metadata={"help": "a weight is used when |w| > epsilon"})
     relative_epsilon: float = field(default=0.05, metadata={"help": "or when |w| > this x its tensor's std"})
     controls: bool = field(default=True, metadata={"help": "also train the reinit and random-mask controls"})
+    delta: float = field(default=0.01, metadata={
+        "help": "needed density: the sparsest ticket whose NLL stays within (1 + delta) x the dense NLL"})
     prunable: tuple[str, ...] | None = field(default=None, metadata={
         "help": "fnmatch patterns of prunable parameters (default: Linear and Embedding weights)"})
 
@@ -128,13 +133,18 @@ class PruneConfig(_Config):
         self._check_ints("prune", ("rewind_step",), 0)
         _check(self.epsilon >= 0, f"prune epsilon must be >= 0, got {self.epsilon}")
         _check(self.relative_epsilon >= 0, f"prune relative_epsilon must be >= 0, got {self.relative_epsilon}")
+        _check(0 < self.delta < 1, f"prune delta must be in (0, 1) (a relative NLL tolerance, e.g. 0.01), got {self.delta}")
 
 
 @dataclass(frozen=True)
 class StudyConfig(_Config):
-    """The complexity -> prunability experiment: which measures, how many bins and seeds."""
+    """The complexity -> needed-parameters experiment: which measures, bins, seeds and held-out classes."""
 
     measures: tuple[str, ...] = field(default=("L", "S"), metadata={"help": "complexity measures to bin by"})
+    predictors: tuple[str, ...] = field(default=("L", "S", "compressed_bytes", "spectral_entropy"), metadata={
+        "help": "complexity measures that compete as predictors (each job records its mean of each)"})
+    held_out_classes: tuple[int, ...] = field(default=(1, 5, 8), metadata={
+        "help": "digit classes kept out of the bins: trained and pruned on their own, predicted, compared"})
     bins: int = field(default=4, metadata={"help": "equal-count quantile bins per measure"})
     seeds: int = field(default=1, metadata={"help": "seeds per bin (seed s: initial weights and batch order)"})
     balanced: bool = field(default=False, metadata={"help": "equal class counts in every bin"})
@@ -143,9 +153,16 @@ class StudyConfig(_Config):
     sample_digits: bool = field(default=True, metadata={"help": "draw digits from each bin's model for the report"})
 
     def __post_init__(self):
-        if isinstance(self.measures, (list, str)):
-            object.__setattr__(self, "measures", tuple([self.measures] if isinstance(self.measures, str)
-                                                       else self.measures))
+        for name in ("measures", "predictors", "held_out_classes"):
+            value = getattr(self, name)
+            if isinstance(value, (list, str, int)) and not isinstance(value, bool):
+                object.__setattr__(self, name, tuple([value] if isinstance(value, (str, int)) else value))
+        _check(len(self.predictors) >= 1 and all(isinstance(m, str) for m in self.predictors),
+               "study predictors must name at least one measure")
+        _check(all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in self.held_out_classes)
+               and len(set(self.held_out_classes)) == len(self.held_out_classes) and len(self.held_out_classes) <= 7,
+               f"study held_out_classes must be distinct digits 0..9 (at most 7, so that bins remain), "
+               f"got {self.held_out_classes!r}")
         _check(len(self.measures) >= 1, "study measures must name at least one measure")
         _check(all(isinstance(m, str) for m in self.measures), "study measures must be names (strings)")
         _check(len(set(self.measures)) == len(self.measures), "study measures must not repeat")

@@ -1,7 +1,11 @@
-"""The study's fits: OLS lines of a target against complexity, and leave-one-bin-out errors.
+"""The study's fits: OLS lines of each target against each complexity measure, errors on bins left
+out, and predictions for data the fits never saw, with intervals.
 
-Pure computations on a job table (one row per (measure, bin, seed) job): no files, no figures.
-`targets` maps a target name to its label; the job table has a column `<target>_unused_fraction`.
+Pure computations on a job table, one row per job: `kind` ("bin" for a complexity bin, "class" for
+a held-out digit class), `measure` / `bin` (the binning), `digit`, `seed`, `mean_<m>` (the job's
+mean of measure m) and `<target>_fraction` per target. Lines are fitted on the bin jobs only; rows
+whose target is NaN (a needed fraction not reached within the levels) are left out of the fit.
+No files, no figures.
 """
 
 from __future__ import annotations
@@ -16,54 +20,77 @@ def fit_ols(x, y):
     return sm.OLS(np.asarray(y, dtype=float), sm.add_constant(np.asarray(x, dtype=float), has_constant="add")).fit()
 
 
-def ols_table(jobs: pd.DataFrame, measures, targets) -> pd.DataFrame:
-    """Slope, 95% CI, p-value and R^2 of each target vs bin complexity, per measure; plus one model
-    with the mean L and mean S of every job together."""
-    rows = []
+def _bins(jobs: pd.DataFrame) -> pd.DataFrame:
+    return jobs[jobs["kind"] == "bin"] if "kind" in jobs else jobs
+
+
+def _fit_rows(fit, model: str, target: str, terms) -> list[dict]:
+    ci = fit.conf_int(0.05)
+    return [{"model": model, "target": target, "term": term, "coef": fit.params[k], "ci_low": ci[k][0],
+             "ci_high": ci[k][1], "p_value": fit.pvalues[k], "r2": fit.rsquared, "n": int(fit.nobs),
+             "intercept": fit.params[0]} for k, term in enumerate(terms, start=1)]
+
+
+def ols_table(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
+    """Per target: slope, 95% CI, p-value and R^2 of the target against each predictor's job mean,
+    and one joint model with every predictor (when the jobs outnumber its coefficients + 1)."""
+    bins, rows = _bins(jobs), []
     for target in targets:
-        y_col = f"{target}_unused_fraction"
-        for m in measures:
-            part = jobs[jobs["measure"] == m]
-            fit = fit_ols(part["complexity"], part[y_col])
-            low, high = fit.conf_int(0.05)[1]
-            rows.append({"model": m, "target": target, "term": m, "coef": fit.params[1], "ci_low": low,
-                         "ci_high": high, "p_value": fit.pvalues[1], "r2": fit.rsquared, "n": int(fit.nobs),
-                         "intercept": fit.params[0]})
-        fit = fit_ols(jobs[["mean_L", "mean_S"]], jobs[y_col])
-        for k, term in enumerate(("L", "S"), start=1):
-            low, high = fit.conf_int(0.05)[k]
-            rows.append({"model": "L+S", "target": target, "term": term, "coef": fit.params[k], "ci_low": low,
-                         "ci_high": high, "p_value": fit.pvalues[k], "r2": fit.rsquared, "n": int(fit.nobs),
-                         "intercept": fit.params[0]})
+        part = bins[np.isfinite(bins[f"{target}_fraction"])]
+        y = part[f"{target}_fraction"]
+        for m in predictors:
+            if len(part) >= 3:
+                rows += _fit_rows(fit_ols(part[f"mean_{m}"], y), m, target, [m])
+        if len(predictors) > 1 and len(part) > len(predictors) + 2:
+            rows += _fit_rows(fit_ols(part[[f"mean_{m}" for m in predictors]], y), "joint", target, predictors)
     return pd.DataFrame(rows)
 
 
-def leave_one_bin_out(jobs: pd.DataFrame, measures, targets) -> pd.DataFrame:
-    """Predict each bin's mean target from a line fitted to the other bins, and compare with the
+def seed_slopes(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
+    """The OLS slope of every (target, predictor) fitted on each seed's bin jobs alone: its spread
+    over seeds says more than one p-value (float order, and so the numbers, differ between CPUs)."""
+    bins, rows = _bins(jobs), []
+    for seed, part in bins.groupby("seed"):
+        for target in targets:
+            fine = part[np.isfinite(part[f"{target}_fraction"])]
+            for m in predictors:
+                if len(fine) >= 3:
+                    fit = fit_ols(fine[f"mean_{m}"], fine[f"{target}_fraction"])
+                    rows.append({"seed": int(seed), "target": target, "predictor": m, "slope": fit.params[1],
+                                 "p_value": fit.pvalues[1], "n": int(fit.nobs)})
+    return pd.DataFrame(rows)
+
+
+def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
+    """Each bin (all its seeds) predicted by the line fitted to the other bins' jobs, against the
     no-complexity baseline (the other bins' mean)."""
-    rows = []
+    bins, rows = _bins(jobs), []
+    groups = bins.groupby(["measure", "bin"]).groups
     for target in targets:
-        y_col = f"{target}_unused_fraction"
-        for m in measures:
-            part = jobs[jobs["measure"] == m]
-            for b in sorted(part["bin"].unique()):
-                rest, held = part[part["bin"] != b], part[part["bin"] == b]
-                fit = fit_ols(rest["complexity"], rest[y_col])
-                x = held["complexity"].mean()
-                predicted = fit.params[0] + fit.params[1] * x
+        y_col = f"{target}_fraction"
+        for m in predictors:
+            for (measure, b), index in groups.items():
+                held = bins.loc[index]
+                rest = bins.drop(index)
+                rest = rest[np.isfinite(rest[y_col])]
                 actual = held[y_col].mean()
-                rows.append({"measure": m, "target": target, "bin": int(b), "complexity": x, "actual": actual,
-                             "predicted": predicted, "error": predicted - actual,
+                if len(rest) < 3 or not np.isfinite(actual):
+                    continue
+                fit = fit_ols(rest[f"mean_{m}"], rest[y_col])
+                x = held[f"mean_{m}"].mean()
+                predicted = fit.params[0] + fit.params[1] * x
+                rows.append({"predictor": m, "target": target, "measure": measure, "bin": int(b), "x": x,
+                             "actual": actual, "predicted": predicted, "error": predicted - actual,
                              "baseline_error": rest[y_col].mean() - actual})
     return pd.DataFrame(rows)
 
 
 def loo_summary(loo: pd.DataFrame) -> pd.DataFrame:
-    """Mean absolute and root-mean-square leave-one-bin-out error per (measure, target), with the baseline's."""
-    return loo.groupby(["measure", "target"], sort=False).agg(
+    """Mean absolute and root-mean-square leave-one-bin-out error per (predictor, target), with the baseline's."""
+    return loo.groupby(["predictor", "target"], sort=False).agg(
         mae=("error", lambda e: float(np.abs(e).mean())),
         rmse=("error", lambda e: float(np.sqrt((e ** 2).mean()))),
-        baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean()))).reset_index()
+        baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())), bins=("error", "size")).reset_index()
 
 
 def predict_line(x: pd.DataFrame, y, point) -> dict:
@@ -75,3 +102,62 @@ def predict_line(x: pd.DataFrame, y, point) -> dict:
     inside = bool(np.all(np.asarray(point) >= low) and np.all(np.asarray(point) <= high))
     return {"mean": frame["mean"], "ci_low": frame["mean_ci_lower"], "ci_high": frame["mean_ci_upper"],
             "pi_low": frame["obs_ci_lower"], "pi_high": frame["obs_ci_upper"], "within_range": inside}
+
+
+def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict) -> pd.DataFrame:
+    """Every target predicted at the complexity `means` ({measure: value}) by each predictor's line
+    (and the joint model when it can be fitted), from the bin jobs."""
+    bins, rows = _bins(jobs), []
+    for target in targets:
+        part = bins[np.isfinite(bins[f"{target}_fraction"])]
+        models = [(m, [m]) for m in predictors]
+        if len(predictors) > 1 and len(part) > len(predictors) + 2:
+            models.append(("joint", list(predictors)))
+        for name, terms in models:
+            if len(part) < 3:
+                continue
+            line = predict_line(part[[f"mean_{m}" for m in terms]], part[f"{target}_fraction"],
+                                [means[m] for m in terms])
+            rows.append({"model": name, "target": target, **line,
+                         "complexity": means[terms[0]] if len(terms) == 1 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def held_out_validation(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
+    """Each held-out class: its targets predicted from its complexity alone by the bin jobs' lines
+    (95% prediction interval), against what its own jobs measured (mean over seeds); whether the
+    interval covered the measurement; and the error of the baseline that ignores complexity (the
+    bin jobs' mean)."""
+    if "kind" not in jobs or not (jobs["kind"] == "class").any():
+        return pd.DataFrame()
+    bins, classes, rows = _bins(jobs), jobs[jobs["kind"] == "class"], []
+    for digit, part in classes.groupby("digit"):
+        means = {m: float(part[f"mean_{m}"].mean()) for m in predictors}
+        predicted = predict_targets(jobs, predictors, targets, means)
+        for r in predicted.itertuples():
+            measured = part[f"{r.target}_fraction"]
+            actual = float(measured.mean()) if np.isfinite(measured).all() else np.nan
+            baseline = float(bins[f"{r.target}_fraction"].mean())
+            rows.append({"digit": int(digit), "target": r.target, "predictor": r.model,
+                         "complexity": r.complexity, "predicted": r.mean, "pi_low": r.pi_low,
+                         "pi_high": r.pi_high, "measured": actual, "measured_sd": float(measured.std(ddof=1))
+                         if len(measured) > 1 else np.nan, "seeds": len(measured),
+                         "covered": bool(r.pi_low <= actual <= r.pi_high) if np.isfinite(actual) else False,
+                         "error": r.mean - actual, "baseline": baseline, "baseline_error": baseline - actual,
+                         "within_range": r.within_range})
+    return pd.DataFrame(rows)
+
+
+def predictor_ranking(validation: pd.DataFrame) -> pd.DataFrame:
+    """Predictors ranked per target by mean absolute error on the held-out classes (lowest first),
+    with the ignore-complexity baseline's error and the share of intervals that covered."""
+    if validation.empty:
+        return pd.DataFrame()
+    fine = validation[np.isfinite(validation["error"])]
+    table = fine.groupby(["target", "predictor"], sort=False).agg(
+        mae=("error", lambda e: float(np.abs(e).mean())),
+        baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())),
+        covered=("covered", "mean"), classes=("digit", "nunique")).reset_index()
+    table["beats_baseline"] = table["mae"] < table["baseline_mae"]
+    table["rank"] = table.groupby("target")["mae"].rank(method="min").astype(int)
+    return table.sort_values(["target", "rank"]).reset_index(drop=True)

@@ -11,12 +11,13 @@ A lottery run folder:
   level_i/used.csv                 per-tensor used/unused counts
   results.csv                      the table (the report layer draws nll_vs_sparsity.png from it)
 
-"Used" weights: among the prunable tensors, |w| > epsilon (absolute), and, as a scale-free variant,
-|w| > relative_epsilon x the tensor's standard deviation (over all its entries, zeros included).
-The default epsilon = 1e-3 is 1/20 of the initialisation std (0.02): a weight this small moves a
-d_model-wide dot product by well under 1% of its typical size. Each row also reports the test NLL
-with every unused weight set to zero (`zeroed_bits_per_step`), so the claim that they are unused
-is checked, not assumed.
+Every prunable weight of every level is pruned, untouched (training never gave it a non-zero
+gradient: the data never reaches it), trained to small (touched, |w| <= epsilon) or used (touched,
+|w| > epsilon); see tinydot.pruning.usage. The default epsilon = 1e-3 is 1/20 of the initialisation
+std (0.02): a weight this small moves a d_model-wide dot product by well under 1% of its typical
+size. A scale-free variant counts |w| > relative_epsilon x the tensor's standard deviation. Each row
+also reports the test NLL with every unused weight set to zero (`zeroed_bits_per_step`), so the
+claim that they are unused is checked, not assumed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from tinydot.checkpoint import load_model, load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
@@ -39,32 +39,10 @@ from tinydot.io import atomic_path, atomic_write_text
 from tinydot.model import TinyDOT
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
-from tinydot.training import init_model, train
+from tinydot.pruning.usage import usage_counts, usage_fractions, zero_unused
+from tinydot.training import init_model, load_touched, train
 
 CONTROL_SEED_OFFSET = 10_000  # fresh inits and random masks use seeds far from the run's own
-
-
-def used_counts(model: TinyDOT, names: list[str], epsilon: float, relative_epsilon: float) -> pd.DataFrame:
-    """Per prunable tensor: total weights, used by |w| > epsilon, used by |w| > relative_epsilon * std."""
-    params = dict(model.named_parameters())
-    rows = []
-    for name in names:
-        w = params[name].detach().abs()
-        std = float(params[name].detach().std())
-        rows.append({"tensor": name, "total": w.numel(), "used": int((w > epsilon).sum()),
-                     "used_relative": int((w > relative_epsilon * std).sum())})
-    return pd.DataFrame(rows)
-
-
-def zero_unused(model: TinyDOT, names: list[str], epsilon: float) -> TinyDOT:
-    """A copy of `model` with every prunable weight |w| <= epsilon set to zero."""
-    copy = TinyDOT(model.cfg)
-    copy.load_state_dict(model.state_dict())
-    params = dict(copy.named_parameters())
-    with torch.no_grad():
-        for name in names:
-            params[name].mul_(params[name].abs() > epsilon)
-    return copy.eval()
 
 
 @dataclass
@@ -80,30 +58,31 @@ class LotteryResult:
 
 
 def _level_row(level: int, model: TinyDOT, mask: Mask, names, eval_data, cfg: PruneConfig, level_dir: Path):
-    used = used_counts(model, names, cfg.epsilon, cfg.relative_epsilon)
+    touched = load_touched(level_dir)
+    counts = usage_counts(model, names, touched, mask, cfg.epsilon, cfg.relative_epsilon)
     with atomic_path(level_dir / "used.csv") as tmp:
-        used.to_csv(tmp, index=False)
-    total = int(used["total"].sum())
+        counts.to_csv(tmp, index=False)
     return {
         "level": level, "density": density(mask), "sparsity": 1 - density(mask),
-        "kept": int(sum(int(m.sum()) for m in mask.values())), "prunable": total,
+        "kept": int(sum(int(m.sum()) for m in mask.values())), "prunable": int(counts["total"].sum()),
         "bits_per_step": evaluate_nll(model, eval_data)["bits_per_step"],
-        "used": int(used["used"].sum()), "unused_fraction": 1 - used["used"].sum() / total,
-        "used_relative": int(used["used_relative"].sum()),
-        "unused_fraction_relative": 1 - used["used_relative"].sum() / total,
-        "zeroed_bits_per_step": evaluate_nll(zero_unused(model, names, cfg.epsilon), eval_data)["bits_per_step"],
+        "used": int(counts["used"].sum()), **usage_fractions(counts),
+        "zeroed_bits_per_step": evaluate_nll(zero_unused(model, names, touched, mask, cfg.epsilon),
+                                             eval_data)["bits_per_step"],
     }
 
 
 def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
                 model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig(),
                 prune_config: PruneConfig = PruneConfig(), *, init_state: dict | None = None,
-                max_level: int | None = None, progress: bool = True) -> LotteryResult:
+                max_level: int | None = None, stop_above_delta: bool = False, progress: bool = True) -> LotteryResult:
     """Dense training, then `levels` rounds of prune -> rewind -> retrain, with controls.
 
     Resumable at two depths: a finished level (its results.json) is skipped, and an unfinished
     training run resumes from its last checkpoint. `max_level` stops after that level (the study
-    needs only the first round). Returns the per-level table.
+    needs only the first round). With `stop_above_delta`, no further level is trained once a
+    ticket's NLL exceeds the dense NLL by more than prune_config.delta (relative): the needed
+    density is bracketed. Returns the per-level table.
     """
     cfg, k = prune_config, prune_config.rewind_step
     if k >= train_config.steps:
@@ -125,6 +104,8 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
 
     rows = []
     for level in range(last + 1):
+        if stop_above_delta and level > 1 and rows[-1]["bits_per_step"] > rows[0]["bits_per_step"] * (1 + cfg.delta):
+            break  # the previous ticket already lost more than delta: the needed density is bracketed
         level_dir = run_dir / f"level_{level}"
         results = level_dir / "results.json"
         if results.exists():

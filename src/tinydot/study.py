@@ -1,19 +1,25 @@
-"""The study: training-data complexity -> how many parameters tinyDOT uses, and a predictor.
+"""The study: how many parameters does this data need, and can complexity tell before training?
 
-For each complexity measure the train split is cut into K equal-count quantile bins; each bin
-keeps a held-out share for its own test NLL. For every (measure, bin, seed) job, tinyDOT of a
-fixed size is trained from the same initial weights (per seed) with the same number of steps and
-batch size (so the same token budget, up to bucketing), then the first lottery-ticket round is
-run; the job records the unused fraction (|w| <= epsilon) of the dense and of the round-1
-network, the held-out NLL and the bin's mean complexity. OLS lines (statsmodels) of unused
-fraction against bin complexity, per measure and with the measures together, are the result;
-refitted on the job table they predict the unused fraction of new data from its complexity alone.
+The train split minus a few held-out digit classes is cut, per binning measure, into K equal-count
+quantile bins; each bin keeps a share of its sequences for its own held-out NLL. Every
+(measure, bin, seed) job trains tinyDOT of a fixed size from the same initial weights (per seed)
+for the same token budget, then runs iterative magnitude pruning with rewinding to step K until a
+ticket's held-out NLL exceeds the dense NLL by more than delta. Per job:
+  - the dense network's prunable weights split into untouched (no gradient ever: the data never
+    reaches them), trained to small (|w| <= epsilon) and used (tinydot.pruning.usage);
+  - the needed fraction: the density at which the tickets' NLL crosses (1 + delta) x dense,
+    interpolated in log density between the bracketing levels (NaN, "not reached", otherwise);
+  - the mean of every predictor measure over its training sequences.
+Each held-out class is trained and pruned the same way, on as many sequences as a bin. OLS lines
+(statsmodels) of each target against each measure, fitted on the bin jobs, predict the held-out
+classes from their complexity alone; the report compares prediction and measurement.
 
-A run folder `runs/study-<hash>` (hash of the non-default configuration) holds:
+A run folder `runs/study-<hash>` (hash of the non-default configuration and the study edition):
   config.json       the study, model, train and prune configs
-  assignments.csv   per train sample: its measures, its bin per measure, held-out flags
-  jobs/<job>/       one lottery run per job (resumable) and its job.json row
-  jobs.csv          one row per job             ols.csv   OLS fits      loo.csv  leave-one-bin-out
+  assignments.csv   per train sample: its measures, held-out class flag, its bin per measure, held-out flags
+  jobs/<job>/       one lottery run per job (resumable), its results.csv and job.json row
+  jobs.csv          one row per job          ols.csv     OLS fits        seed_slopes.csv
+  loo.csv           leave-one-bin-out        validation.csv  held-out classes: predicted vs measured
 The report layer (`tinydot.report.html.write_study_report`) adds figures/*.png and report.html.
 """
 
@@ -32,32 +38,42 @@ import torch
 
 from tinydot.complexity import MEASURES, measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
-from tinydot.data.strokes import load_strokes, locate_data_dir
+from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
-from tinydot.fits import leave_one_bin_out, ols_table, predict_line
+from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predict_targets, seed_slopes
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.lottery import run_lottery
+from tinydot.pruning.usage import needed_density
+from tinydot.sizing import smallest_config
 from tinydot.training import init_model
 
-TARGETS = {"dense": "unused fraction, dense", "round1": "unused fraction, after round 1"}
+STUDY_EDITION = 2  # joins the hash: folders of the first edition (other targets) are never resumed
+TARGETS = {
+    "needed": "needed fraction (ticket within delta of the dense NLL)",
+    "unused": "unused fraction, dense (untouched + trained to small)",
+    "untouched": "untouched fraction, dense (never a gradient)",
+    "trained_to_small": "trained-to-small fraction, dense (|w| <= epsilon)",
+}
 JOB_THREADS = 1  # every job pins one torch thread: identical numbers under every executor
 
 PRESETS: dict[str, dict[str, dict]] = {
-    # <= 10 minutes on 2 cores: 2 measures x 5 bins x 1 seed, a 2-layer d_model-32 tinyDOT
+    # <= 10 minutes on 2 cores: 2 measures x 3 bins + 3 held-out classes, 1 seed, a 2-layer d_model-32
+    # tinyDOT (42,005 parameters), 400 steps, IMP removing 40% per level until the NLL rises by 1%
     "quick": {
-        "study": {"measures": ["L", "S"], "bins": 5, "seeds": 1},
+        "study": {"measures": ["L", "S"], "bins": 3, "seeds": 1, "max_train_per_bin": 3000},
         "model": {"n_layers": 2, "d_model": 32, "d_mlp": 128},
-        "train": {"steps": 800, "tokens_per_batch": 4096, "lr": 3e-3, "warmup_steps": 50,
-                  "eval_every": 0, "checkpoint_every": 200},
-        "prune": {"levels": 1, "fraction": 0.2, "controls": False},
+        "train": {"steps": 400, "tokens_per_batch": 4096, "lr": 3e-3, "warmup_steps": 40,
+                  "eval_every": 0, "checkpoint_every": 100},
+        "prune": {"levels": 6, "fraction": 0.4, "rewind_step": 20, "controls": False},
     },
-    # the fuller experiment: 6 bins x 2 seeds per measure, the default 185k-parameter tinyDOT
+    # the fuller experiment: 2 measures x 4 bins + 3 classes, 3 seeds, a 3-layer d_model-48 tinyDOT
     "paper": {
-        "study": {"measures": ["L", "S"], "bins": 6, "seeds": 2},
-        "model": {},
-        "train": {"steps": 500, "warmup_steps": 50, "eval_every": 0, "checkpoint_every": 100},
-        "prune": {"levels": 1, "fraction": 0.2, "controls": False},
+        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 6000},
+        "model": {"n_layers": 3, "d_model": 48, "d_mlp": 192},
+        "train": {"steps": 600, "tokens_per_batch": 4096, "warmup_steps": 60, "eval_every": 0,
+                  "checkpoint_every": 200},
+        "prune": {"levels": 8, "fraction": 0.3, "rewind_step": 30, "controls": False},
     },
 }
 
@@ -69,12 +85,15 @@ class Study:
     study: StudyConfig = StudyConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    prune: PruneConfig = PruneConfig(levels=1, controls=False)
+    prune: PruneConfig = PruneConfig(levels=5, controls=False)
 
     def __post_init__(self):
-        for m in self.study.measures:
+        for m in (*self.study.measures, *self.study.predictors):
             if m not in MEASURES:
                 raise ConfigError(f"unknown study measure {m!r}; choose from {', '.join(MEASURES)}")
+        if self.prune.rewind_step >= self.train.steps:
+            raise ConfigError(f"prune rewind_step ({self.prune.rewind_step}) must be smaller than the training "
+                              f"steps ({self.train.steps})")
 
     @classmethod
     def from_dict(cls, values: dict) -> Study:
@@ -82,7 +101,7 @@ class Study:
         if unknown:
             raise ConfigError(f"unknown study config section(s) {', '.join(unknown)}; "
                               "known: study, model, train, prune")
-        prune = {"levels": 1, "controls": False, **values.get("prune", {})}
+        prune = {"levels": 5, "controls": False, **values.get("prune", {})}
         return cls(StudyConfig.from_dict(values.get("study", {})), ModelConfig.from_dict(values.get("model", {})),
                    TrainConfig.from_dict(values.get("train", {})), PruneConfig.from_dict(prune))
 
@@ -100,7 +119,12 @@ class Study:
                 "prune": self.prune.to_dict()}
 
     def hash(self) -> str:
-        return config_hash(self.study, self.model, self.train, self.prune)
+        return config_hash(self.study, self.model, self.train, self.prune, extra={"study_edition": STUDY_EDITION})
+
+    @property
+    def recorded_measures(self) -> list[str]:
+        """Every measure a job records the mean of: the predictors, the binning measures, L and S."""
+        return list(dict.fromkeys([*self.study.predictors, *self.study.measures, "L", "S"]))
 
 
 @dataclass
@@ -109,76 +133,130 @@ class StudyResult:
     jobs: pd.DataFrame
     ols: pd.DataFrame
     loo: pd.DataFrame
+    validation: pd.DataFrame
     seconds: float
 
 
 # --------------------------------------------------------------------------- data assignment
 
-def assign(strokes, cfg: StudyConfig, seed: int = 0) -> pd.DataFrame:
-    """Per train sample: every measure the study needs, its bin per binned measure, held-out flags."""
-    needed = list(dict.fromkeys([*cfg.measures, "L", "S"]))
-    table = measure_all(strokes, needed)
+def assign(strokes: Strokes, study: Study, seed: int = 0) -> pd.DataFrame:
+    """Per train sample: every recorded measure, whether its class is held out, its bin per binning
+    measure (-1 for held-out classes: the bins are cut from the other classes only) and held-out
+    flags for the NLL of its bin (or of its class)."""
+    cfg = study.study
+    table = measure_all(strokes, study.recorded_measures)
     table.insert(0, "index", np.arange(len(strokes)))
+    held_class = np.isin(strokes.labels, cfg.held_out_classes)
+    table["held_class"] = held_class
     rng = np.random.default_rng([seed, 1])
-    for m in cfg.measures:
-        bins = quantile_bins(table[m].to_numpy(), cfg.bins, labels=strokes.labels if cfg.balanced else None,
-                             seed=seed)
+
+    def hold(groups) -> np.ndarray:
         held = np.zeros(len(table), dtype=bool)
-        for b in range(cfg.bins):
-            members = np.flatnonzero(bins == b)
+        for members in groups:
             held[rng.permutation(members)[: int(round(cfg.held_out_fraction * len(members)))]] = True
+        return held
+
+    pool = np.flatnonzero(~held_class)
+    for m in cfg.measures:
+        bins = np.full(len(table), -1)
+        labels = strokes.labels[pool] if cfg.balanced else None
+        bins[pool] = quantile_bins(table[m].to_numpy()[pool], cfg.bins, labels=labels, seed=seed)
         table[f"bin_{m}"] = bins
-        table[f"held_out_{m}"] = held
+        table[f"held_out_{m}"] = hold([np.flatnonzero(bins == b) for b in range(cfg.bins)])
+    table["held_out_class"] = hold([np.flatnonzero(strokes.labels == c) for c in cfg.held_out_classes])
     return table
 
 
 # --------------------------------------------------------------------------- one job
 
 def job_name(measure: str, bin_index: int, seed: int) -> str:
-    return f"{measure}-bin{bin_index}-seed{seed}"
+    """A bin job's folder name; a held-out class job is measure 'digit', bin = the class."""
+    return f"digit{bin_index}-seed{seed}" if measure == "digit" else f"{measure}-bin{bin_index}-seed{seed}"
+
+
+def job_specs(study: Study, run_dir: Path, data_dir: str) -> list[dict]:
+    common = {"run_dir": str(run_dir), "config": study.to_dict(), "data_dir": data_dir, "threads": JOB_THREADS}
+    cfg = study.study
+    bins = [{"kind": "bin", "measure": m, "bin": b, "seed": s}
+            for m in cfg.measures for b in range(cfg.bins) for s in range(cfg.seeds)]
+    classes = [{"kind": "class", "measure": "digit", "bin": c, "seed": s}
+               for c in cfg.held_out_classes for s in range(cfg.seeds)]
+    return [{**spec, **common} for spec in bins + classes]
+
+
+def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_index) -> dict:
+    """A finished job's row: its data, the dense network's weight usage and the needed fraction."""
+    dense = table.iloc[0]
+    needed = needed_density(table["density"], table["bits_per_step"], study.prune.delta)
+    return {"kind": spec["kind"], "measure": spec["measure"], "bin": spec["bin"] if spec["kind"] == "bin" else -1,
+            "digit": spec["bin"] if spec["kind"] == "class" else -1, "seed": spec["seed"],
+            "n_train": len(train_index), "n_held_out": len(test_index),
+            "prunable": int(dense["prunable"]),
+            "needed_fraction": needed["needed"], "needed_reached": needed["reached"],
+            "needed_within_density": needed["within_density"], "needed_above_density": needed["above_density"],
+            "levels": len(table) - 1,
+            "unused_fraction": float(dense["unused_fraction"]),
+            "untouched_fraction": float(dense["untouched_fraction"]),
+            "trained_to_small_fraction": float(dense["trained_to_small_fraction"]),
+            "used_fraction": float(dense["used_fraction"]),
+            "unused_fraction_relative": float(dense["unused_fraction_relative"]),
+            "dense_bits_per_step": float(dense["bits_per_step"]), "threshold_bits_per_step": needed["threshold"],
+            "dense_zeroed_bits_per_step": float(dense["zeroed_bits_per_step"])}
 
 
 def run_job(spec: dict) -> dict:
-    """Train, prune once, count: one (measure, bin, seed) job. Resumable; returns its row."""
+    """Train, prune until the NLL suffers, count: one job. Resumable; returns its row."""
     torch.set_num_threads(spec["threads"])
-    folder = Path(spec["run_dir"]) / "jobs" / job_name(spec["measure"], spec["bin"], spec["seed"])
+    run_dir = Path(spec["run_dir"])
+    folder = run_dir / "jobs" / job_name(spec["measure"], spec["bin"], spec["seed"])
     done = folder / "job.json"
     if done.exists():
         return json.loads(done.read_text())
     started = time.perf_counter()
     study = Study.from_dict(spec["config"])
-    measure, b, seed = spec["measure"], spec["bin"], spec["seed"]
-    table = pd.read_csv(Path(spec["run_dir"]) / "assignments.csv")
+    seed = spec["seed"]
+    table = pd.read_csv(run_dir / "assignments.csv")
     strokes = load_strokes("train", spec["data_dir"])
-    in_bin = table[f"bin_{measure}"].to_numpy() == b
-    held = table[f"held_out_{measure}"].to_numpy()
-    train_index = np.flatnonzero(in_bin & ~held)
+    if spec["kind"] == "bin":
+        members = table[f"bin_{spec['measure']}"].to_numpy() == spec["bin"]
+        held = table[f"held_out_{spec['measure']}"].to_numpy()
+    else:
+        members = strokes.labels == spec["bin"]
+        held = table["held_out_class"].to_numpy()
+    train_index = np.flatnonzero(members & ~held)
     if study.study.max_train_per_bin:
-        train_index = np.sort(np.random.default_rng([seed, b]).permutation(train_index)[
-            : study.study.max_train_per_bin])
-    test_index = np.flatnonzero(in_bin & held)
+        train_index = np.sort(np.random.default_rng([seed, spec["bin"], spec["kind"] == "class"]).permutation(
+            train_index)[: study.study.max_train_per_bin])
+    test_index = np.flatnonzero(members & held)
     train_cfg = dataclasses.replace(study.train, seed=seed)
-    init = init_model(study.model, seed).state_dict()  # the same initial weights in every bin
+    init = init_model(study.model, seed).state_dict()  # the same initial weights in every job of a seed
     result = run_lottery(strokes.subset(train_index), folder, strokes.subset(test_index), study.model, train_cfg,
-                         study.prune, init_state=init, max_level=1, progress=False)
-    dense, round1 = result.table.iloc[0], result.table.iloc[1]
-    row = {"measure": measure, "bin": b, "seed": seed, "n_train": len(train_index), "n_held_out": len(test_index),
-           "complexity": float(table.loc[train_index, measure].mean()),
-           **{f"mean_{m}": float(table.loc[train_index, m].mean()) for m in ("L", "S")},
-           "prunable": int(dense["prunable"]),
-           "dense_unused_fraction": float(dense["unused_fraction"]),
-           "round1_unused_fraction": float(round1["unused_fraction"]),
-           "dense_unused_fraction_relative": float(dense["unused_fraction_relative"]),
-           "round1_unused_fraction_relative": float(round1["unused_fraction_relative"]),
-           "dense_bits_per_step": float(dense["bits_per_step"]),
-           "round1_bits_per_step": float(round1["bits_per_step"]),
-           "dense_zeroed_bits_per_step": float(dense["zeroed_bits_per_step"]),
-           "seconds": time.perf_counter() - started}
+                         study.prune, init_state=init, stop_above_delta=True, progress=False)
+    row = job_row(result.table, study, spec, train_index, test_index)
+    row.update({f"mean_{m}": float(table.loc[train_index, m].mean()) for m in study.recorded_measures})
+    row["complexity"] = row[f"mean_{spec['measure']}"] if spec["kind"] == "bin" else np.nan
+    row["seconds"] = time.perf_counter() - started
     atomic_write_text(done, json.dumps(row, indent=2) + "\n")
     return row
 
 
 # --------------------------------------------------------------------------- the whole study
+
+def check_bins(assignments: pd.DataFrame, study: Study) -> None:
+    for m in study.study.measures:
+        counts = assignments.loc[assignments[f"bin_{m}"] >= 0].groupby(f"bin_{m}").size()
+        if len(counts) < study.study.bins or counts.min() < 20:
+            raise ConfigError(f"{len(assignments):,} train samples cannot fill {study.study.bins} bins of {m} with "
+                              "at least 20 sequences each; use fewer bins")
+
+
+def analyse(jobs: pd.DataFrame, study: Study) -> dict[str, pd.DataFrame]:
+    """The study's tables from its job table (pure)."""
+    predictors = list(study.study.predictors)
+    return {"ols": ols_table(jobs, predictors, TARGETS), "seed_slopes": seed_slopes(jobs, predictors, TARGETS),
+            "loo": leave_one_bin_out(jobs, predictors, TARGETS),
+            "validation": held_out_validation(jobs, predictors, TARGETS)}
+
 
 def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, executor: str = "local",
               workers: int = 1, ray_address: str | None = None, progress: bool = True) -> StudyResult:
@@ -189,26 +267,28 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     check_executor(executor, workers)
     started = time.perf_counter()
     run_dir = Path(out) / f"study-{study.hash()}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(study.to_dict(), indent=2) + "\n")
     data_dir = str(locate_data_dir(data_dir))
     strokes = load_strokes("train", data_dir)
     assignments_path = run_dir / "assignments.csv"
+    if assignments_path.exists():
+        assignments = pd.read_csv(assignments_path)
+    else:
+        assignments = assign(strokes, study)
+        check_bins(assignments, study)  # before the run folder exists
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(study.to_dict(), indent=2) + "\n")
     if not assignments_path.exists():
         with atomic_path(assignments_path) as tmp:
-            assign(strokes, study.study).to_csv(tmp, index=False)
-    specs = [{"run_dir": str(run_dir), "measure": m, "bin": b, "seed": s, "config": study.to_dict(),
-              "data_dir": data_dir, "threads": JOB_THREADS}
-             for m in study.study.measures for b in range(study.study.bins) for s in range(study.study.seeds)]
-    rows = run_jobs(run_job, specs, executor=executor, workers=workers, ray_address=ray_address,
-                    progress=progress, description="study jobs")
+            assignments.to_csv(tmp, index=False)
+    rows = run_jobs(run_job, job_specs(study, run_dir, data_dir), executor=executor, workers=workers,
+                    ray_address=ray_address, progress=progress, description="study jobs")
     jobs = pd.DataFrame(rows)
-    ols = ols_table(jobs, study.study.measures, TARGETS)
-    loo = leave_one_bin_out(jobs, study.study.measures, TARGETS)
-    for name, frame in (("jobs", jobs), ("ols", ols), ("loo", loo)):
+    tables = analyse(jobs, study)
+    for name, frame in {"jobs": jobs, **tables}.items():
         with atomic_path(run_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
-    return StudyResult(run_dir, jobs, ols, loo, time.perf_counter() - started)
+    return StudyResult(run_dir, jobs, tables["ols"], tables["loo"], tables["validation"],
+                       time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -221,26 +301,27 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     return Study.from_dict(json.loads((run_dir / "config.json").read_text())), pd.read_csv(run_dir / "jobs.csv")
 
 
-def predict(run_dir: str | os.PathLike, strokes) -> pd.DataFrame:
-    """Predicted unused fraction (95% CI of the line and prediction interval) of `strokes`, from
-    its mean complexity alone, by each measure's OLS line and by the L+S model; plus the implied
-    number of needed (used) prunable parameters of the study's tinyDOT."""
+def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:
+    """Every target of `strokes` predicted from its mean complexity alone (95% CI of the line and
+    95% prediction interval) by each predictor's OLS line and the joint model; for the needed
+    fraction also the implied number of needed parameters of the study's tinyDOT and the smallest
+    default-shaped tinyDOT that holds them (for the prediction and both ends of its interval)."""
     study, jobs = load_study(run_dir)
     if len(strokes) == 0:
         raise ConfigError("the selection to predict for is empty")
-    means = measure_all(strokes, list(dict.fromkeys([*study.study.measures, "L", "S"]))).mean()
+    means = measure_all(strokes, study.recorded_measures).mean().to_dict()
+    frame = predict_targets(jobs, list(study.study.predictors), TARGETS, means)
     prunable = int(jobs["prunable"].iloc[0])
-    rows = []
-    for target in TARGETS:
-        y_col = f"{target}_unused_fraction"
-        models = [(m, jobs[jobs["measure"] == m][["complexity"]], [means[m]]) for m in study.study.measures]
-        models.append(("L+S", jobs[["mean_L", "mean_S"]], [means["L"], means["S"]]))
-        for name, x, point in models:
-            line = predict_line(x, jobs.loc[x.index, y_col], point)
-            rows.append({"model": name, "target": target, "complexity": point if len(point) > 1 else point[0],
-                         "predicted_unused_fraction": line["mean"], "ci_low": line["ci_low"],
-                         "ci_high": line["ci_high"], "pi_low": line["pi_low"], "pi_high": line["pi_high"],
-                         "needed_parameters": prunable * (1 - line["mean"]), "prunable_parameters": prunable,
-                         "within_study_range": line["within_range"]})
-    return pd.DataFrame(rows)
-
+    frame["prunable_parameters"] = prunable
+    needed = frame["target"] == "needed"
+    for column in ("mean", "pi_low", "pi_high"):
+        frame.loc[needed, f"needed_parameters_{column}"] = (frame.loc[needed, column].clip(0, 1) * prunable).round()
+    recommended = []
+    for r in frame.itertuples():
+        if r.target != "needed":
+            recommended.append("")
+            continue
+        shapes = [smallest_config(getattr(r, f"needed_parameters_{c}"), study.model) for c in ("mean", "pi_low", "pi_high")]
+        recommended.append(" / ".join(f"{cfg.n_layers}x{cfg.d_model} ({count:,})" for cfg, count in shapes))
+    frame["recommended_model"] = recommended
+    return frame

@@ -3,6 +3,8 @@
 `train` writes into a run folder:
   checkpoint.safetensors  weights + AdamW state + step + history, in one atomic file (resume point)
   model.safetensors       the final weights with the model config (what `load_model` reads)
+  touched.safetensors     per weight of every matrix and embedding: True if any training step gave
+                          it a non-zero gradient (an embedding row the data never indexes stays False)
   config.json             model and train configs
   metrics.csv             the training curve
   cost.json               wall and CPU seconds, training and evaluation FLOPs, energy (tinydot.cost)
@@ -26,7 +28,7 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, save_model, save_tensors
+from tinydot.checkpoint import MODEL_FILE, CheckpointError, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig
 from tinydot.cost import CostMeter
 from tinydot.data.batching import Encoded, epoch_batches
@@ -39,6 +41,7 @@ from tinydot.model import TinyDOT
 from tinydot.pruning.mask import Mask, masked_pairs
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+TOUCHED_FILE = "touched.safetensors"  # per matrix / embedding weight: did training ever give it a gradient?
 
 
 def init_model(cfg: ModelConfig, seed: int) -> TinyDOT:
@@ -88,6 +91,14 @@ class BatchStream:
         return index
 
 
+def load_touched(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The touched mask of a finished training run (see `train`)."""
+    tensors, metadata = load_tensors(Path(run_dir) / TOUCHED_FILE)
+    if metadata.get("format") != "tinydot-touched":
+        raise CheckpointError(f"{Path(run_dir) / TOUCHED_FILE} is not a tinydot touched mask")
+    return tensors
+
+
 @dataclass
 class TrainResult:
     model: TinyDOT
@@ -126,6 +137,8 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     mask           : keep these weights exactly zero throughout (their gradients and AdamW
                      moments stay zero, and the weights are re-zeroed after every step).
     snapshot_steps : also save the weights at these steps as `weights-step{k}.safetensors`.
+    The run also records which weights were ever touched by a non-zero gradient (`touched.safetensors`,
+    read with `load_touched`), counted from `start_step` on.
     country        : ISO 3166 code for the CO2 of the energy in cost.json (tinydot.cost.resolve_country)
     verbose        : let codecarbon log
     Returns the trained model and its history (one row per evaluation).
@@ -157,12 +170,15 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     for param, keep in masked:
         param.data.mul_(keep)
     optimizer = make_optimizer(model, cfg)
+    tracked = [(name, p) for name, p in model.named_parameters() if p.dim() >= 2]  # matrices and embeddings
+    touched = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in tracked}
     step, history = start_step, []
     window = {"nll": 0.0, "tokens": 0, "tokens_total": 0}  # training loss since the last log line
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.exists():
         tensors, metadata = load_tensors(checkpoint)
         _load_state(tensors, model, optimizer)
+        touched.update({k[8:]: v for k, v in tensors.items() if k.startswith("touched.")})
         step, history = int(metadata["step"]), json.loads(metadata["history"])
         window = json.loads(metadata["window"])
 
@@ -172,7 +188,7 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     max_move = model_config.max_move
 
     def save_checkpoint():
-        save_tensors(checkpoint, _state_tensors(model, optimizer),
+        save_tensors(checkpoint, {**_state_tensors(model, optimizer), **{f"touched.{k}": v for k, v in touched.items()}},
                      {"step": str(step), "history": json.dumps(history), "window": json.dumps(window)})
 
     def snapshot():
@@ -206,6 +222,9 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
             loss.backward()
             for param, keep in masked:
                 param.grad.mul_(keep)
+            for name, param in tracked:
+                if param.grad is not None:
+                    touched[name] |= param.grad != 0
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             for group in optimizer.param_groups:
@@ -235,5 +254,6 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     frame = pd.DataFrame(history)
     with atomic_path(run_dir / "metrics.csv") as tmp:
         frame.to_csv(tmp, index=False)
+    save_tensors(run_dir / TOUCHED_FILE, touched, {"format": "tinydot-touched"})
     save_model(run_dir / MODEL_FILE, model, extra={"train_config": cfg.to_dict(), "step": step})
     return TrainResult(model.eval(), frame, run_dir)

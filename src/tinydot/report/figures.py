@@ -54,61 +54,104 @@ def lottery_curve(table: pd.DataFrame) -> Figure:
 
 
 def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
-    """Histogram of each binned measure over the train split, with its quantile bin edges."""
+    """Histogram of each binned measure over the binned train samples, with its quantile bin edges."""
     fig = Figure(figsize=(4.2 * len(measures), 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(measures)))
     for ax, m in zip(axes, measures):
-        values = assignments[m].to_numpy(dtype=float)
+        pool = assignments[assignments[f"bin_{m}"] >= 0]
+        values = pool[m].to_numpy(dtype=float)
         discrete = np.allclose(values, np.round(values)) and np.ptp(values) < 200
         ax.hist(values, bins=np.arange(values.min() - 0.5, values.max() + 1.5) if discrete else 60, color="#4c72b0")
-        edges = assignments.groupby(f"bin_{m}")[m].max().to_numpy()[:-1]
-        for edge in edges:
+        for edge in pool.groupby(f"bin_{m}")[m].max().to_numpy()[:-1]:
             ax.axvline(edge, color="black", lw=1, ls="--")
         ax.set_title(f"{m}: {bins} equal-count bins", fontsize=9)
         ax.set_xlabel(m)
-    axes[0].set_ylabel("train samples")
+    axes[0].set_ylabel("train samples (held-out classes excluded)")
     return fig
+
+
+USAGE_PARTS = (("untouched_fraction", "untouched (no gradient)"), ("trained_to_small_fraction", "trained to small"),
+               ("unused_fraction", "unused (their sum)"))
 
 
 def per_bin(jobs: pd.DataFrame, measures) -> Figure:
-    """Per bin: unused fractions (dense, round 1) and held-out NLL against the bin's complexity."""
-    fig = Figure(figsize=(4.2 * len(measures), 5.6), layout="constrained")
+    """Per binning measure: the dense network's unused weights in their two parts, and the needed
+    fraction, against the bin's mean complexity (mean over seeds, bars: one standard deviation)."""
+    bins = jobs[jobs["kind"] == "bin"]
+    fig = Figure(figsize=(4.2 * len(measures), 5.8), layout="constrained")
     axes = fig.subplots(2, len(measures), squeeze=False)
     for j, m in enumerate(measures):
-        part = jobs[jobs["measure"] == m].groupby("bin").mean(numeric_only=True)
-        ax = axes[0, j]
-        ax.plot(part["complexity"], part["dense_unused_fraction"], "o-", label="dense")
-        ax.plot(part["complexity"], part["round1_unused_fraction"], "s-", label="after round 1")
-        ax.set_title(f"binned by {m}", fontsize=9)
-        ax.set_ylabel("unused fraction (|w| <= eps)")
-        ax.legend(fontsize=7)
-        ax = axes[1, j]
-        ax.plot(part["complexity"], part["dense_bits_per_step"], "o-", label="dense")
-        ax.plot(part["complexity"], part["round1_bits_per_step"], "s-", label="after round 1")
-        ax.set_xlabel(f"bin mean {m}")
-        ax.set_ylabel("held-out NLL (bits/step)")
-        ax.legend(fontsize=7)
+        part = bins[bins["measure"] == m].groupby("bin")
+        mean, sd = part.mean(numeric_only=True), part.std(numeric_only=True).fillna(0)
+        x = mean[f"mean_{m}"]
+        for column, label in USAGE_PARTS:
+            axes[0, j].errorbar(x, mean[column], yerr=sd[column], marker="o", capsize=3, label=label)
+        axes[0, j].set_title(f"binned by {m}", fontsize=9)
+        axes[0, j].set_ylabel("share of prunable weights, dense")
+        axes[0, j].legend(fontsize=7)
+        axes[1, j].errorbar(x, mean["needed_fraction"], yerr=sd["needed_fraction"], marker="s", capsize=3,
+                            color="#c44e52")
+        axes[1, j].set_xlabel(f"bin mean {m}")
+        axes[1, j].set_ylabel("needed fraction")
     return fig
 
 
-def ols_fits(jobs: pd.DataFrame, measures, targets: dict[str, str]) -> Figure:
-    """Jobs, the OLS line and its 95% confidence band, per measure (columns) and target (rows)."""
-    fig = Figure(figsize=(4.2 * len(measures), 3.0 * len(targets)), layout="constrained")
-    axes = fig.subplots(len(targets), len(measures), squeeze=False)
+def nll_vs_density(curves: pd.DataFrame, jobs: pd.DataFrame, delta: float) -> Figure:
+    """Per binning (and the held-out classes): each job's ticket NLL relative to its dense NLL against
+    the kept density (seed 0), the 1 + delta threshold, and the interpolated needed point."""
+    groups = [g for g in dict.fromkeys(curves["group"])]
+    fig = Figure(figsize=(4.2 * len(groups), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(groups)))
+    for ax, group in zip(axes, groups):
+        for job, part in curves[(curves["group"] == group) & (curves["seed"] == 0)].groupby("job", sort=False):
+            relative = part["bits_per_step"] / part["bits_per_step"].iloc[0]
+            line, = ax.plot(part["density"], relative, "o-", ms=3, label=part["label"].iloc[0])
+            row = jobs[jobs["job"] == job].iloc[0]
+            if row["needed_reached"]:
+                ax.plot(row["needed_fraction"], 1 + delta, "*", ms=11, color=line.get_color())
+        ax.axhline(1 + delta, color="gray", ls=":", lw=1)
+        ax.set_xscale("log")
+        ticks = [d for d in (1, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01) if d >= curves["density"].min() * 0.9]
+        ax.set_xticks(ticks, [f"{d:g}" for d in ticks])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.set_xlabel("kept density (log)")
+        ax.set_ylabel("held-out NLL / dense NLL")
+        ax.set_title(group, fontsize=9)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def ols_fits(jobs: pd.DataFrame, predictors, targets: dict[str, str], validation: pd.DataFrame) -> Figure:
+    """Bin jobs, the OLS line and its 95% confidence band per predictor (columns) and target (rows);
+    the held-out classes (red) at their measured value, with the 95% prediction interval."""
+    bins = jobs[jobs["kind"] == "bin"]
+    fig = Figure(figsize=(3.6 * len(predictors), 2.9 * len(targets)), layout="constrained")
+    axes = fig.subplots(len(targets), len(predictors), squeeze=False)
     for i, (target, label) in enumerate(targets.items()):
-        for j, m in enumerate(measures):
+        fine = bins[np.isfinite(bins[f"{target}_fraction"])]
+        for j, m in enumerate(predictors):
             ax = axes[i, j]
-            part = jobs[jobs["measure"] == m]
-            x, y = part["complexity"].to_numpy(), part[f"{target}_unused_fraction"].to_numpy()
-            fit = fit_ols(x, y)
-            grid = np.linspace(x.min(), x.max(), 50)
-            band = fit.get_prediction(np.column_stack([np.ones_like(grid), grid])).summary_frame(alpha=0.05)
-            ax.fill_between(grid, band["mean_ci_lower"], band["mean_ci_upper"], alpha=0.25, label="95% CI")
-            ax.plot(grid, band["mean"], "-", label=f"OLS slope {fit.params[1]:.3g}")
-            ax.plot(x, y, "o", color="black", ms=4, label="jobs")
-            ax.set_xlabel(f"bin mean {m}")
-            ax.set_ylabel(label, fontsize=8)
-            ax.legend(fontsize=7)
+            x, y = fine[f"mean_{m}"].to_numpy(), fine[f"{target}_fraction"].to_numpy()
+            if len(x) >= 3:
+                fit = fit_ols(x, y)
+                grid = np.linspace(x.min(), x.max(), 50)
+                band = fit.get_prediction(np.column_stack([np.ones_like(grid), grid])).summary_frame(alpha=0.05)
+                ax.fill_between(grid, band["mean_ci_lower"], band["mean_ci_upper"], alpha=0.25)
+                ax.plot(grid, band["mean"], "-", label=f"slope {fit.params[1]:.3g}, p {fit.pvalues[1]:.2g}")
+            ax.plot(x, y, "o", color="black", ms=3)
+            if not validation.empty:
+                held = validation[(validation["target"] == target) & (validation["predictor"] == m)]
+                ax.errorbar(held["complexity"], held["predicted"],
+                            yerr=[held["predicted"] - held["pi_low"], held["pi_high"] - held["predicted"]],
+                            fmt="none", ecolor="#c44e52", alpha=0.6, capsize=2)
+                ax.plot(held["complexity"], held["measured"], "D", color="#c44e52", ms=5, label="held-out classes")
+            ax.set_xlabel(f"mean {m}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+            ax.legend(fontsize=6)
+            ax.tick_params(labelsize=7)
     return fig
 
 

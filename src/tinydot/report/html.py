@@ -19,7 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
-from tinydot.fits import loo_summary
+from tinydot.fits import loo_summary, predictor_ranking
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.report import figures
 from tinydot.sampling import sample
@@ -46,32 +46,89 @@ def _png(fig, path: Path) -> str:
 
 # --------------------------------------------------------------------------- the study
 
-def study_verdict(ols: pd.DataFrame, loo: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """Plain sentences generated from the fitted numbers (not fixed text)."""
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFrame, delta: float,
+                  alpha: float = 0.05) -> list[str]:
+    """Plain sentences generated from the fitted and measured numbers (not fixed text)."""
+    bins = jobs[jobs["kind"] == "bin"]
+    prunable = int(jobs["prunable"].iloc[0])
     sentences = []
-    summary = loo_summary(loo)
-    for row in ols[ols["model"] != "L+S"].itertuples():
-        direction = "rises" if row.coef > 0 else "falls"
-        significant = row.p_value < alpha
-        s = (f"{TARGETS[row.target].capitalize()} {direction} by {abs(row.coef):.3g} per unit of {row.term} "
-             f"(95% CI [{row.ci_low:.3g}, {row.ci_high:.3g}], p = {row.p_value:.3g}, R² = {row.r2:.2f}, "
-             f"n = {row.n} jobs): ")
-        s += ("the slope is significantly different from zero at the 5% level." if significant else
-              "the data do not show a slope distinguishable from zero at the 5% level.")
-        loo_row = summary[(summary["measure"] == row.term) & (summary["target"] == row.target)].iloc[0]
-        better = loo_row.mae < loo_row.baseline_mae
-        s += (f" Leaving one bin out, the line predicts that bin's unused fraction with mean absolute error "
-              f"{loo_row.mae:.3g}, {'better' if better else 'no better'} than ignoring complexity "
-              f"({loo_row.baseline_mae:.3g}).")
-        sentences.append(s)
+    reached = bins[bins["needed_reached"].astype(bool)]
+    if len(reached):
+        needed = reached["needed_fraction"]
+        sentences.append(
+            f"How many parameters this data needs: across {len(reached)} bin jobs the sparsest ticket within "
+            f"{100 * delta:g}% of the dense NLL keeps {_fmt(needed.min())} to {_fmt(needed.max())} of the "
+            f"{prunable:,} prunable weights (mean {_fmt(needed.mean())}, about {needed.mean() * prunable:,.0f} weights): "
+            f"tinyDOT of this size is over-parameterized about {1 / needed.mean():.1f}x for one bin of this data.")
+    if len(reached) < len(bins):
+        sentences.append(f"{len(bins) - len(reached)} of {len(bins)} bin jobs never lost {100 * delta:g}% within their "
+                         "pruning levels: their needed fraction is only known to be below the last level's density "
+                         "and is left out of the fits (more levels would bracket it).")
+    for target, label in TARGETS.items():
+        rows = ols[(ols["target"] == target) & (ols["model"] != "joint")]
+        if rows.empty:
+            continue
+        significant = rows[rows["p_value"] < alpha]
+        if significant.empty:
+            sentences.append(f"{label.capitalize()}: no single complexity measure shows a slope distinguishable from "
+                             f"zero at the 5% level (smallest p = {_fmt(rows['p_value'].min())}).")
+        else:
+            best = significant.sort_values("p_value").iloc[0]
+            direction = "rises" if best["coef"] > 0 else "falls"
+            sentences.append(
+                f"{label.capitalize()} {direction} with {best['term']} (slope {_fmt(best['coef'])}, 95% CI "
+                f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], p = {_fmt(best['p_value'])}, R² = "
+                f"{best['r2']:.2f}, n = {int(best['n'])} jobs); {len(significant)} of {len(rows)} measures are "
+                "significant at the 5% level.")
+    parts = ols[(ols["model"] == "L") & ols["target"].isin(["untouched", "trained_to_small"])].set_index("target")
+    if len(parts) == 2:
+        carrier = parts["p_value"].idxmin()
+        sentences.append(
+            f"Which part carries the complexity effect on unused weights: against L the untouched share has slope "
+            f"{_fmt(parts.loc['untouched', 'coef'])} (p = {_fmt(parts.loc['untouched', 'p_value'])}) and the "
+            f"trained-to-small share {_fmt(parts.loc['trained_to_small', 'coef'])} (p = "
+            f"{_fmt(parts.loc['trained_to_small', 'p_value'])}): the {carrier.replace('_', '-')} part carries more of it.")
+    if not validation.empty:
+        ranking = predictor_ranking(validation)
+        for target in ("needed", "unused"):
+            part = ranking[ranking["target"] == target]
+            if part.empty:
+                continue
+            best = part.iloc[0]
+            sentences.append(
+                f"On the held-out classes ({', '.join(str(d) for d in sorted(validation['digit'].unique()))}), the best "
+                f"predictor of the {target} fraction is {best['predictor']}: mean absolute error {_fmt(best['mae'])}, "
+                f"{'better' if best['beats_baseline'] else 'no better'} than ignoring complexity "
+                f"({_fmt(best['baseline_mae'])}); its 95% prediction intervals covered {best['covered']:.0%} of the "
+                "measurements.")
     return sentences
+
+
+def _job_names(jobs: pd.DataFrame) -> pd.Series:
+    return pd.Series([job_name(r.measure, int(r.bin if r.kind == "bin" else r.digit), int(r.seed))
+                      for r in jobs.itertuples()], index=jobs.index)
+
+
+def study_curves(run_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
+    """Every job's per-level table (jobs/<job>/results.csv), labelled for the NLL-vs-density figure."""
+    frames = []
+    for r, name in zip(jobs.itertuples(), _job_names(jobs)):
+        table = pd.read_csv(run_dir / "jobs" / name / "results.csv")
+        group = f"binned by {r.measure}" if r.kind == "bin" else "held-out classes"
+        label = f"bin {r.bin}" if r.kind == "bin" else f"digit {r.digit}"
+        frames.append(table.assign(job=name, group=group, label=label, seed=r.seed))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _samples_figure(run_dir: Path, jobs: pd.DataFrame, measures):
     """One digit of each class from every bin's dense model (seed 0)."""
     rows, labels = [], []
     for m in measures:
-        for b in sorted(jobs[jobs["measure"] == m]["bin"].unique()):
+        for b in sorted(jobs[(jobs["kind"] == "bin") & (jobs["measure"] == m)]["bin"].unique()):
             model = load_model(run_dir / "jobs" / job_name(m, int(b), 0) / "level_0")
             rows.append(rasterize_all(sample(model, np.arange(10), temperature=0.8, seed=0)))
             labels.append(f"{m} bin {b}")
@@ -79,38 +136,67 @@ def _samples_figure(run_dir: Path, jobs: pd.DataFrame, measures):
 
 
 def write_study_report(run_dir: str | Path) -> Path:
-    """Build figures and report.html in `run_dir` from its config, assignments and job tables."""
+    """Build figures and report.html in `run_dir` from its config, assignments and tables."""
     run_dir = Path(run_dir)
     study = Study.from_dict(json.loads((run_dir / "config.json").read_text()))
-    jobs = pd.read_csv(run_dir / "jobs.csv")
-    ols = pd.read_csv(run_dir / "ols.csv")
-    loo = pd.read_csv(run_dir / "loo.csv")
+    tables = {name: _read_table(run_dir / f"{name}.csv") for name in ("jobs", "ols", "loo", "validation", "seed_slopes")}
+    jobs = tables["jobs"].assign(job=lambda frame: _job_names(frame))
     assignments = pd.read_csv(run_dir / "assignments.csv")
-    measures = list(study.study.measures)
+    measures, predictors = list(study.study.measures), list(study.study.predictors)
     fig_dir = run_dir / "figures"
     images = {
         "histograms": _png(figures.study_histograms(assignments, measures, study.study.bins), fig_dir / "histograms.png"),
         "per_bin": _png(figures.per_bin(jobs, measures), fig_dir / "per_bin.png"),
-        "ols": _png(figures.ols_fits(jobs, measures, TARGETS), fig_dir / "ols.png"),
+        "curves": _png(figures.nll_vs_density(study_curves(run_dir, jobs), jobs, study.prune.delta),
+                       fig_dir / "nll_vs_density.png"),
+        "ols": _png(figures.ols_fits(jobs, predictors, {t: TARGETS[t] for t in ("needed", "untouched",
+                                                                                 "trained_to_small")},
+                                     tables["validation"]), fig_dir / "ols.png"),
     }
     if study.study.sample_digits:
         images["samples"] = _png(_samples_figure(run_dir, jobs, measures), fig_dir / "samples.png")
 
-    data_summary = {"sequences": len(assignments), "classes": int(assignments["label"].nunique()),
-                    "measures": assignments[list(dict.fromkeys([*measures, "L", "S"]))].describe().T.round(3)}
-    per_bin_table = (jobs.groupby(["measure", "bin"]).agg(
-        complexity=("complexity", "mean"), n_train=("n_train", "mean"), n_held_out=("n_held_out", "mean"),
-        dense_unused=("dense_unused_fraction", "mean"), round1_unused=("round1_unused_fraction", "mean"),
-        dense_nll=("dense_bits_per_step", "mean"), round1_nll=("round1_bits_per_step", "mean"),
-        zeroed_nll=("dense_zeroed_bits_per_step", "mean")).reset_index())
+    data_summary = {"sequences": len(assignments), "binned": int((~assignments["held_class"]).sum()),
+                    "classes": sorted(set(assignments["label"]) - set(study.study.held_out_classes)),
+                    "measures": assignments[study.recorded_measures].describe().T.round(3)}
+    columns = {"n_train": "mean", "needed_fraction": "mean", "untouched_fraction": "mean",
+               "trained_to_small_fraction": "mean", "unused_fraction": "mean", "dense_bits_per_step": "mean",
+               "dense_zeroed_bits_per_step": "mean", "levels": "max", "needed_reached": "mean"}
+    bins = jobs[jobs["kind"] == "bin"]
+    per_bin_table = bins.groupby(["measure", "bin"]).agg(
+        complexity=("complexity", "mean"), **{k: (k, how) for k, how in columns.items()}).reset_index()
+    per_class_table = jobs[jobs["kind"] == "class"].groupby("digit").agg(
+        **{f"mean_{m}": (f"mean_{m}", "mean") for m in measures}, **{k: (k, how) for k, how in columns.items()}
+    ).reset_index()
+    validation = tables["validation"]
     html = _environment().get_template("study.html.j2").render(
         run_name=run_dir.name, created=_now(), config=json.dumps(study.to_dict(), indent=2), study=study,
-        images=images, data_summary=data_summary, per_bin=per_bin_table, ols=ols, loo=loo_summary(loo),
-        verdict=study_verdict(ols, loo), prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs),
-        total_seconds=float(jobs["seconds"].sum()))
+        images=images, data_summary=data_summary, per_bin=per_bin_table, per_class=per_class_table,
+        ols=tables["ols"], seed_slopes=_slope_spread(tables["seed_slopes"]), loo=loo_summary(tables["loo"])
+        if not tables["loo"].empty else pd.DataFrame(), validation=validation,
+        ranking=predictor_ranking(validation), targets=TARGETS, measures=measures,
+        verdict=study_verdict(jobs, tables["ols"], validation, study.prune.delta),
+        prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs), total_seconds=float(jobs["seconds"].sum()))
     path = run_dir / "report.html"
     atomic_write_text(path, html)
     return path
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # an empty table (e.g. no held-out classes) is written as an empty file
+        return pd.DataFrame()
+
+
+def _slope_spread(seed_slopes: pd.DataFrame) -> pd.DataFrame:
+    """Per (target, predictor): the slope's mean and standard deviation over seeds, and how many
+    seeds give p < 0.05."""
+    if seed_slopes.empty or seed_slopes["seed"].nunique() < 2:
+        return pd.DataFrame()
+    return seed_slopes.groupby(["target", "predictor"], sort=False).agg(
+        seeds=("seed", "nunique"), mean=("slope", "mean"), sd=("slope", "std"),
+        significant=("p_value", lambda p: int((p < 0.05).sum()))).reset_index()
 
 
 # --------------------------------------------------------------------------- redundancy
