@@ -275,6 +275,36 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
     console.print(table)
 
 
+@app.command("rightsize")
+def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished study run folder."),
+                  data: str = typer.Option("train", "--data", help="SPLIT or SPLIT:DIGIT to train on, e.g. train:1."),
+                  predictor: Optional[str] = typer.Option(None, help="Complexity measure whose line predicts "
+                                                          "(default: the best on the study's held-out classes)."),
+                  data_dir: Optional[Path] = DataDirOption) -> None:
+    """Train the model the study predicts is enough beside the study's own; compare cost and quality."""
+    from tinydot.report.html import write_study_report
+    from tinydot.rightsize import run_rightsize
+
+    result = run_rightsize(study, data, data_dir=data_dir, predictor=predictor)
+    summary = result["summary"]
+    table = Table(title=f"right-sizing for {data}: predicted needed fraction {summary['predicted_needed_fraction']:.3f} "
+                        f"(95% PI [{summary['pi'][0]:.3f}, {summary['pi'][1]:.3f}], by {summary['predictor']})")
+    for column in ("model", "layers x d_model", "parameters", "train FLOPs", "CPU s", "energy (Wh)",
+                   "test NLL (bits/step)", "recognizable"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in result["table"].itertuples():
+        energy = "n/a" if r.energy_kwh is None or r.energy_kwh != r.energy_kwh else f"{1000 * r.energy_kwh:.3f}"
+        table.add_row(r.model, f"{r.n_layers} x {r.d_model}", f"{r.parameters:,}", f"{r.train_flops:.3g}",
+                      f"{r.cpu_seconds:.1f}", energy, f"{r.test_bits_per_step:.4f}", f"{r.recognizability:.0%}")
+    console.print(table)
+    verdict = "stays within" if summary["within_delta"] else "is WORSE than"
+    console.print(f"the right-sized model {verdict} {100 * summary['delta']:g}% of the reference's test NLL, with "
+                  f"{100 * summary['flops_saved']:.0f}% fewer training FLOPs; energy is "
+                  f"{'measured' if 'measured:' in str(result['table']['energy_mode'].iloc[0]) else 'an estimate'} "
+                  f"(see cost.json); wrote {result['run_dir']}")
+    write_study_report(study)
+
+
 @app.command("hessian")
 def hessian_cmd(checkpoint: Path = CheckpointOption,
                 out: Path = typer.Option(..., "--out", help="Folder for tables and plots."),

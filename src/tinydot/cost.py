@@ -227,6 +227,19 @@ def summarize(segments: list[dict]) -> dict:
     return total
 
 
+def total_cost(folder: str | os.PathLike) -> dict | None:
+    """The summed cost of every run recorded under `folder` (every cost.json in its tree: a lottery's
+    levels and controls, a study job's lottery), with `runs`, their count; None if there is none."""
+    totals = [{k: v for k, v in json.loads(path.read_text()).items() if k != "segments"}
+              for path in sorted(Path(folder).rglob(COST_FILE))]
+    if not totals:
+        return None
+    summed = summarize(totals)
+    summed.pop("segments")
+    summed["runs"] = len(totals)
+    return summed
+
+
 class CostMeter:
     """Meter one segment of a run into `<run_dir>/cost.json`, adding to the segments recorded there.
 

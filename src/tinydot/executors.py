@@ -20,10 +20,11 @@ EXECUTORS = ("local", "ray")
 
 
 def progress_bar(total: int | None, enabled: bool, description: str):
-    """A rich progress bar and its task (total None: a count without an end)."""
+    """A rich progress bar and its task (total None: a count without an end); its `status` field
+    shows a running summary (e.g. CPU time and energy so far)."""
     bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   disable=not enabled)
-    return bar, bar.add_task(description, total=total)
+                   TextColumn("{task.fields[status]}"), disable=not enabled)
+    return bar, bar.add_task(description, total=total, status="")
 
 
 def check_executor(executor: str, workers: int) -> None:
@@ -34,25 +35,32 @@ def check_executor(executor: str, workers: int) -> None:
 
 
 def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = "local", workers: int = 1,
-             ray_address: str | None = None, progress: bool = True, description: str = "jobs") -> list[Any]:
-    """Apply `fn` to every spec and return the results in the order of `specs`."""
+             ray_address: str | None = None, progress: bool = True, description: str = "jobs",
+             status: Callable[[list[Any]], str] | None = None) -> list[Any]:
+    """Apply `fn` to every spec and return the results in the order of `specs`. `status`, given the
+    results finished so far, returns a short text for the progress bar."""
     check_executor(executor, workers)
     results: list[Any] = [None] * len(specs)
     bar, task = progress_bar(len(specs), progress, description)
+
+    def advance():
+        done = [r for r in results if r is not None]
+        bar.update(task, advance=1, status=status(done) if status else "")
+
     with bar:
         if executor == "ray":
-            _run_ray(fn, specs, results, workers, ray_address, lambda: bar.advance(task))
+            _run_ray(fn, specs, results, workers, ray_address, advance)
         elif workers == 1 or len(specs) <= 1:
             for i, spec in enumerate(specs):
                 results[i] = fn(spec)
-                bar.advance(task)
+                advance()
         else:
             context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = {pool.submit(fn, spec): i for i, spec in enumerate(specs)}
                 for future in concurrent.futures.as_completed(futures):
                     results[futures[future]] = future.result()
-                    bar.advance(task)
+                    advance()
     return results
 
 

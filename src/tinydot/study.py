@@ -20,6 +20,7 @@ A run folder `runs/study-<hash>` (hash of the non-default configuration and the 
   jobs/<job>/       one lottery run per job (resumable), its results.csv and job.json row
   jobs.csv          one row per job          ols.csv     OLS fits        seed_slopes.csv
   loo.csv           leave-one-bin-out        validation.csv  held-out classes: predicted vs measured
+  costs.csv         per job: wall and CPU seconds, training FLOPs, energy and CO2 (codecarbon; see tinydot.cost)
 The report layer (`tinydot.report.html.write_study_report`) adds figures/*.png and report.html.
 """
 
@@ -38,6 +39,7 @@ import torch
 
 from tinydot.complexity import MEASURES, measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
+from tinydot.cost import total_cost
 from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
@@ -204,6 +206,25 @@ def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_ind
             "dense_zeroed_bits_per_step": float(dense["zeroed_bits_per_step"])}
 
 
+COST_COLUMNS = ("wall_seconds", "cpu_seconds", "train_flops_dense", "train_flops_sparse", "energy_kwh", "co2_kg")
+
+
+def job_cost(folder: Path) -> dict:
+    """What a job's training runs cost (every cost.json of its lottery run), as `cost_*` columns."""
+    total = total_cost(folder) or {}
+    row = {f"cost_{k}": total.get(k) for k in COST_COLUMNS}
+    row["energy_mode"] = total.get("energy_mode")
+    return row
+
+
+def cost_status(rows: list[dict]) -> str:
+    """The progress bar's running total: CPU time and (estimated) energy of the finished jobs."""
+    cpu = sum(r.get("cost_cpu_seconds") or 0 for r in rows)
+    energy = [r.get("cost_energy_kwh") for r in rows]
+    kwh = f"{sum(energy) * 1000:.2f} Wh" if energy and None not in energy else "energy n/a"
+    return f"{cpu / 60:.1f} CPU-min, {kwh}"
+
+
 def run_job(spec: dict) -> dict:
     """Train, prune until the NLL suffers, count: one job. Resumable; returns its row."""
     torch.set_num_threads(spec["threads"])
@@ -235,6 +256,7 @@ def run_job(spec: dict) -> dict:
     row = job_row(result.table, study, spec, train_index, test_index)
     row.update({f"mean_{m}": float(table.loc[train_index, m].mean()) for m in study.recorded_measures})
     row["complexity"] = row[f"mean_{spec['measure']}"] if spec["kind"] == "bin" else np.nan
+    row.update(job_cost(folder))
     row["seconds"] = time.perf_counter() - started
     atomic_write_text(done, json.dumps(row, indent=2) + "\n")
     return row
@@ -281,9 +303,11 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
         with atomic_path(assignments_path) as tmp:
             assignments.to_csv(tmp, index=False)
     rows = run_jobs(run_job, job_specs(study, run_dir, data_dir), executor=executor, workers=workers,
-                    ray_address=ray_address, progress=progress, description="study jobs")
+                    ray_address=ray_address, progress=progress, description="study jobs", status=cost_status)
     jobs = pd.DataFrame(rows)
     tables = analyse(jobs, study)
+    tables["costs"] = jobs[["kind", "measure", "bin", "digit", "seed", *[f"cost_{k}" for k in COST_COLUMNS],
+                            "energy_mode"]]
     for name, frame in {"jobs": jobs, **tables}.items():
         with atomic_path(run_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)

@@ -1,0 +1,106 @@
+"""Right-sizing: train the model a study predicts is enough, beside the study's own model, and
+compare what each costs and how well each models the data.
+
+`run_rightsize(study_dir, "train:1")` predicts the needed fraction of the selection from its
+complexity alone (the predictor that did best on the study's held-out classes), builds the
+smallest default-shaped tinyDOT holding that many weights (tinydot.sizing), and trains it and the
+study's model on the selection with the study's training config (the same token budget, seed 0).
+Both are scored on the matching test sequences: NLL in bits per step, and recognizability of
+samples of the selection's classes. Written into `<study>/rightsize/<split>-<digit|all>/`:
+  reference/, rightsized/   the two training runs (resumable; each with its cost.json)
+  rightsize.csv             one row per model: shape, parameters, training FLOPs, CPU seconds,
+                            energy, CO2, test NLL, recognizability
+  summary.json              the prediction it acted on, and whether the right-sized model stayed
+                            within delta of the reference's NLL
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tinydot.cost import read_cost
+from tinydot.data.strokes import digit_subset, load_strokes
+from tinydot.errors import ConfigError
+from tinydot.evaluation import evaluate_nll, load_or_train_classifier, recognizability
+from tinydot.fits import predictor_ranking
+from tinydot.io import atomic_path, atomic_write_text
+from tinydot.sizing import smallest_config
+from tinydot.study import load_study, predict
+from tinydot.training import train
+
+RECOGNIZABILITY_SAMPLES = 50  # per class
+
+
+def parse_selection(data: str) -> tuple[str, int | None]:
+    """'train' or 'train:7' -> (split, digit or None)."""
+    split, _, digit = data.partition(":")
+    if digit and not (digit.isdigit() and 0 <= int(digit) <= 9):
+        raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
+    return split, int(digit) if digit else None
+
+
+def best_predictor(study_dir: Path) -> str:
+    """The predictor with the lowest held-out-class error on the needed fraction (else L)."""
+    path = study_dir / "validation.csv"
+    try:
+        ranking = predictor_ranking(pd.read_csv(path))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return "L"
+    needed = ranking[ranking["target"] == "needed"] if not ranking.empty else ranking
+    return str(needed.iloc[0]["predictor"]) if len(needed) else "L"
+
+
+def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir=None,
+                  predictor: str | None = None, progress: bool = True) -> dict:
+    """Predict, build, train and compare (see the module docstring); returns the table, the
+    summary and the run folder."""
+    study_dir = Path(study_dir)
+    study, jobs = load_study(study_dir)
+    split, digit = parse_selection(data)
+    selection = digit_subset(load_strokes(split, data_dir), digit)
+    test = digit_subset(load_strokes("test", data_dir), digit)
+    predictor = predictor or best_predictor(study_dir)
+    frame = predict(study_dir, selection)
+    row = frame[(frame["target"] == "needed") & (frame["model"] == predictor)]
+    if row.empty:
+        raise ConfigError(f"the study has no needed-fraction line for predictor {predictor!r}; "
+                          f"choose one of {', '.join(study.study.predictors)}")
+    row = row.iloc[0]
+    needed = float(np.clip(row["mean"], 0, 1)) * int(row["prunable_parameters"])
+    small, small_prunable = smallest_config(needed, study.model)
+    out = study_dir / "rightsize" / f"{split}-{'all' if digit is None else digit}"
+    classifier = load_or_train_classifier(load_strokes("train", data_dir))
+    digits = [digit] if digit is not None else list(range(10))
+    rows = []
+    for name, cfg in (("reference", study.model), ("rightsized", small)):
+        model = train(selection, out / name, cfg, study.train, progress=progress).model
+        cost = read_cost(out / name) or {}
+        quality = recognizability(model, classifier, per_class=RECOGNIZABILITY_SAMPLES, seed=0)
+        rows.append({"model": name, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp,
+                     "parameters": model.num_params(), "prunable": small_prunable if name == "rightsized"
+                     else int(row["prunable_parameters"]),
+                     "train_flops": cost.get("train_flops_dense"), "cpu_seconds": cost.get("cpu_seconds"),
+                     "wall_seconds": cost.get("wall_seconds"), "energy_kwh": cost.get("energy_kwh"),
+                     "co2_kg": cost.get("co2_kg"), "energy_mode": cost.get("energy_mode"),
+                     "test_bits_per_step": evaluate_nll(model, test)["bits_per_step"],
+                     "recognizability": float(np.mean([quality["per_class"][d] for d in digits]))})
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "rightsize.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    reference, rightsized = rows
+    summary = {
+        "data": data, "predictor": predictor, "predicted_needed_fraction": float(row["mean"]),
+        "pi": [float(row["pi_low"]), float(row["pi_high"])], "needed_weights": needed,
+        "delta": study.prune.delta, "test_sequences": len(test),
+        "within_delta": bool(rightsized["test_bits_per_step"]
+                             <= reference["test_bits_per_step"] * (1 + study.prune.delta)),
+        "flops_saved": 1 - rightsized["train_flops"] / reference["train_flops"],
+        "parameters_saved": 1 - rightsized["parameters"] / reference["parameters"],
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return {"table": table, "summary": summary, "run_dir": out}
