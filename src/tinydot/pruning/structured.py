@@ -83,9 +83,12 @@ def removal_count(cfg: ModelConfig, kind: str, fraction: float) -> int:
         raise ConfigError(f"the fraction of {kind} to remove must be in [0, 1), got {fraction}")
     total = cfg.n_layers if kind == "layers" else unit_shape(cfg, kind)[1]
     count = round(fraction * total)
-    if count and kind == "heads" and cfg.n_heads == 1:
+    if fraction > 0 and kind == "heads" and cfg.n_heads == 1:
         raise ConfigError("the model has a single attention head per block: heads can be removed only from "
                           "models trained with n_heads > 1")
+    if fraction > 0 and count == 0:
+        raise ConfigError(f"removing {fraction} of the {total} {_UNIT_NAMES[kind]} rounds to none; "
+                          f"choose at least {1 / total:.3g}")
     if count >= total:
         raise ConfigError(f"removing {fraction} of the {total} {_UNIT_NAMES[kind]} would remove all of them; "
                           f"choose a smaller fraction")
