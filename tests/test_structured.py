@@ -240,6 +240,17 @@ def test_removal_counts_and_errors():
     assert sum(removal_schedule(48, 7, 4)) == 7
 
 
+def test_remove_units_keeps_at_least_one():
+    model = perturbed()
+    removal = remove_units(model, "neurons", 5, "magnitude")
+    assert removal.model.cfg.d_mlp == 43 and int((~removal.keep).sum()) == 3 * 5
+    assert remove_units(model, "heads", 0, "magnitude").model is model
+    with pytest.raises(ConfigError, match="at least one must stay"):
+        remove_units(model, "layers", 3, "magnitude")
+    with pytest.raises(ConfigError, match="taylor importance needs held-out sequences"):
+        remove_units(model, "layers", 1, "taylor")
+
+
 def test_iterative_removal_calls_the_finetune_callback():
     model, calls = perturbed(), []
 

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, resolve, save_model, save_tensors
 from tinydot.config import TrainConfig
