@@ -372,6 +372,8 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
                  seed: int = typer.Option(0, help="Seed of the fine-tuning batch order."),
                  data_dir: Optional[Path] = DataDirOption) -> None:
     """Structured pruning: remove attention heads, MLP neurons or blocks and rebuild a smaller model."""
+    import math
+
     from tinydot.compress import run_compress
     from tinydot.report.compression import write_compress_figures
 
@@ -384,8 +386,8 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
         result.add_column(column, justify="right")
     for r in table.itertuples():
         result.add_row(str(r.round), str(r.n_layers), str(r.n_heads), str(r.d_mlp), f"{r.params:,}",
-                       f"{r.bits_per_step:.4f}", "" if r.finetuned_bits_per_step != r.finetuned_bits_per_step
-                       else f"{r.finetuned_bits_per_step:.4f}")
+                       f"{r.bits_per_step:.4f}",
+                       "" if math.isnan(r.finetuned_bits_per_step) else f"{r.finetuned_bits_per_step:.4f}")
     console.print(result)
     console.print(f"wrote {out}/model.safetensors, results.csv and {figure.name}")
 
