@@ -422,6 +422,70 @@ def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (stud
         console.print(f"wrote {path}")
 
 
+@app.command("compress")
+def compress_cmd(checkpoint: Path = CheckpointOption,
+                 out: Path = typer.Option(..., "--out", help="Run folder (finished rounds are skipped on re-runs)."),
+                 heads: float = typer.Option(0.0, help="Fraction of each block's attention heads to remove."),
+                 neurons: float = typer.Option(0.0, help="Fraction of each block's MLP neurons to remove."),
+                 layers: float = typer.Option(0.0, help="Fraction of the blocks to remove."),
+                 importance: str = typer.Option("taylor", help="taylor (first-order, on held-out sequences) "
+                                                "or magnitude."),
+                 rounds: int = typer.Option(1, help="Removal rounds, each re-scoring the current model."),
+                 finetune_steps: int = typer.Option(0, help="Fine-tuning steps after each round (0: none)."),
+                 finetune_lr: float = typer.Option(1e-3, help="Peak learning rate of the fine-tuning."),
+                 eval_sequences: int = typer.Option(2000, help="Test sequences for the NLL (the first ones)."),
+                 score_sequences: int = typer.Option(1000, help="Held-out test sequences for taylor scores "
+                                                     "(the last ones)."),
+                 seed: int = typer.Option(0, help="Seed of the fine-tuning batch order."),
+                 data_dir: Optional[Path] = DataDirOption) -> None:
+    """Structured pruning: remove attention heads, MLP neurons or blocks and rebuild a smaller model."""
+    import math
+
+    from tinydot.compress import run_compress
+    from tinydot.report.compression import write_compress_figures
+
+    table = run_compress(checkpoint, out, heads=heads, neurons=neurons, layers=layers, importance=importance,
+                         rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+                         eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
+    figure = write_compress_figures(out)
+    result = Table(title=f"structured pruning ({importance}): test NLL in bits/step on {eval_sequences:,} sequences")
+    for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
+        result.add_column(column, justify="right")
+    for r in table.itertuples():
+        result.add_row(str(r.round), str(r.n_layers), str(r.n_heads), str(r.d_mlp), f"{r.params:,}",
+                       f"{r.bits_per_step:.4f}",
+                       "" if math.isnan(r.finetuned_bits_per_step) else f"{r.finetuned_bits_per_step:.4f}")
+    console.print(result)
+    console.print(f"wrote {out}/model.safetensors, results.csv and {figure.name}")
+
+
+@app.command("quantize")
+def quantize_cmd(checkpoint: Path = CheckpointOption,
+                 out: Path = typer.Option(..., "--out", help="Run folder (finished bit widths are skipped)."),
+                 bits: list[int] = typer.Option([4], "--bits", help="Bits per weight, 2..8 (repeat for several)."),
+                 method: str = typer.Option("gpfq", help="gpfq (greedy path following, calibrated) or rtn."),
+                 calibration_sequences: int = typer.Option(256, help="Training sequences that calibrate GPFQ."),
+                 eval_sequences: int = typer.Option(2000, help="Test sequences for the NLL (the first ones)."),
+                 seed: int = typer.Option(0, help="Seed choosing the calibration sequences."),
+                 data_dir: Optional[Path] = DataDirOption) -> None:
+    """Post-training quantization of every Linear and Embedding weight (per-channel, symmetric)."""
+    from tinydot.compress import run_quantize
+    from tinydot.report.compression import write_compress_figures
+
+    table = run_quantize(checkpoint, out, bits=tuple(bits), method=method,
+                         calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
+                         data_dir=data_dir)
+    figure = write_compress_figures(out)
+    result = Table(title=f"quantization: test NLL in bits/step on {eval_sequences:,} sequences")
+    for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
+        result.add_column(column, justify="right")
+    for r in table.itertuples():
+        result.add_row(str(r.bits), r.method, f"{r.bits_per_step:.4f}", f"{r.relative_change:+.2%}",
+                       f"{r.bits_per_weight:.2f}", f"{r.file_bytes:,}", f"{r.size_ratio:.3f}")
+    console.print(result)
+    console.print(f"wrote {out}/bits_<b>/ (quantized.safetensors, model.safetensors), results.csv and {figure.name}")
+
+
 def main() -> None:
     try:
         app()

@@ -70,13 +70,22 @@ class ModelConfig(_Config):
     max_len: int = field(default=118, metadata={"help": "positions: start point + up to 116 steps + BOS"})
     max_move: int = field(default=28, metadata={"help": "largest |dx|, |dy| the model can emit"})
     n_classes: int = field(default=10, metadata={"help": "digit classes to condition on"})
+    d_head: int = field(default=0, metadata={
+        "help": "width of each attention head (0: d_model // n_heads); set when heads were removed"})
 
     def __post_init__(self):
         self._check_ints("model", ("n_layers", "d_model", "n_heads", "d_mlp", "max_len", "max_move", "n_classes"), 1)
-        _check(self.d_model % self.n_heads == 0,
-               f"model d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        self._check_ints("model", ("d_head",), 0)
+        _check(self.d_head > 0 or self.d_model % self.n_heads == 0,
+               f"model d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), "
+               f"or d_head must be given")
         _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
         _check(self.max_len >= 3, f"model max_len must be >= 3, got {self.max_len}")
+
+    @property
+    def head_width(self) -> int:
+        """Width of one attention head; the attention's inner width is n_heads * head_width."""
+        return self.d_head or self.d_model // self.n_heads
 
 
 @dataclass(frozen=True)

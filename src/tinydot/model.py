@@ -14,7 +14,7 @@ bits per step (the start point's bits are reported separately).
 Inputs at position t are the previous move m_{t-1} (a BOS marker at t = 0) and, as a convenience
 the network could compute itself, the absolute pen position after it; every position also gets
 the digit class embedding. Pre-norm blocks, learned positional embeddings, causal attention with
-`n_heads` heads (one by default).
+`n_heads` heads (one by default) of width `d_head` (d_model // n_heads unless heads were removed).
 """
 
 from __future__ import annotations
@@ -32,18 +32,20 @@ from tinydot.data.batching import FRAME_SLOTS, IGNORE, IN_DX, IN_DY, IN_PEN, IN_
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.n_heads, self.d_head = cfg.n_heads, cfg.head_width
+        inner = cfg.n_heads * cfg.head_width  # d_model, unless heads were removed
+        self.qkv = nn.Linear(cfg.d_model, 3 * inner)
+        self.proj = nn.Linear(inner, cfg.d_model)
 
     def forward(self, x, past=None):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        B, T, _ = x.shape
+        inner = self.n_heads * self.d_head
+        q, k, v = self.qkv(x).split(inner, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if past is not None:  # incremental decoding: attend to every cached position too
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, T, inner)), (k, v)
 
 
 class Block(nn.Module):

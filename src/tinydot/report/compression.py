@@ -1,0 +1,71 @@
+"""Figures of a compress or quantize run folder, drawn from its results.csv.
+
+`removal_curve` and `bits_curve` are pure (a table in, a Figure out); `write_compress_figures`
+reads a run folder and writes its PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from tinydot.io import atomic_path
+
+REMOVAL_FIGURE = "nll_vs_removed.png"
+BITS_FIGURE = "nll_vs_bits.png"
+
+
+def removal_curve(table: pd.DataFrame) -> Figure:
+    """Test NLL against the fraction of parameters removed, right after removal and after fine-tuning."""
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    dense = table.iloc[0]
+    removed = 1 - table["params"] / dense["params"]
+    ax.axhline(dense["bits_per_step"], color="gray", ls=":", label="dense")
+    ax.plot(removed, table["bits_per_step"], "o-", label="after removal")
+    if table["finetuned_bits_per_step"].notna().any():
+        tuned = table["finetuned_bits_per_step"].notna()
+        ax.plot(removed[tuned], table.loc[tuned, "finetuned_bits_per_step"], "s--", label="after fine-tuning")
+    for x, row in zip(removed.iloc[1:], table.iloc[1:].itertuples()):
+        ax.annotate(f"L{row.n_layers} H{row.n_heads} M{row.d_mlp}", (x, row.bits_per_step), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("fraction of parameters removed")
+    ax.set_ylabel("test NLL (bits / step)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def bits_curve(table: pd.DataFrame) -> Figure:
+    """Test NLL against stored bits per quantized weight (scales included), one line per method."""
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    dense = table[table["method"] == "float32"]
+    if len(dense):
+        ax.axhline(dense["bits_per_step"].iloc[0], color="gray", ls=":", label="float32")
+    for method, rows in table[table["method"] != "float32"].groupby("method"):
+        rows = rows.sort_values("bits")
+        ax.plot(rows["bits_per_weight"], rows["bits_per_step"], "o-", label=method.upper())
+        for row in rows.itertuples():
+            ax.annotate(f"{row.bits} b", (row.bits_per_weight, row.bits_per_step), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("stored bits per quantized weight (scales included)")
+    ax.set_ylabel("test NLL (bits / step)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def write_compress_figures(run_dir: str | os.PathLike) -> Path:
+    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path."""
+    run_dir = Path(run_dir)
+    table = pd.read_csv(run_dir / "results.csv")
+    quantize = "method" in table.columns
+    fig = bits_curve(table) if quantize else removal_curve(table)
+    path = run_dir / (BITS_FIGURE if quantize else REMOVAL_FIGURE)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return path
