@@ -232,8 +232,9 @@ def test_redundancy_on_a_real_tinydot_checkpoint(tiny_checkpoint, data_dir, tmp_
     summary = run_redundancy(RedundancyConfig(str(tiny_checkpoint), "pen", tokens=3000), out, data_dir=data_dir,
                              progress=False)
     tables = {"activations.npy", "tokens.csv", "cka.csv", "clusters.csv", "layers.csv", "selections.csv",
-              "curves.csv", "alphas.csv", "summary.json"}
+              "curves.csv", "alphas.csv", "summary.json", "cost.json"}
     assert {p.name for p in out.iterdir()} == tables  # the stage writes tables; the report layer draws
+    assert json.loads((out / "cost.json").read_text())["cpu_seconds"] > 0
     assert write_report(out) == [out / "report.html"]
     assert {p.name for p in out.iterdir()} == tables | {"cka.png", "redundant_fraction.png", "neurons_kept.png",
                                                         "section.html", "report.html"}

@@ -22,7 +22,8 @@ TINY_STUDY = {
     "train": {"steps": 8, "tokens_per_batch": 1200, "warmup_steps": 2, "eval_every": 0, "checkpoint_every": 4},
     "prune": {"fraction": 0.5, "levels": 3, "rewind_step": 1},
 }
-TABLE_COLUMNS_THAT_MAY_DIFFER = ["seconds"]  # wall time is not a result
+TABLE_COLUMNS_THAT_MAY_DIFFER = ["seconds", "cost_wall_seconds", "cost_cpu_seconds", "cost_energy_kwh",
+                                 "cost_co2_kg"]  # measured time and energy are not results
 
 
 def test_presets_and_pinned_hashes():
@@ -247,3 +248,45 @@ def test_report_is_self_contained_and_generated_from_the_numbers(tiny_study):
     reached = jobs[(jobs.kind == "bin") & jobs.needed_reached]
     if len(reached):
         assert f"{reached.needed_fraction.min():.3g} to {reached.needed_fraction.max():.3g}" in html
+
+
+def test_jobs_account_for_their_cost(tiny_study):
+    _, result = tiny_study
+    jobs = result.jobs
+    assert (jobs.cost_cpu_seconds > 0).all() and (jobs.cost_train_flops_dense > 0).all()
+    # a job's FLOPs are the sum over its lottery's training runs (each writes its own cost.json)
+    job = jobs[(jobs.measure == "L") & (jobs.bin == 0)].iloc[0]
+    folder = result.run_dir / "jobs" / "L-bin0-seed0"
+    flops = [json.loads(p.read_text())["train_flops_dense"] for p in folder.rglob("cost.json")]
+    assert len(flops) == job.levels + 1 and job.cost_train_flops_dense == sum(flops)
+    # pruned levels do less work on a sparse kernel than the dense count says
+    assert job.cost_train_flops_sparse < job.cost_train_flops_dense
+    costs = pd.read_csv(result.run_dir / "costs.csv")
+    assert len(costs) == len(jobs) and costs.energy_mode.notna().all()
+
+
+def test_rightsize_trains_the_predicted_model_beside_the_reference(tiny_study, train, data_dir, monkeypatch):
+    import tinydot.rightsize as rightsize
+    from tinydot.evaluation import train_classifier
+
+    small_classifier = train_classifier(train.subset(np.arange(1500)), epochs=1)  # the full one takes minutes
+    monkeypatch.setattr(rightsize, "load_or_train_classifier", lambda _: small_classifier)
+    study, result = tiny_study
+    out = rightsize.run_rightsize(result.run_dir, "train:1", data_dir=data_dir, predictor="L", progress=False)
+    table, summary = out["table"].set_index("model"), out["summary"]
+    reference, small = table.loc["reference"], table.loc["rightsized"]
+    assert reference.n_layers == study.model.n_layers and reference.d_model == study.model.d_model
+    predicted = summary["predicted_needed_fraction"]
+    assert small.prunable >= min(max(predicted, 0), 1) * reference.prunable  # holds the predicted weights
+    assert small.train_flops <= reference.train_flops and small.parameters <= reference.parameters
+    assert summary["within_delta"] == bool(small.test_bits_per_step <= reference.test_bits_per_step * (1 + study.prune.delta))
+    assert summary["flops_saved"] == pytest.approx(1 - small.train_flops / reference.train_flops)
+    assert summary["test_sequences"] == int((load_strokes_test(data_dir).labels == 1).sum())
+    html = write_study_report(result.run_dir).read_text()
+    assert "what right-sizing saves" in html and "train:1" in html
+
+
+def load_strokes_test(data_dir):
+    from tinydot.data import load_strokes
+
+    return load_strokes("test", data_dir)

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tinydot.errors import ConfigError
+from tinydot.errors import ConfigError, TinydotError
 from tinydot.io import atomic_write_text
 
 COST_FILE = "cost.json"
@@ -254,15 +254,18 @@ class CostMeter:
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, counters: Callable[[], dict[str, int]] | None = None,
-                 country: str | None = None, energy: bool = True, verbose: bool = False):
+                 country: str | None = None, energy: bool = True, verbose: bool = False,
+                 record_user_errors: bool = True):
         self.run_dir = Path(run_dir)
+        self.record_user_errors = record_user_errors  # False: a TinydotError leaves no cost.json behind
         self.counters = counters or dict
         self.country, self.country_source = resolve_country(country)
         self.energy, self.verbose = energy, verbose
         self._energy = None
 
     def __enter__(self) -> CostMeter:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._created = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # codecarbon's output_dir must exist (it writes nothing)
         try:
             self._previous = (read_cost(self.run_dir) or {}).get("segments", [])
         except (json.JSONDecodeError, OSError) as error:
@@ -287,5 +290,11 @@ class CostMeter:
         atomic_write_text(self.run_dir / COST_FILE, json.dumps(total, indent=2) + "\n")
         return total
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, traceback) -> None:
+        if not self.record_user_errors and isinstance(error, TinydotError):
+            self.segment(stop=True)  # stop the tracker; the run wrote nothing, neither does its meter
+            for folder in self._created:  # innermost first: remove what __enter__ made, if still empty
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+            return
         self.total = self.flush(stop=True)

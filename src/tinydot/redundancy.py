@@ -32,6 +32,7 @@ from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
 from tinydot.checkpoint import is_tinydot_checkpoint, load_model
 from tinydot.data.strokes import load_strokes
+from tinydot.cost import CostMeter
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
 from tinydot.io import atomic_path, atomic_write_text
@@ -127,9 +128,15 @@ def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
 
 
 def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bool = True) -> dict:
-    """Run the whole analysis into `out`; returns the summary (also written to summary.json)."""
+    """Run the whole analysis into `out`; returns the summary (also written to summary.json, and
+    its time and energy to cost.json)."""
     config.check()
-    out = Path(out)  # created by the first (atomic) write, once the inputs have passed their checks
+    out = Path(out)  # nothing stays in it unless the inputs pass their checks
+    with CostMeter(out, record_user_errors=False):
+        return _redundancy(config, out, data_dir, progress)
+
+
+def _redundancy(config: RedundancyConfig, out: Path, data_dir, progress: bool) -> dict:
     states, task, extra = activations_for(config, out, data_dir, progress)
     n_layers, n_tokens, width = states.shape
     names = layer_names(n_layers)

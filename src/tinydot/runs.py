@@ -20,6 +20,7 @@ from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_ba
 from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
 from tinydot.checkpoint import load_model
 from tinydot.complexity import MEASURES, bin_table, check_measure, measure_all, quantile_bins, summary
+from tinydot.cost import CostMeter
 from tinydot.data.render import rasterize_all, save_grid
 from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
 from tinydot.errors import ConfigError
@@ -83,6 +84,13 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     weights only. Writes eigenvalues.csv, summary.json and (with `density`) density.csv into
     `out`; returns the summary.
     """
+    with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
+        return _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs,
+                        seed, data_dir, progress)
+
+
+def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs, seed,
+             data_dir, progress) -> dict:
     checkpoint, out = Path(checkpoint), Path(out)
     model = load_model(checkpoint)
     mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
@@ -124,8 +132,13 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
 
     Writes similarity.csv (rows: layers of the first model, columns: layers of the second, or
     of the same model), dims.csv (intrinsic dimensionality of every layer at `keep`) and
-    svcca.json (what was compared) into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
+    svcca.json (what was compared) and cost.json into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
     """
+    with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
+        return _svcca(checkpoints, Path(out), sequences, keep, seed, data_dir)
+
+
+def _svcca(checkpoints, out: Path, sequences: int, keep: float, seed: int, data_dir) -> dict:
     if not 1 <= len(checkpoints) <= 2:
         raise ConfigError(f"give one or two checkpoints, got {len(checkpoints)}")
     test = load_strokes("test", data_dir)

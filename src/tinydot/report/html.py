@@ -170,6 +170,7 @@ def write_study_report(run_dir: str | Path) -> Path:
     ).reset_index()
     validation = tables["validation"]
     html = _environment().get_template("study.html.j2").render(
+        cost=study_cost(jobs), rightsized=rightsize_results(run_dir),
         run_name=run_dir.name, created=_now(), config=json.dumps(study.to_dict(), indent=2), study=study,
         images=images, data_summary=data_summary, per_bin=per_bin_table, per_class=per_class_table,
         ols=tables["ols"], seed_slopes=_slope_spread(tables["seed_slopes"]), loo=loo_summary(tables["loo"])
@@ -180,6 +181,29 @@ def write_study_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.html"
     atomic_write_text(path, html)
     return path
+
+
+def study_cost(jobs: pd.DataFrame) -> dict:
+    """The study's training cost, summed over its jobs (from their cost.json files via jobs.csv)."""
+    if "cost_cpu_seconds" not in jobs:
+        return {}
+    energy = jobs["cost_energy_kwh"]
+    return {"jobs": len(jobs), "cpu_hours": jobs["cost_cpu_seconds"].sum() / 3600,
+            "wall_hours": jobs["cost_wall_seconds"].sum() / 3600, "tflops": jobs["cost_train_flops_dense"].sum() / 1e12,
+            "tflops_sparse": jobs["cost_train_flops_sparse"].sum() / 1e12,
+            "kwh": float(energy.sum()) if energy.notna().all() else None,
+            "co2_kg": float(jobs["cost_co2_kg"].sum()) if jobs["cost_co2_kg"].notna().all() else None,
+            "modes": sorted(set(jobs["energy_mode"].dropna()))}
+
+
+def rightsize_results(run_dir: Path) -> list[dict]:
+    """Every `tinydot rightsize` run of this study: its summary and its two-row table."""
+    found = []
+    for folder in sorted((run_dir / "rightsize").glob("*/")):
+        if (folder / "rightsize.csv").exists() and (folder / "summary.json").exists():
+            found.append({"summary": json.loads((folder / "summary.json").read_text()),
+                          "table": pd.read_csv(folder / "rightsize.csv")})
+    return found
 
 
 def _read_table(path: Path) -> pd.DataFrame:
