@@ -169,3 +169,8 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     assert np.allclose(np.diag(similarity), 1.0)  # a model against itself, layer by layer
     bad = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "bad"), "--top-k", "0")
     assert_user_error(bad, "top_k must be between 1")
+
+
+def test_country_option_is_checked_before_any_work(tmp_path):
+    assert_user_error(run("--country", "XYZ", "complexity", "--out", str(tmp_path / "c")), "unknown country code 'XYZ'")
+    assert not (tmp_path / "c").exists()

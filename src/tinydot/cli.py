@@ -22,6 +22,22 @@ from tinydot.errors import ConfigError, TinydotError
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Inspect the MNIST pen-stroke data.", no_args_is_help=True)
+
+
+@app.callback()
+def options(verbose: bool = typer.Option(False, "--verbose", help="Let codecarbon (energy accounting) log."),
+            country: Optional[str] = typer.Option(None, "--country", help="ISO 3166 code whose grid mix turns the "
+                                                  "energy of every run into CO2 (default: $TINYDOT_COUNTRY, the "
+                                                  "locale's territory, else USA).")) -> None:
+    """Options for every command."""
+    import os
+
+    from tinydot.cost import resolve_country
+
+    if verbose:
+        os.environ["TINYDOT_VERBOSE"] = "1"
+    if country is not None:
+        os.environ["TINYDOT_COUNTRY"] = resolve_country(country)[0]  # checked here: one line if unknown
 app.add_typer(data_app, name="data")
 
 console = Console()

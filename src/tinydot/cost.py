@@ -254,13 +254,15 @@ class CostMeter:
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, counters: Callable[[], dict[str, int]] | None = None,
-                 country: str | None = None, energy: bool = True, verbose: bool = False,
+                 country: str | None = None, energy: bool = True, verbose: bool | None = None,
                  record_user_errors: bool = True):
         self.run_dir = Path(run_dir)
         self.record_user_errors = record_user_errors  # False: a TinydotError leaves no cost.json behind
         self.counters = counters or dict
         self.country, self.country_source = resolve_country(country)
-        self.energy, self.verbose = energy, verbose
+        # verbose None: $TINYDOT_VERBOSE (set by `tinydot --verbose`)
+        self.energy = energy
+        self.verbose = bool(os.environ.get("TINYDOT_VERBOSE")) if verbose is None else verbose
         self._energy = None
 
     def __enter__(self) -> CostMeter:

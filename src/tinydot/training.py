@@ -128,7 +128,7 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
           train_config: TrainConfig = TrainConfig(), *, eval_data: Strokes | None = None,
           init_state: dict[str, torch.Tensor] | None = None, start_step: int = 0,
           mask: Mask | None = None, snapshot_steps: tuple[int, ...] = (), progress: bool = True,
-          country: str | None = None, verbose: bool = False) -> TrainResult:
+          country: str | None = None, verbose: bool | None = None) -> TrainResult:
     """Train tinyDOT on `data`, checkpointing into `run_dir`; resume if it holds an unfinished run.
 
     eval_data      : sequences for the periodic held-out NLL (the first `eval_sequences` are used).
@@ -140,7 +140,7 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     The run also records which weights were ever touched by a non-zero gradient (`touched.safetensors`,
     read with `load_touched`), counted from `start_step` on.
     country        : ISO 3166 code for the CO2 of the energy in cost.json (tinydot.cost.resolve_country)
-    verbose        : let codecarbon log
+    verbose        : let codecarbon log (None: $TINYDOT_VERBOSE, set by `tinydot --verbose`)
     Returns the trained model and its history (one row per evaluation).
     """
     if len(data) == 0:
