@@ -290,3 +290,16 @@ def load_strokes_test(data_dir):
     from tinydot.data import load_strokes
 
     return load_strokes("test", data_dir)
+
+
+def test_compression_targets_of_a_job(tiny_study, train):
+    from tinydot.study import COMPRESSION_TARGETS, compression_row
+
+    study, result = tiny_study
+    assert set(study.targets) == set(TARGETS)  # off unless asked for
+    on = Study.from_dict({**TINY_STUDY, "study": {**TINY_STUDY["study"], "compression_targets": True}})
+    assert set(on.targets) == set(TARGETS) | set(COMPRESSION_TARGETS) and on.hash() != study.hash()
+    row = compression_row(result.run_dir / "jobs" / "L-bin0-seed0", train.subset(np.arange(200)),
+                          train.subset(np.arange(200, 300)), on)
+    assert row["neurons_fraction"] == row["neurons_kept"] / on.model.d_mlp and 0 < row["neurons_fraction"] <= 1
+    assert row["bits_needed"] in (2, 3, 4, 5, 6, 8, 32) and row["bits_fraction"] == row["bits_needed"] / 32

@@ -160,6 +160,8 @@ class StudyConfig(_Config):
     held_out_fraction: float = field(default=0.1, metadata={"help": "share of each bin kept for its test NLL"})
     max_train_per_bin: int = field(default=0, metadata={"help": "cap on training sequences per bin (0: none)"})
     sample_digits: bool = field(default=True, metadata={"help": "draw digits from each bin's model for the report"})
+    compression_targets: bool = field(default=False, metadata={
+        "help": "also find, per job, the fewest MLP neurons and the fewest bits (GPFQ) within delta of dense"})
 
     def __post_init__(self):
         for name in ("measures", "predictors", "held_out_classes"):

@@ -40,13 +40,17 @@ import torch
 from tinydot.complexity import MEASURES, measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
 from tinydot.cost import total_cost
+from tinydot.checkpoint import load_model
+from tinydot.data.batching import Encoded
 from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predict_targets, seed_slopes
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.lottery import run_lottery
+from tinydot.pruning.structured import fewest_units_within
 from tinydot.pruning.usage import needed_density
+from tinydot.quantization import fewest_bits_within
 from tinydot.sizing import smallest_config
 from tinydot.training import init_model
 
@@ -57,6 +61,11 @@ TARGETS = {
     "untouched": "untouched fraction, dense (never a gradient)",
     "trained_to_small": "trained-to-small fraction, dense (|w| <= epsilon)",
 }
+COMPRESSION_TARGETS = {
+    "neurons": "MLP neurons needed (fewest kept within delta, one-shot Taylor removal, no fine-tuning)",
+    "bits": "bits needed / 32 (fewest GPFQ bits per weight within delta)",
+}
+CALIBRATION_SEQUENCES = 128  # training sequences that score neurons (Taylor) and calibrate GPFQ
 JOB_THREADS = 1  # every job pins one torch thread: identical numbers under every executor
 
 PRESETS: dict[str, dict[str, dict]] = {
@@ -71,7 +80,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # the fuller experiment: 2 measures x 4 bins + 3 classes, 3 seeds, a 3-layer d_model-48 tinyDOT
     "paper": {
-        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 6000},
+        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 6000,
+                  "compression_targets": True},
         "model": {"n_layers": 3, "d_model": 48, "d_mlp": 192},
         "train": {"steps": 600, "tokens_per_batch": 4096, "warmup_steps": 60, "eval_every": 0,
                   "checkpoint_every": 200},
@@ -122,6 +132,11 @@ class Study:
 
     def hash(self) -> str:
         return config_hash(self.study, self.model, self.train, self.prune, extra={"study_edition": STUDY_EDITION})
+
+    @property
+    def targets(self) -> dict[str, str]:
+        """The targets this study fits: TARGETS, and COMPRESSION_TARGETS when asked for."""
+        return {**TARGETS, **(COMPRESSION_TARGETS if self.study.compression_targets else {})}
 
     @property
     def recorded_measures(self) -> list[str]:
@@ -206,6 +221,17 @@ def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_ind
             "dense_zeroed_bits_per_step": float(dense["zeroed_bits_per_step"])}
 
 
+def compression_row(folder: Path, train: Strokes, held_out: Strokes, study: Study) -> dict:
+    """The dense model's fewest MLP neurons and fewest bits whose held-out NLL stays within delta."""
+    model = load_model(folder / "level_0")
+    calibration = Encoded(train.subset(np.arange(min(CALIBRATION_SEQUENCES, len(train)))))
+    data, delta = Encoded(held_out), study.prune.delta
+    neurons = fewest_units_within(model, "neurons", data, delta, "taylor", calibration)
+    bits = fewest_bits_within(model, data, delta, "gpfq", calibration, bits=(8, 6, 5, 4, 3, 2))
+    return {"neurons_fraction": neurons["kept"] / (neurons["kept"] + neurons["removed"]),
+            "neurons_kept": neurons["kept"], "bits_fraction": bits["bits"] / 32, "bits_needed": bits["bits"]}
+
+
 COST_COLUMNS = ("wall_seconds", "cpu_seconds", "train_flops_dense", "train_flops_sparse", "energy_kwh", "co2_kg")
 
 
@@ -256,6 +282,8 @@ def run_job(spec: dict) -> dict:
     row = job_row(result.table, study, spec, train_index, test_index)
     row.update({f"mean_{m}": float(table.loc[train_index, m].mean()) for m in study.recorded_measures})
     row["complexity"] = row[f"mean_{spec['measure']}"] if spec["kind"] == "bin" else np.nan
+    if study.study.compression_targets:
+        row.update(compression_row(folder, strokes.subset(train_index), strokes.subset(test_index), study))
     row.update(job_cost(folder))
     row["seconds"] = time.perf_counter() - started
     atomic_write_text(done, json.dumps(row, indent=2) + "\n")
@@ -274,10 +302,10 @@ def check_bins(assignments: pd.DataFrame, study: Study) -> None:
 
 def analyse(jobs: pd.DataFrame, study: Study) -> dict[str, pd.DataFrame]:
     """The study's tables from its job table (pure)."""
-    predictors = list(study.study.predictors)
-    return {"ols": ols_table(jobs, predictors, TARGETS), "seed_slopes": seed_slopes(jobs, predictors, TARGETS),
-            "loo": leave_one_bin_out(jobs, predictors, TARGETS),
-            "validation": held_out_validation(jobs, predictors, TARGETS)}
+    predictors, targets = list(study.study.predictors), study.targets
+    return {"ols": ols_table(jobs, predictors, targets), "seed_slopes": seed_slopes(jobs, predictors, targets),
+            "loo": leave_one_bin_out(jobs, predictors, targets),
+            "validation": held_out_validation(jobs, predictors, targets)}
 
 
 def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, executor: str = "local",
@@ -334,7 +362,7 @@ def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:
     if len(strokes) == 0:
         raise ConfigError("the selection to predict for is empty")
     means = measure_all(strokes, study.recorded_measures).mean().to_dict()
-    frame = predict_targets(jobs, list(study.study.predictors), TARGETS, means)
+    frame = predict_targets(jobs, list(study.study.predictors), study.targets, means)
     prunable = int(jobs["prunable"].iloc[0])
     frame["prunable_parameters"] = prunable
     needed = frame["target"] == "needed"

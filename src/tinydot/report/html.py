@@ -51,7 +51,7 @@ def _fmt(value: float) -> str:
 
 
 def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFrame, delta: float,
-                  alpha: float = 0.05) -> list[str]:
+                  alpha: float = 0.05, targets: dict[str, str] = TARGETS) -> list[str]:
     """Plain sentences generated from the fitted and measured numbers (not fixed text)."""
     bins = jobs[jobs["kind"] == "bin"]
     prunable = int(jobs["prunable"].iloc[0])
@@ -68,7 +68,7 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
         sentences.append(f"{len(bins) - len(reached)} of {len(bins)} bin jobs never lost {100 * delta:g}% within their "
                          "pruning levels: their needed fraction is only known to be below the last level's density "
                          "and is left out of the fits (more levels would bracket it).")
-    for target, label in TARGETS.items():
+    for target, label in targets.items():
         rows = ols[(ols["target"] == target) & (ols["model"] != "joint")]
         if rows.empty:
             continue
@@ -94,7 +94,7 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
             f"{_fmt(parts.loc['trained_to_small', 'p_value'])}): the {carrier.replace('_', '-')} part carries more of it.")
     if not validation.empty:
         ranking = predictor_ranking(validation)
-        for target in ("needed", "unused"):
+        for target in ("needed", "unused", "neurons", "bits"):
             part = ranking[ranking["target"] == target]
             if part.empty:
                 continue
@@ -175,8 +175,8 @@ def write_study_report(run_dir: str | Path) -> Path:
         images=images, data_summary=data_summary, per_bin=per_bin_table, per_class=per_class_table,
         ols=tables["ols"], seed_slopes=_slope_spread(tables["seed_slopes"]), loo=loo_summary(tables["loo"])
         if not tables["loo"].empty else pd.DataFrame(), validation=validation,
-        ranking=predictor_ranking(validation), targets=TARGETS, measures=measures,
-        verdict=study_verdict(jobs, tables["ols"], validation, study.prune.delta),
+        ranking=predictor_ranking(validation), targets=study.targets, measures=measures,
+        verdict=study_verdict(jobs, tables["ols"], validation, study.prune.delta, targets=study.targets),
         prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs), total_seconds=float(jobs["seconds"].sum()))
     path = run_dir / "report.html"
     atomic_write_text(path, html)
