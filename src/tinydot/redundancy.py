@@ -31,6 +31,7 @@ from tinydot.analysis.neurons import (
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
 from tinydot.checkpoint import is_tinydot_checkpoint, load_model
+from tinydot.config import check_seed
 from tinydot.data.strokes import load_strokes
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
@@ -49,6 +50,7 @@ class RedundancyConfig:
 
     def check(self) -> None:
         check_task(self.task)
+        check_seed(self.seed)
         if not isinstance(self.tokens, int) or self.tokens < 200:
             raise ConfigError(f"tokens must be an integer >= 200, got {self.tokens!r}")
         if not 0 <= self.threshold <= 1:

@@ -20,12 +20,13 @@ from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_ba
 from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
 from tinydot.checkpoint import load_model
 from tinydot.complexity import MEASURES, bin_table, check_measure, measure_all, quantile_bins, summary
+from tinydot.config import check_seed
 from tinydot.data.render import rasterize_all, save_grid
 from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
 from tinydot.errors import ConfigError
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_path, atomic_write_text, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
-from tinydot.sampling import sample
+from tinydot.sampling import check_temperature, sample
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
@@ -39,6 +40,8 @@ def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathL
     measures.csv (per sample, with its bin), bins.csv (edges), summary.csv and correlations.csv
     (Pearson, between measures)."""
     check_measure(measure)
+    check_seed(seed)
+    check_writable_dir(out)
     if len(strokes) == 0:
         raise ConfigError("the selection is empty: no samples to measure")
     table = measure_all(strokes)
@@ -66,6 +69,9 @@ def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temp
     if not 1 <= n <= 1000:
         raise ConfigError(f"--n must be between 1 and 1000, got {n}")
     check_digit(digit)
+    check_temperature(temperature)
+    check_seed(seed)
+    check_writable_file(out)
     model = load_model(checkpoint)
     digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
     samples = sample(model, digits, temperature=temperature, seed=seed)
@@ -83,7 +89,8 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     weights only. Writes eigenvalues.csv, summary.json and (with `density`) density.csv into
     `out`; returns the summary.
     """
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = Path(checkpoint), check_writable_dir(out)
+    check_seed(seed)
     model = load_model(checkpoint)
     mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
@@ -128,6 +135,8 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
     """
     if not 1 <= len(checkpoints) <= 2:
         raise ConfigError(f"give one or two checkpoints, got {len(checkpoints)}")
+    check_seed(seed)
+    check_writable_dir(out)
     test = load_strokes("test", data_dir)
     if not 2 <= sequences <= len(test):
         raise ConfigError(f"sequences must be between 2 and {len(test)}, got {sequences}")
