@@ -189,14 +189,15 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     check_executor(executor, workers)
     started = time.perf_counter()
     run_dir = Path(out) / f"study-{study.hash()}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(study.to_dict(), indent=2) + "\n")
     data_dir = str(locate_data_dir(data_dir))
     strokes = load_strokes("train", data_dir)
     assignments_path = run_dir / "assignments.csv"
-    if not assignments_path.exists():
+    assignments = None if assignments_path.exists() else assign(strokes, study.study)  # may refuse: no folder yet
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(study.to_dict(), indent=2) + "\n")
+    if assignments is not None:
         with atomic_path(assignments_path) as tmp:
-            assign(strokes, study.study).to_csv(tmp, index=False)
+            assignments.to_csv(tmp, index=False)
     specs = [{"run_dir": str(run_dir), "measure": m, "bin": b, "seed": s, "config": study.to_dict(),
               "data_dir": data_dir, "threads": JOB_THREADS}
              for m in study.study.measures for b in range(study.study.bins) for s in range(study.study.seeds)]
@@ -214,11 +215,27 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
 # --------------------------------------------------------------------------- prediction
 
 def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
+    """A finished study's configuration and job table; a damaged folder (a truncated or unreadable
+    jobs.csv or config.json) is refused with one line."""
     run_dir = Path(run_dir)
     if not (run_dir / "jobs.csv").exists() or not (run_dir / "config.json").exists():
         raise TinydotError(f"{run_dir} is not a finished study run (no jobs.csv / config.json); "
                            "run `tinydot study` first")
-    return Study.from_dict(json.loads((run_dir / "config.json").read_text())), pd.read_csv(run_dir / "jobs.csv")
+    repair = "re-run `tinydot study` with its configuration to rewrite it from the finished jobs"
+    try:
+        values = json.loads((run_dir / "config.json").read_text())
+        text = (run_dir / "jobs.csv").read_text()
+        jobs = pd.read_csv(run_dir / "jobs.csv")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TinydotError(f"{run_dir} is damaged: {reason}; {repair}") from None
+    finished = len(list((run_dir / "jobs").glob("*/job.json")))
+    if not isinstance(values, dict):
+        raise TinydotError(f"{run_dir}/config.json is damaged (not a JSON object); {repair}")
+    if not text.endswith("\n") or len(jobs) != finished:  # pandas ends every row with a newline
+        raise TinydotError(f"{run_dir}/jobs.csv is damaged (truncated: {len(jobs)} rows for {finished} finished "
+                           f"jobs); {repair}")
+    return Study.from_dict(values), jobs
 
 
 def predict(run_dir: str | os.PathLike, strokes) -> pd.DataFrame:
