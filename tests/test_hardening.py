@@ -11,15 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from tinydot.checkpoint import save_model
 from tinydot.cli import app
-from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig
+from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, _Config
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.evaluation import evaluate
 from tinydot.io import atomic_write_text, check_writable_dir, check_writable_file
@@ -187,6 +187,35 @@ def test_config_types_are_checked_on_construction(config, values, message):
     with pytest.raises(ConfigError) as caught:
         config.from_dict(values)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@dataclass(frozen=True)
+class Example(_Config):
+    """Field kinds the tinydot configs do not all use yet: a list of integers, an optional number."""
+
+    classes: tuple[int, ...] = (1, 5)
+    rate: float | None = None
+
+    def __post_init__(self):
+        self._check_types("example")
+
+
+def test_every_kind_of_field_is_checked():
+    assert Example(classes=(), rate=0.5).rate == 0.5 and Example().rate is None
+    with pytest.raises(ConfigError, match=r"example classes must be a list of integers, got \(1, True\) \(tuple\)"):
+        Example(classes=(1, True))
+    with pytest.raises(ConfigError, match="example rate must be a finite number or null, got 'x' \\(str\\)"):
+        Example(rate="x")
+
+    @dataclass(frozen=True)
+    class Unknown(_Config):
+        when: bytes = b""
+
+        def __post_init__(self):
+            self._check_types("unknown")
+
+    with pytest.raises(TypeError, match="no type check for 'bytes'"):
+        Unknown()
 
 
 def test_good_config_values_still_pass():

@@ -54,6 +54,7 @@ _FIELD_TYPES = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(_is_json_int(x) for x in v), "a list of integers"),
 }
 
 
@@ -67,9 +68,13 @@ class _Config:
         number where a list belongs) fails here, on construction, with the field and value named.
         """
         for f in fields(self):
-            annotation = f.type if isinstance(f.type, str) else f.type.__name__
-            optional = annotation.endswith(" | None")
-            test, expected = _FIELD_TYPES[annotation.removesuffix(" | None")]
+            annotation = f.type if isinstance(f.type, str) else f.type.__name__ if isinstance(f.type, type) \
+                else str(f.type)  # annotations are strings here; types when a module does not postpone them
+            kind = annotation.removesuffix(" | None")
+            optional = kind != annotation
+            if kind not in _FIELD_TYPES:  # a bug: a new kind of field needs its check here
+                raise TypeError(f"{type(self).__name__}.{f.name}: no type check for {annotation!r} in _FIELD_TYPES")
+            test, expected = _FIELD_TYPES[kind]
             value = getattr(self, f.name)
             if not (test(value) or (optional and value is None)):
                 shown = f"{value!r} ({type(value).__name__})" if value is not None else "null"
