@@ -101,7 +101,9 @@ def archives(draw):
 
     files = {}
     for name, array in ((seq_name, raw), (label_name, labels)):
-        hit = lambda fault: fault in faults and draw(st.booleans(), label=f"{fault} in {name}")  # noqa: E731
+        def hit(fault: str, name: str = name) -> bool:
+            return fault in faults and draw(st.booleans(), label=f"{fault} in {name}")
+
         payload = npy_bytes(array)
         payload = truncate(payload, draw) if hit("npy truncated") else payload
         payload = flip(payload, draw) if hit("npy bytes flipped") else payload

@@ -353,8 +353,8 @@ def test_a_killed_atomic_write_leaves_a_temporary_that_the_next_write_removes(tm
     other.write_text("")
     os.utime(other, (time.time() - 3600,) * 2)
     time.sleep(0.05)  # the next process starts after the killed write
-    subprocess.run([sys.executable, "-c", "import sys; from tinydot.io import atomic_write_text; "
-                    "atomic_write_text(sys.argv[1], 'a,b\\n')", str(target)], env=env, check=True, timeout=60)
+    rewrite = "import sys; from tinydot.io import atomic_write_text; atomic_write_text(sys.argv[1], 'a,b\\n')"
+    subprocess.run([sys.executable, "-c", rewrite, str(target)], env=env, check=True, timeout=60)
     assert not temporary.exists() and target.read_text() == "a,b\n" and other.exists()
 
 
