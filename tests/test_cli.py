@@ -36,7 +36,7 @@ def test_data_show_writes_a_png(data_dir, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["data", "show", "--split", "valid", "--out", "x.png"], "unknown split 'valid'"),
     (["data", "show", "--digit", "12", "--out", "x.png"], "--digit must be between 0 and 9"),
-    (["data", "show", "--n", "0", "--out", "x.png"], "--n must be at least 1"),
+    (["data", "show", "--n", "0", "--out", "x.png"], "--n must be between 1 and 400"),
     (["data", "show", "--out", "x.jpg"], "must end in .png"),
 ])
 def test_bad_arguments_give_one_line_errors(args, message, data_dir, tmp_path):

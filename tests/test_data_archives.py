@@ -199,3 +199,48 @@ def test_offline_download_fails_with_how_to(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYDOT_DATA_URL", "http://127.0.0.1:9/nothing")
     with pytest.raises(DataError, match="could not download .*TINYDOT_DATA=DIR"):
         S.locate_data_dir()
+
+
+def write_data_folder(folder: Path, seed: int = 5) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_split(folder, "train", make_strokes(np.random.default_rng(seed)))
+    write_split(folder, "test", make_strokes(np.random.default_rng(seed + 1), n=7))
+    return folder
+
+
+def flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def wrong_arrays(path: Path) -> None:  # a readable .npz that does not describe the split
+    with open(path, "wb") as f:
+        np.savez(f, steps=np.zeros((3, 4, 3), np.int8), lengths=np.full(2, 9, np.int16),
+                 labels=np.zeros(3, np.int8), starts=np.zeros((3, 2), np.int8))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated: zipfile.BadZipFile
+    lambda p: p.write_bytes(b""),  # empty: EOFError
+    lambda p: p.write_bytes(b"PK\x03\x04" + b"\x00" * 100),  # a zip header and nothing behind it
+    lambda p: p.write_bytes(b"\x93NUMPY garbage"),  # not a zip
+    flip_middle_byte,  # inside an array: the member's CRC fails
+    wrong_arrays,
+], ids=["truncated", "empty", "zip-header", "garbage", "flipped-byte", "wrong-arrays"])
+def test_a_damaged_parsed_cache_is_rebuilt(damage, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYDOT_CACHE", str(tmp_path / "cache"))
+    data = write_data_folder(tmp_path / "data")
+    first = S.load_strokes("train", data, verify=False)
+    [cached] = (tmp_path / "cache").glob("strokes-train-*.npz")
+    damage(cached)
+    again = S.load_strokes("train", data, verify=False)
+    assert_same(again, first)
+    rebuilt = S.read_cached_arrays(cached, ("steps", "lengths", "labels", "starts"))  # and written anew
+    assert rebuilt is not None and np.array_equal(rebuilt["lengths"], first.lengths)
+
+
+def test_an_archive_without_sequences_is_refused(tmp_path):
+    write_archive(tmp_path / "x.tar.gz", np.zeros((0, 31, 4)))
+    with pytest.raises(DataError, match="holds no sequences"):
+        S.parse_sequences(S.read_npy_archive(tmp_path / "x.tar.gz"), "trailing", source="x")

@@ -1,6 +1,9 @@
 """Lottery tickets: exact pruning, masked training, rewinding, controls, resumability."""
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -232,6 +235,75 @@ def test_killed_lottery_resumes_to_the_same_table(lottery, tmp_path, monkeypatch
     monkeypatch.setattr(lottery_module, "train", real_train)
     resumed = run_lottery(data, tmp_path, held_out, TINY, QUICK, cfg, progress=False)
     assert resumed.table.equals(result.table)
+
+
+RESUMABLE = TrainConfig(steps=12, tokens_per_batch=800, warmup_steps=2, eval_every=0, checkpoint_every=4)
+RESUMABLE_PRUNE = PruneConfig(levels=2, fraction=0.5, rewind_step=3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(lottery, tmp_path_factory):
+    """A lottery run with checkpoints every 4 steps and both controls, never killed."""
+    data, held_out, _, _ = lottery
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    return run_lottery(data, folder, held_out, TINY, RESUMABLE, RESUMABLE_PRUNE, progress=False).table
+
+
+@pytest.mark.parametrize("sub_run", ["level_0", "level_1", "level_1/reinit", "level_1/random", "level_2",
+                                     "level_2/reinit", "level_2/random"])
+def test_every_lottery_sub_run_resumes_exactly_after_a_kill(sub_run, lottery, uninterrupted, tmp_path,
+                                                            monkeypatch):
+    """Killed mid-training (after its step-4 checkpoint), any sub-run, controls included, resumes to
+    the very table of a run that was never killed."""
+    import tinydot.training as training_module
+
+    data, held_out, _, _ = lottery
+    real_save = training_module.save_tensors
+    target = tmp_path / sub_run / "checkpoint.safetensors"
+
+    def die_after_first_checkpoint(path, tensors, metadata=None):
+        real_save(path, tensors, metadata)
+        if Path(path) == target and metadata and int(metadata["step"]) < RESUMABLE.steps:
+            raise KeyboardInterrupt  # as kill -9 right after the checkpoint was written
+
+    monkeypatch.setattr(training_module, "save_tensors", die_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_lottery(data, tmp_path, held_out, TINY, RESUMABLE, RESUMABLE_PRUNE, progress=False)
+    assert target.exists() and not (tmp_path / sub_run / "model.safetensors").exists()
+    monkeypatch.setattr(training_module, "save_tensors", real_save)
+    resumed = run_lottery(data, tmp_path, held_out, TINY, RESUMABLE, RESUMABLE_PRUNE, progress=False)
+    pd.testing.assert_frame_equal(resumed.table, uninterrupted, check_exact=True)
+
+
+def test_lottery_killed_before_its_level_row_resumes_exactly(lottery, uninterrupted, tmp_path, monkeypatch):
+    """Every run of level 1 finished, killed while writing its results.json: the re-run reads the
+    finished runs back (masks from mask.safetensors) and gives the same row."""
+    import tinydot.lottery as lottery_module
+
+    data, held_out, _, _ = lottery
+    real_write = lottery_module.atomic_write_text
+
+    def die_on_level_1_row(path, text):
+        if Path(path) == tmp_path / "level_1" / "results.json":
+            raise KeyboardInterrupt
+        real_write(path, text)
+
+    monkeypatch.setattr(lottery_module, "atomic_write_text", die_on_level_1_row)
+    with pytest.raises(KeyboardInterrupt):
+        run_lottery(data, tmp_path, held_out, TINY, RESUMABLE, RESUMABLE_PRUNE, progress=False)
+    assert (tmp_path / "level_1" / "random" / "model.safetensors").exists()
+    monkeypatch.setattr(lottery_module, "atomic_write_text", real_write)
+    resumed = run_lottery(data, tmp_path, held_out, TINY, RESUMABLE, RESUMABLE_PRUNE, progress=False)
+    pd.testing.assert_frame_equal(resumed.table, uninterrupted, check_exact=True)
+
+
+def test_random_mask_does_not_depend_on_the_order_of_the_mask(trained_model):
+    # a mask in memory is in model order; one read back from mask.safetensors is in alphabetical order
+    mask = prune(trained_model, full_mask(trained_model), 0.5)
+    reordered = {name: mask[name] for name in sorted(mask, reverse=True)}
+    first, second = random_mask(mask, seed=7), random_mask(reordered, seed=7)
+    assert list(first) == list(mask) and list(second) == list(reordered)  # the keys keep the given order
+    assert all(torch.equal(first[name], second[name]) for name in mask)
 
 
 @pytest.mark.parametrize("values,message", [

@@ -7,6 +7,7 @@ mistyped command answer without loading torch, pandas and matplotlib.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def data_info(data_dir: Optional[Path] = DataDirOption,
 @data_app.command("show")
 def data_show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
               split: str = typer.Option("test", help="train or test."),
-              n: int = typer.Option(64, "--n", help="How many sequences to draw."),
+              n: int = typer.Option(64, "--n", help="How many sequences to draw (1..400)."),
               digit: Optional[int] = typer.Option(None, help="Only this digit class (0-9)."),
               seed: int = typer.Option(0, help="Seed for picking the sequences."),
               scale: int = typer.Option(4, help="Pixels per 28x28-frame pixel."),
@@ -113,8 +114,10 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     from tinydot.config import ModelConfig, TrainConfig
     from tinydot.data import load_strokes
     from tinydot.evaluation import evaluate_nll
+    from tinydot.io import check_writable_dir
     from tinydot.training import train
 
+    check_writable_dir(out)
     model_values, train_values = _load_configs(config)
     overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
     model_values.update({k: v for k, v in overrides.items() if v is not None})
@@ -133,8 +136,8 @@ def sample_cmd(checkpoint: Path = CheckpointOption,
                out: Path = typer.Option(..., "--out", help="PNG file to write."),
                digit: Optional[int] = typer.Option(None, help="Digit to draw (default: a grid of all ten)."),
                n: int = typer.Option(16, "--n", help="Samples (per digit when drawing all ten)."),
-               temperature: float = typer.Option(0.8, help="Softmax temperature."),
-               seed: int = typer.Option(0, help="Sampling seed.")) -> None:
+               temperature: float = typer.Option(0.8, help="Softmax temperature (0.05..10)."),
+               seed: int = typer.Option(0, help="Sampling seed (0..2**32-1).")) -> None:
     """Generate digits of a requested class and draw them to a PNG grid."""
     from tinydot.runs import save_samples
 
@@ -145,15 +148,17 @@ def sample_cmd(checkpoint: Path = CheckpointOption,
 @app.command("eval")
 def eval_cmd(checkpoint: Path = CheckpointOption,
              per_class: int = typer.Option(100, help="Samples per digit for recognizability."),
-             temperature: float = typer.Option(0.8, help="Sampling temperature."),
-             seed: int = typer.Option(0, help="Sampling seed."),
+             temperature: float = typer.Option(0.8, help="Sampling temperature (0.05..10)."),
+             seed: int = typer.Option(0, help="Sampling seed (0..2**32-1)."),
              out: Optional[Path] = typer.Option(None, "--out", help="Also write the results as JSON here."),
              data_dir: Optional[Path] = DataDirOption) -> None:
     """Test NLL (bits/step), the stroke classifier's accuracy, and recognizability of samples."""
     from tinydot.checkpoint import load_model
     from tinydot.evaluation import evaluate
-    from tinydot.io import atomic_write_text
+    from tinydot.io import atomic_write_text, check_writable_file
 
+    if out is not None:
+        check_writable_file(out)  # before the evaluation, which takes minutes
     result = evaluate(load_model(checkpoint), data_dir=data_dir, per_class=per_class,
                       temperature=temperature, seed=seed)
     console.print(f"test NLL            {result['test_bits_per_step']:.4f} bits/step "
@@ -192,9 +197,11 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
 
     from tinydot.config import ModelConfig, PruneConfig, TrainConfig
     from tinydot.data import load_strokes
+    from tinydot.io import check_writable_dir
     from tinydot.lottery import run_lottery
     from tinydot.report.pages import write_lottery_figures
 
+    check_writable_dir(out)
     model_values, train_values = _load_configs(config)
     if steps is not None:
         train_values["steps"] = steps
@@ -229,11 +236,13 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
               ray_address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster."),
               data_dir: Optional[Path] = DataDirOption) -> None:
     """Complexity bins -> train -> prune until the NLL suffers -> OLS -> held-out classes -> HTML report."""
+    from tinydot.io import check_writable_dir
     from tinydot.report.html import write_study_report
     from tinydot.study import Study, run_study
 
     overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
     study = Study.preset(preset, overrides)
+    check_writable_dir(out)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
     report = write_study_report(result.run_dir)
     table = Table(title="OLS of each target on each complexity measure (bin jobs)")
@@ -379,9 +388,11 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
                                                          "(default: chosen on dev from 1e-3, 1e-4, 1e-5)."),
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """General and task-specific redundancy of a transformer (Dalvi et al. 2020)."""
+    from tinydot.io import check_writable_dir
     from tinydot.redundancy import RedundancyConfig, run_redundancy
     from tinydot.report.html import redundancy_verdict, write_redundancy_report
 
+    check_writable_dir(out)
     config = RedundancyConfig(model=model, task=task, tokens=tokens, seed=seed, threshold=threshold, alpha=alpha)
     summary = run_redundancy(config, out, data_dir=data_dir)
     report = write_redundancy_report(out)
@@ -405,11 +416,15 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     """Per-sample complexity measures, quantile bins and histograms."""
     import pandas as pd
 
+    from tinydot.config import check_seed
     from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
+    from tinydot.io import check_writable_dir
     from tinydot.report.pages import write_complexity_figures
     from tinydot.runs import write_complexity
 
+    check_writable_dir(out)
+    check_seed(seed)
     strokes = digit_subset(load_strokes(split, data_dir), digit)
     paths = write_complexity(strokes, measure, bins, out, balanced=balanced, seed=seed)
     write_complexity_figures(out)
@@ -458,8 +473,10 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
     import math
 
     from tinydot.compress import run_compress
+    from tinydot.io import check_writable_dir
     from tinydot.report.compression import write_compress_figures
 
+    check_writable_dir(out)
     table = run_compress(checkpoint, out, heads=heads, neurons=neurons, layers=layers, importance=importance,
                          rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
@@ -486,8 +503,10 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
                  data_dir: Optional[Path] = DataDirOption) -> None:
     """Post-training quantization of every Linear and Embedding weight (per-channel, symmetric)."""
     from tinydot.compress import run_quantize
+    from tinydot.io import check_writable_dir
     from tinydot.report.compression import write_compress_figures
 
+    check_writable_dir(out)
     table = run_quantize(checkpoint, out, bits=tuple(bits), method=method,
                          calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
                          data_dir=data_dir)
@@ -502,12 +521,26 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
     console.print(f"wrote {out}/bits_<b>/ (quantized.safetensors, model.safetensors), results.csv and {figure.name}")
 
 
+# OS errors that a user's paths or machine cause (the commands check their paths first; this catches the
+# rest, e.g. a disk that fills up mid-run); others, such as a missing internal file, stay tracebacks
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
+                   errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+
+
+def _print_error(message: str) -> None:
+    Console(stderr=True, emoji=False).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
         app()
     except TinydotError as err:
-        Console(stderr=True, emoji=False).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False,
-                                               soft_wrap=True)
+        _print_error(str(err))
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in _USER_OS_ERRORS or err.filename is None:
+            raise
+        _print_error(f"{err.filename}: {err.strerror}")
         sys.exit(2)
 
 

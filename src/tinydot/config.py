@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from tinydot.errors import ConfigError
 
 T = TypeVar("T")
+MAX_SEED = 2**32 - 1  # numpy and torch both take every seed in 0..MAX_SEED
 
 
 def _check(condition: bool, message: str) -> None:
@@ -23,8 +26,60 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def is_integer(value: Any) -> bool:
+    """An integer (Python or numpy), and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_seed(seed: Any, what: str = "--seed") -> int:
+    """The one rule for every seed in tinydot: an integer in 0..MAX_SEED (2**32 - 1)."""
+    _check(is_integer(seed) and 0 <= seed <= MAX_SEED,
+           f"{what} must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def _is_json_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_json_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# annotation of a config field -> (test of a value, what the message says it must be); only
+# Python's own types, so that every config goes to JSON and back unchanged
+_FIELD_TYPES = {
+    "int": (_is_json_int, "an integer"),
+    "float": (_is_json_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[str, ...]": (lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "tuple[int, ...]": (lambda v: isinstance(v, tuple) and all(_is_json_int(x) for x in v), "a list of integers"),
+}
+
+
 class _Config:
-    """JSON round trip, hashing and integer checks shared by the config dataclasses."""
+    """JSON round trip, hashing and the type and integer checks shared by the config dataclasses."""
+
+    def _check_types(self, section: str) -> None:
+        """Every field holds a value of its annotated type (`X | None` also allows null).
+
+        The one place where types are checked: a string, null or bool where a number belongs (or a
+        number where a list belongs) fails here, on construction, with the field and value named.
+        """
+        for f in fields(self):
+            annotation = f.type if isinstance(f.type, str) else f.type.__name__ if isinstance(f.type, type) \
+                else str(f.type)  # annotations are strings here; types when a module does not postpone them
+            kind = annotation.removesuffix(" | None")
+            optional = kind != annotation
+            if kind not in _FIELD_TYPES:  # a bug: a new kind of field needs its check here
+                raise TypeError(f"{type(self).__name__}.{f.name}: no type check for {annotation!r} in _FIELD_TYPES")
+            test, expected = _FIELD_TYPES[kind]
+            value = getattr(self, f.name)
+            if not (test(value) or (optional and value is None)):
+                shown = f"{value!r} ({type(value).__name__})" if value is not None else "null"
+                raise ConfigError(f"{section} {f.name} must be {expected}{' or null' if optional else ''}, "
+                                  f"got {shown}")
 
     def _check_ints(self, section: str, names: tuple[str, ...], minimum: int) -> None:
         kind = {0: "a non-negative", 1: "a positive"}[minimum]
@@ -74,6 +129,7 @@ class ModelConfig(_Config):
         "help": "width of each attention head (0: d_model // n_heads); set when heads were removed"})
 
     def __post_init__(self):
+        self._check_types("model")
         self._check_ints("model", ("n_layers", "d_model", "n_heads", "d_mlp", "max_len", "max_move", "n_classes"), 1)
         self._check_ints("model", ("d_head",), 0)
         _check(self.d_head > 0 or self.d_model % self.n_heads == 0,
@@ -106,8 +162,10 @@ class TrainConfig(_Config):
     seed: int = field(default=0, metadata={"help": "seeds the initial weights and the batch order"})
 
     def __post_init__(self):
+        self._check_types("train")
         self._check_ints("train", ("steps", "tokens_per_batch"), 1)
-        self._check_ints("train", ("warmup_steps", "eval_every", "checkpoint_every", "eval_sequences", "seed"), 0)
+        self._check_ints("train", ("warmup_steps", "eval_every", "checkpoint_every", "eval_sequences"), 0)
+        check_seed(self.seed, "train seed")
         _check(self.tokens_per_batch >= 118, f"train tokens_per_batch must be >= 118 (one full sequence), "
                                              f"got {self.tokens_per_batch}")
         _check(0 < self.lr <= 1, f"train lr must be in (0, 1], got {self.lr}")
@@ -136,7 +194,10 @@ class PruneConfig(_Config):
     def __post_init__(self):
         if isinstance(self.prunable, list):
             object.__setattr__(self, "prunable", tuple(self.prunable))
-        _check(isinstance(self.levels, int) and self.levels >= 1, f"prune levels must be >= 1, got {self.levels!r}")
+        self._check_types("prune")
+        _check(self.prunable is None or len(self.prunable) >= 1,
+               "prune prunable must list at least one pattern, or be null for the default")
+        _check(self.levels >= 1, f"prune levels must be >= 1, got {self.levels!r}")
         _check(0 < self.fraction < 1, f"prune fraction must be in (0, 1), got {self.fraction}")
         _check(self.scope in ("global", "layerwise"), f"prune scope must be global or layerwise, got {self.scope!r}")
         self._check_ints("prune", ("rewind_step",), 0)
@@ -174,10 +235,10 @@ class StudyConfig(_Config):
                and len(set(self.held_out_classes)) == len(self.held_out_classes) and len(self.held_out_classes) <= 7,
                f"study held_out_classes must be distinct digits 0..9 (at most 7, so that bins remain), "
                f"got {self.held_out_classes!r}")
+        self._check_types("study")
         _check(len(self.measures) >= 1, "study measures must name at least one measure")
-        _check(all(isinstance(m, str) for m in self.measures), "study measures must be names (strings)")
         _check(len(set(self.measures)) == len(self.measures), "study measures must not repeat")
-        _check(isinstance(self.bins, int) and self.bins >= 3,
+        _check(self.bins >= 3,
                f"study bins must be an integer >= 3 (a line through fewer points has no error estimate), "
                f"got {self.bins!r}")
         self._check_ints("study", ("seeds",), 1)

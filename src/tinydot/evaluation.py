@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from tinydot.checkpoint import load_tensors, save_tensors
+from tinydot.config import check_seed
 from tinydot.data.batching import Encoded, length_buckets
 from tinydot.data.render import rasterize_all
 from tinydot.data.strokes import NUM_CLASSES, Strokes, cache_dir, load_strokes
 from tinydot.errors import ConfigError
 from tinydot.model import TinyDOT
-from tinydot.sampling import sample
+from tinydot.sampling import check_temperature, sample
 
 
 @torch.no_grad()
@@ -116,12 +117,17 @@ def recognizability(model: TinyDOT, classifier: StrokeClassifier, *, per_class: 
             "samples": len(digits), "temperature": temperature}
 
 
+MAX_PER_CLASS = 1000  # 10,000 samples: minutes on a CPU
+
+
 def evaluate(model: TinyDOT, *, data_dir=None, per_class: int = 100, temperature: float = 0.8,
              seed: int = 0) -> dict:
     """The headline numbers of a model: test NLL (bits/step), the classifier's test accuracy, and
-    the recognizability of `per_class` samples per digit."""
-    if per_class < 1:
-        raise ConfigError(f"per_class must be at least 1, got {per_class}")
+    the recognizability of `per_class` samples per digit. Arguments are checked before any work."""
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise ConfigError(f"--per-class must be between 1 and {MAX_PER_CLASS}, got {per_class}")
+    check_temperature(temperature)
+    check_seed(seed)
     train, test = load_strokes("train", data_dir), load_strokes("test", data_dir)
     classifier = load_or_train_classifier(train)
     result = {"test_" + k: v for k, v in evaluate_nll(model, test).items()}

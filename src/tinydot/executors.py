@@ -3,12 +3,22 @@
 A job is a picklable top-level function applied to a picklable spec. Every job pins its own
 torch thread count (`threads`), so a result does not depend on where it ran: the same config gives
 identical numbers under every executor.
+
+Workers die with the process that started them: an exception, Ctrl-C (SIGINT) or SIGTERM in that
+process cancels the queued jobs and kills the running ones, and every local worker watches its
+parent, so that even after kill -9 of the parent no worker keeps running jobs (or idles) alone.
+A killed job loses only the work since its last checkpoint: jobs are expected to resume.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,13 +65,69 @@ def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = 
                 results[i] = fn(spec)
                 advance()
         else:
-            context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(fn, spec): i for i, spec in enumerate(specs)}
-                for future in concurrent.futures.as_completed(futures):
-                    results[futures[future]] = future.result()
-                    advance()
+            with _sigterm_raises():
+                _run_pool(fn, specs, results, workers, advance)
     return results
+
+
+PARENT_POLL_SECONDS = 0.2  # how soon a worker notices that its parent is gone
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: a daemon thread ends this worker as soon as its parent has died.
+
+    A process whose parent dies is re-parented (to init or a subreaper), so os.getppid() changes;
+    polling it also covers kill -9 of the parent, which no handler in the parent can catch.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # at once, from this thread, whatever job the main thread is running
+
+    threading.Thread(target=watch, name="tinydot-parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Within the block, SIGTERM raises SystemExit(143) in the main thread (its default would end
+    the process without any cleanup), so that the pool below is stopped like on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run_pool(fn, specs, results, workers, advance) -> None:
+    context = multiprocessing.get_context("spawn")  # no forked torch state in the workers
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(fn, spec): i for i, spec in enumerate(specs)}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+            advance()
+    except BaseException:  # a failed job, Ctrl-C, SIGTERM: no queued job starts, no worker survives
+        _kill_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    # the pool's processes are private (Python 3.14 adds pool.kill_workers()); shutdown forgets them
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def _run_ray(fn, specs, results, workers, ray_address, advance) -> None:

@@ -1,29 +1,91 @@
-"""Small file helpers shared by every layer: atomic writes (text, figures) and hashing."""
+"""Small file helpers shared by every layer: atomic writes (text, figures), output checks, hashing."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tinydot.errors import ConfigError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_STARTED = time.time()  # temporary files older than this were left by writers that were killed
+
+
+# --------------------------------------------------------------------------- output paths, checked before work
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():  # "x/y" under a file "x" does not exist either (ENOTDIR)
+        path = path.parent
+    return path
+
+
+def _check_folder(folder: Path, what: str, given: Path) -> None:
+    """`folder` exists already or can be created, and this process can create files in it."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            which = f"{what} {given}" if folder == given else f"{what} {given}: {folder}"
+            raise ConfigError(f"{which} is an existing file, not a folder; choose another path")
+        existing = _nearest_existing(folder)
+        if not existing.is_dir():
+            raise ConfigError(f"{what} {given} cannot be created: {existing} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=existing):  # the honest test: permissions, read-only mounts, root
+            pass
+    except OSError as err:
+        raise ConfigError(f"{what} {given} is not writable ({err.strerror}); choose another folder") from None
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse, before any work starts, an output folder that cannot be created or written to.
+
+    `path` may exist (as a folder) or not; nothing is created. `what` names the path for the
+    user (an option or an environment variable). Raises ConfigError with one line.
+    """
+    path = Path(path)
+    _check_folder(path, what, path)
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse, before any work starts, an output file that is a folder or whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file path (e.g. {path / ('result' + (path.suffix or '.json'))})")
+    _check_folder(path.parent, what, path)
+    return path
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `path`'s temporary siblings (see `atomic_path`) that writers killed before this
+    process started left behind; a live writer's file is newer and stays."""
+    name = re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}")  # mkstemp's names
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
+        with contextlib.suppress(FileNotFoundError):
+            if name.fullmatch(candidate.name) and candidate.stat().st_mtime < _STARTED:
+                candidate.unlink()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds.
 
-    Readers never see a half-written file, and a failed write leaves no file behind.
+    Readers never see a half-written file, and a failed write leaves no file behind; the
+    temporary file of a writer that was killed (kill -9) is deleted by the next write of `path`.
     The temporary name keeps the final suffix so that writers which infer the format from it
     (numpy, matplotlib) still work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp_path = Path(tmp)

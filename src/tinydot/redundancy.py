@@ -31,11 +31,12 @@ from tinydot.analysis.neurons import (
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
 from tinydot.checkpoint import is_tinydot_checkpoint, load_model
+from tinydot.config import check_seed
 from tinydot.data.strokes import load_strokes
 from tinydot.cost import CostMeter
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_path, atomic_write_text, check_writable_dir
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class RedundancyConfig:
 
     def check(self) -> None:
         check_task(self.task)
+        check_seed(self.seed)
         if not isinstance(self.tokens, int) or self.tokens < 200:
             raise ConfigError(f"tokens must be an integer >= 200, got {self.tokens!r}")
         if not 0 <= self.threshold <= 1:
@@ -131,7 +133,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     """Run the whole analysis into `out`; returns the summary (also written to summary.json, and
     its time and energy to cost.json)."""
     config.check()
-    out = Path(out)  # nothing stays in it unless the inputs pass their checks
+    out = check_writable_dir(out)  # nothing stays in it unless the inputs pass their checks
     with CostMeter(out, record_user_errors=False):
         return _redundancy(config, out, data_dir, progress)
 

@@ -20,13 +20,14 @@ from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_ba
 from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
 from tinydot.checkpoint import load_model
 from tinydot.complexity import MEASURES, bin_table, check_measure, measure_all, quantile_bins, summary
+from tinydot.config import check_seed
 from tinydot.cost import CostMeter
 from tinydot.data.render import rasterize_all, save_grid
 from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
 from tinydot.errors import ConfigError
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_path, atomic_write_text, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
-from tinydot.sampling import sample
+from tinydot.sampling import check_temperature, sample
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
@@ -40,6 +41,8 @@ def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathL
     measures.csv (per sample, with its bin), bins.csv (edges), summary.csv and correlations.csv
     (Pearson, between measures)."""
     check_measure(measure)
+    check_seed(seed)
+    check_writable_dir(out)
     if len(strokes) == 0:
         raise ConfigError("the selection is empty: no samples to measure")
     table = measure_all(strokes)
@@ -67,6 +70,9 @@ def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temp
     if not 1 <= n <= 1000:
         raise ConfigError(f"--n must be between 1 and 1000, got {n}")
     check_digit(digit)
+    check_temperature(temperature)
+    check_seed(seed)
+    check_writable_file(out)
     model = load_model(checkpoint)
     digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
     samples = sample(model, digits, temperature=temperature, seed=seed)
@@ -84,6 +90,8 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     weights only. Writes eigenvalues.csv, summary.json and (with `density`) density.csv into
     `out`; returns the summary.
     """
+    out = check_writable_dir(out)  # before the meter makes the folder
+    check_seed(seed)
     with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
         return _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs,
                         seed, data_dir, progress)
@@ -91,7 +99,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
 
 def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs, seed,
              data_dir, progress) -> dict:
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
@@ -134,8 +142,10 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
     of the same model), dims.csv (intrinsic dimensionality of every layer at `keep`) and
     svcca.json (what was compared) and cost.json into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
     """
+    out = check_writable_dir(out)  # before the meter makes the folder
+    check_seed(seed)
     with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
-        return _svcca(checkpoints, Path(out), sequences, keep, seed, data_dir)
+        return _svcca(checkpoints, out, sequences, keep, seed, data_dir)
 
 
 def _svcca(checkpoints, out: Path, sequences: int, keep: float, seed: int, data_dir) -> dict:

@@ -5,10 +5,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tinydot.config import check_seed
 from tinydot.data.batching import make_inputs
 from tinydot.data.strokes import FRAME, NUM_CLASSES, PEN_DRAW, PEN_END_DIGIT, Strokes
 from tinydot.errors import ConfigError
 from tinydot.model import TinyDOT
+
+# Softmax temperatures allowed: far below 0.05 the logits / temperature overflow (and sampling is
+# greedy anyway); far above 10 every move is equally likely and the samples are noise.
+TEMPERATURES = (0.05, 10.0)
+
+
+def check_temperature(temperature) -> float:
+    """A sampling temperature must be a number in TEMPERATURES (0.05..10)."""
+    low, high = TEMPERATURES
+    ok = isinstance(temperature, (int, float, np.number)) and not isinstance(temperature, bool)
+    if not (ok and low <= temperature <= high):  # NaN and infinities fail the comparison too
+        raise ConfigError(f"--temperature must be between {low} and {high:g}, got {temperature}")
+    return float(temperature)
 
 
 def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -20,12 +34,14 @@ def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator) 
 def sample(model: TinyDOT, digits, *, temperature: float = 0.8, seed: int = 0) -> Strokes:
     """Sample one sequence per entry of `digits` (ints 0..9); the same seed gives the same digits.
 
+    `temperature` must lie in 0.05..10 (`TEMPERATURES`) and `seed` in 0..2**32 - 1.
+
     The start point is drawn inside the frame (1..28 on both axes); a sequence that reaches the
     model's last position without ending gets an end-of-digit step there.
     """
     digits = np.asarray(digits, dtype=np.int64).reshape(-1)
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
+    check_seed(seed)
     if len(digits) == 0 or digits.min() < 0 or digits.max() >= min(NUM_CLASSES, model.cfg.n_classes):
         raise ConfigError(f"digits must be a non-empty list of classes 0..{NUM_CLASSES - 1}")
     model.eval()

@@ -346,11 +346,27 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
 # --------------------------------------------------------------------------- prediction
 
 def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
+    """A finished study's configuration and job table; a damaged folder (a truncated or unreadable
+    jobs.csv or config.json) is refused with one line."""
     run_dir = Path(run_dir)
     if not (run_dir / "jobs.csv").exists() or not (run_dir / "config.json").exists():
         raise TinydotError(f"{run_dir} is not a finished study run (no jobs.csv / config.json); "
                            "run `tinydot study` first")
-    return Study.from_dict(json.loads((run_dir / "config.json").read_text())), pd.read_csv(run_dir / "jobs.csv")
+    repair = "re-run `tinydot study` with its configuration to rewrite it from the finished jobs"
+    try:
+        values = json.loads((run_dir / "config.json").read_text())
+        text = (run_dir / "jobs.csv").read_text()
+        jobs = pd.read_csv(run_dir / "jobs.csv")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TinydotError(f"{run_dir} is damaged: {reason}; {repair}") from None
+    finished = len(list((run_dir / "jobs").glob("*/job.json")))
+    if not isinstance(values, dict):
+        raise TinydotError(f"{run_dir}/config.json is damaged (not a JSON object); {repair}")
+    if not text.endswith("\n") or len(jobs) != finished:  # pandas ends every row with a newline
+        raise TinydotError(f"{run_dir}/jobs.csv is damaged (truncated: {len(jobs)} rows for {finished} finished "
+                           f"jobs); {repair}")
+    return Study.from_dict(values), jobs
 
 
 def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:

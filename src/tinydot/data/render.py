@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from tinydot.config import check_seed
 from tinydot.data.strokes import FRAME, PEN_END_STROKE, Strokes, check_digit, load_strokes
 from tinydot.errors import DataError
-from tinydot.io import save_figure
+from tinydot.io import check_writable_file, save_figure
+
+MAX_GRID = 400  # sequences in one PNG grid (20 x 20; 1000 take a minute to draw)
 
 
 def rasterize_all(strokes: Strokes, scale: int = 1) -> np.ndarray:
@@ -83,11 +86,13 @@ def show_grid(out: str | os.PathLike, *, split: str = "test", n: int = 64, digit
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise DataError(f"--out {out} must end in .png")
-    if n < 1:
-        raise DataError(f"--n must be at least 1, got {n}")
+    if not 1 <= n <= MAX_GRID:
+        raise DataError(f"--n must be between 1 and {MAX_GRID}, got {n}")
     if not 1 <= scale <= 16:
         raise DataError(f"--scale must be between 1 and 16, got {scale}")
     check_digit(digit)
+    check_seed(seed)
+    check_writable_file(out)
     strokes = load_strokes(split, data_dir)
     candidates = np.arange(len(strokes)) if digit is None else np.flatnonzero(strokes.labels == digit)
     chosen = np.sort(np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False))

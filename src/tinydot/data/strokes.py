@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tarfile
+import tokenize
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ import pandas as pd
 import platformdirs
 
 from tinydot.errors import DataError
-from tinydot.io import atomic_path, sha256_file
+from tinydot.io import atomic_path, check_writable_dir, sha256_file
 
 SPLITS = ("train", "test")
 NUM_CLASSES = 10
@@ -100,8 +103,29 @@ class Strokes:
 # --------------------------------------------------------------------------- locating the data
 
 def cache_dir() -> Path:
-    """Where downloads and parsed caches live: $TINYDOT_CACHE, else the user cache folder."""
-    return Path(os.environ.get("TINYDOT_CACHE") or platformdirs.user_cache_dir("tinydot"))
+    """Where downloads and parsed caches live: $TINYDOT_CACHE, else the user cache folder.
+
+    It must be a folder this process can write to (or create); checked here, before anything is
+    downloaded or parsed, so a TINYDOT_CACHE that names a file fails with one line.
+    """
+    chosen = os.environ.get("TINYDOT_CACHE")
+    folder = Path(chosen or platformdirs.user_cache_dir("tinydot"))
+    return check_writable_dir(folder, "TINYDOT_CACHE" if chosen else "the cache folder (set TINYDOT_CACHE to choose one)")
+
+
+# what a truncated, overwritten or bit-flipped .npz raises on reading (zipfile checks every member's CRC)
+_CACHE_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error,
+                      NotImplementedError)
+
+
+def read_cached_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays `names` of an .npz cache file; None if it is missing, truncated or corrupt, so
+    that the caller rebuilds it (a cache is never worth an error)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {name: f[name] for name in names}
+    except _CACHE_READ_ERRORS:
+        return None
 
 
 def locate_data_dir(data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Path:
@@ -159,14 +183,30 @@ def read_npy_archive(path: str | os.PathLike) -> np.ndarray:
                 names = [m.name for m in members]
                 raise DataError(f"{path}: expected exactly one .npy file inside, found {names}")
             data = tar.extractfile(members[0]).read()
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return _parse_npy(data)
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; {_HOW_TO_POINT}") from None
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as err:
+    # numpy's header parser lets tokenize.TokenError and SyntaxError out on some garbled headers
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, SyntaxError, tokenize.TokenError) as err:
         raise DataError(f"{path}: truncated or corrupt archive ({err}); "
                         "replace it with a good copy (sha256 values are in the data README)") from None
+
+
+def _parse_npy(data: bytes) -> np.ndarray:
+    """The array in `.npy` bytes; its header must announce exactly as many bytes as follow it, so a
+    corrupt header cannot make numpy allocate gigabytes before it notices the data is short."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version} is not one numpy writes for this data")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    held = len(data) - stream.tell()
+    if not dtype.hasobject and held != math.prod(shape) * dtype.itemsize:  # object arrays are refused below
+        raise ValueError(f"its header announces shape {shape} of {dtype}, but {held} bytes follow")
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _first(bad: np.ndarray) -> int:
@@ -186,6 +226,8 @@ def parse_sequences(raw: np.ndarray, padding: str, *, source: str = "array") -> 
     if not np.issubdtype(raw.dtype, np.floating) and not np.issubdtype(raw.dtype, np.integer):
         raise DataError(f"{source}: expected a float or integer array, got dtype {raw.dtype}")
     n, width, _ = raw.shape
+    if n == 0:
+        raise DataError(f"{source}: holds no sequences")
     per_seq = raw.reshape(n, -1)
     bad = ~np.isfinite(per_seq).all(axis=1)
     if bad.any():
@@ -302,6 +344,20 @@ def _check_split(split: str) -> None:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
+_CACHED = ("steps", "lengths", "labels", "starts")
+
+
+def _consistent(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether arrays read back from a cache have the layout of `Strokes` (else it is rebuilt)."""
+    steps, lengths, labels, starts = (arrays[name] for name in _CACHED)
+    n = len(lengths)
+    return (steps.dtype == np.int8 and steps.ndim == 3 and steps.shape[0] == n and steps.shape[2] == 3
+            and lengths.dtype == np.int16 and lengths.shape == (n,) and labels.dtype == np.int8
+            and labels.shape == (n,) and starts.dtype == np.int8 and starts.shape == (n, 2)
+            and bool(((lengths >= 1) & (lengths <= steps.shape[1])).all())
+            and bool(((labels >= 0) & (labels < NUM_CLASSES)).all()))
+
+
 def load_strokes(split: str = "train", data_dir: str | os.PathLike | None = None, *,
                  verify: bool = True, cache: bool = True) -> Strokes:
     """Load a split ("train": 60,000 sequences, "test": 10,000) as `Strokes`.
@@ -321,15 +377,11 @@ def load_strokes(split: str = "train", data_dir: str | os.PathLike | None = None
                             "replace it with a good copy")
         hashes.append(digest)
     key = hashlib.sha256(f"v{_CACHE_VERSION}:{hashes[0]}:{hashes[1]}".encode()).hexdigest()[:16]
-    cached = cache_dir() / f"strokes-{split}-{key}.npz"
-    if cache and cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as f:
-                return Strokes(f["steps"], f["lengths"], f["labels"], f["starts"], split)
-        except (OSError, ValueError, KeyError):
-            pass  # an unreadable cache is rebuilt below
-    strokes = read_split(folder, split)
-    if cache:
+    cached = cache_dir() / f"strokes-{split}-{key}.npz" if cache else None
+    if cached is not None and (arrays := read_cached_arrays(cached, _CACHED)) is not None and _consistent(arrays):
+        return Strokes(**arrays, split=split)
+    strokes = read_split(folder, split)  # no cache, or one that is unreadable or damaged: rebuilt here
+    if cached is not None:
         with atomic_path(cached) as tmp:
             np.savez(tmp, steps=strokes.steps, lengths=strokes.lengths,
                      labels=strokes.labels, starts=strokes.starts)

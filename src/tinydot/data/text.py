@@ -32,7 +32,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tinydot.data.strokes import cache_dir
+from tinydot.data.strokes import cache_dir, read_cached_arrays
 from tinydot.errors import DataError
 from tinydot.io import atomic_path
 
@@ -248,13 +247,12 @@ def _consistent(s: Sentences) -> bool:
 
 def _read_cache(path: Path) -> dict[str, Sentences] | None:
     """The cached splits, or None when the file is missing, unreadable or inconsistent."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            vocabulary = f["vocabulary"]
-            splits = {split: Sentences(f[f"tokens_{split}"], f[f"lengths_{split}"], vocabulary, split)
-                      for split in SPLITS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    arrays = read_cached_arrays(path, ("vocabulary", *(f"{kind}_{split}" for split in SPLITS
+                                                     for kind in ("tokens", "lengths"))))
+    if arrays is None:
         return None
+    splits = {split: Sentences(arrays[f"tokens_{split}"], arrays[f"lengths_{split}"], arrays["vocabulary"], split)
+              for split in SPLITS}
     return splits if all(_consistent(s) for s in splits.values()) else None
 
 

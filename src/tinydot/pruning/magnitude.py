@@ -63,11 +63,18 @@ def prune(model: nn.Module, mask: Mask, fraction: float, scope: str = "global") 
 
 
 def random_mask(like: Mask, seed: int) -> Mask:
-    """A random mask with the same number of kept weights in every tensor as `like` (a control)."""
+    """A random mask with the same number of kept weights in every tensor as `like` (a control).
+
+    The tensors draw from one generator in sorted name order, so the result depends only on
+    (`like`'s contents, seed), not on the order of its keys: a mask in memory (model order) and
+    the same mask read back from mask.safetensors (alphabetical) give the same random mask, and a
+    resumed lottery run the same control. The result keeps `like`'s key order.
+    """
     generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, keep in like.items():
+    drawn = {}
+    for name in sorted(like):
+        keep = like[name]
         flat = torch.zeros(keep.numel(), dtype=torch.bool)
         flat[torch.randperm(keep.numel(), generator=generator)[: int(keep.sum())]] = True
-        out[name] = flat.view_as(keep)
-    return out
+        drawn[name] = flat.view_as(keep)
+    return {name: drawn[name] for name in like}
