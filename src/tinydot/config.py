@@ -17,6 +17,8 @@ from tinydot.errors import ConfigError
 
 T = TypeVar("T")
 
+DOMAIN_NAMES = ("strokes", "text")  # tinydot.domains registers one Domain under each name
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -67,6 +69,11 @@ class ModelConfig(_Config):
     max_len: int = field(default=118, metadata={"help": "positions: start point + up to 116 steps + BOS"})
     max_move: int = field(default=28, metadata={"help": "largest |dx|, |dy| the model can emit"})
     n_classes: int = field(default=10, metadata={"help": "digit classes to condition on"})
+    # the text domain (tinydot.model.TextDOT); the defaults keep stroke configs, hashes and checkpoints as they were
+    domain: str = field(default="strokes", metadata={"help": "strokes (pen steps) or text (words)"})
+    vocab_size: int = field(default=0, metadata={"help": "text: words in the vocabulary, <eos> included"})
+    tie_embeddings: bool = field(default=True, metadata={
+        "help": "text: the output softmax reuses the input word embeddings"})
 
     def __post_init__(self):
         self._check_ints("model", ("n_layers", "d_model", "n_heads", "d_mlp", "max_len", "max_move", "n_classes"), 1)
@@ -74,6 +81,19 @@ class ModelConfig(_Config):
                f"model d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
         _check(self.max_len >= 3, f"model max_len must be >= 3, got {self.max_len}")
+        self._check_domain()
+
+    def _check_domain(self) -> None:
+        _check(self.domain in DOMAIN_NAMES,
+               f"unknown model domain {self.domain!r}; choose {' or '.join(DOMAIN_NAMES)}")
+        _check(isinstance(self.tie_embeddings, bool), f"model tie_embeddings must be true or false, "
+                                                      f"got {self.tie_embeddings!r}")
+        if self.domain == "text":
+            _check(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size >= 2,
+                   f"model vocab_size must be an integer >= 2 for the text domain, got {self.vocab_size!r}")
+        else:  # options a stroke model would silently ignore
+            _check(self.vocab_size == 0 and self.tie_embeddings,
+                   "model vocab_size and tie_embeddings are text options; leave them out for the strokes domain")
 
 
 @dataclass(frozen=True)
