@@ -17,6 +17,9 @@ The default epsilon = 1e-3 is 1/20 of the initialisation std (0.02): a weight th
 d_model-wide dot product by well under 1% of its typical size. Each row also reports the test NLL
 with every unused weight set to zero (`zeroed_bits_per_step`), so the claim that they are unused
 is checked, not assumed.
+
+Either domain: the `*bits_per_step` columns are bits per pen step for strokes and bits per word
+for text (`evaluation.evaluate_nll`), as the model config's domain says.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import torch
 from tinydot.checkpoint import load_model, load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
 from tinydot.data.strokes import Strokes
+from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.io import atomic_path, atomic_write_text
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder, build_model
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
 from tinydot.training import init_model, train
@@ -44,7 +48,7 @@ from tinydot.training import init_model, train
 CONTROL_SEED_OFFSET = 10_000  # fresh inits and random masks use seeds far from the run's own
 
 
-def used_counts(model: TinyDOT, names: list[str], epsilon: float, relative_epsilon: float) -> pd.DataFrame:
+def used_counts(model: Decoder, names: list[str], epsilon: float, relative_epsilon: float) -> pd.DataFrame:
     """Per prunable tensor: total weights, used by |w| > epsilon, used by |w| > relative_epsilon * std."""
     params = dict(model.named_parameters())
     rows = []
@@ -56,9 +60,9 @@ def used_counts(model: TinyDOT, names: list[str], epsilon: float, relative_epsil
     return pd.DataFrame(rows)
 
 
-def zero_unused(model: TinyDOT, names: list[str], epsilon: float) -> TinyDOT:
+def zero_unused(model: Decoder, names: list[str], epsilon: float) -> Decoder:
     """A copy of `model` with every prunable weight |w| <= epsilon set to zero."""
-    copy = TinyDOT(model.cfg)
+    copy = build_model(model.cfg)
     copy.load_state_dict(model.state_dict())
     params = dict(copy.named_parameters())
     with torch.no_grad():
@@ -79,7 +83,7 @@ class LotteryResult:
         return ok.iloc[-1]
 
 
-def _level_row(level: int, model: TinyDOT, mask: Mask, names, eval_data, cfg: PruneConfig, level_dir: Path):
+def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: PruneConfig, level_dir: Path):
     used = used_counts(model, names, cfg.epsilon, cfg.relative_epsilon)
     with atomic_path(level_dir / "used.csv") as tmp:
         used.to_csv(tmp, index=False)
@@ -95,7 +99,7 @@ def _level_row(level: int, model: TinyDOT, mask: Mask, names, eval_data, cfg: Pr
     }
 
 
-def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
+def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
                 model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig(),
                 prune_config: PruneConfig = PruneConfig(), *, init_state: dict | None = None,
                 max_level: int | None = None, progress: bool = True) -> LotteryResult:
@@ -120,7 +124,7 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
     names = prunable_names(skeleton, cfg.prunable)
     last = cfg.levels if max_level is None else min(max_level, cfg.levels)
 
-    def trained(folder: Path, **kwargs) -> TinyDOT:  # a finished run folder returns at once
+    def trained(folder: Path, **kwargs) -> Decoder:  # a finished run folder returns at once
         return train(data, folder, model_config, train_config, progress=progress, **kwargs).model
 
     rows = []
