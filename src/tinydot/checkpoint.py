@@ -66,9 +66,13 @@ def is_tinydot_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_model(path: str | os.PathLike) -> Decoder:
+def load_model(path: str | os.PathLike, *, domain: str | None = None) -> Decoder:
     """Rebuild the model (TinyDOT or TextDOT, as its config says) from a checkpoint file or a run
-    folder, in eval mode. A config written before a field existed gets that field's default."""
+    folder, in eval mode. A config written before a field existed gets that field's default.
+
+    domain : if given, a CheckpointError unless the model is of this domain (for the analyses
+             that exist for one domain only).
+    """
     path = resolve(path)
     tensors, metadata = load_tensors(path)
     if metadata.get("format") != "tinydot" or "model_config" not in metadata:
@@ -77,6 +81,8 @@ def load_model(path: str | os.PathLike) -> Decoder:
         cfg = ModelConfig.from_dict(json.loads(metadata["model_config"]))
     except (ConfigError, json.JSONDecodeError, TypeError) as err:
         raise CheckpointError(f"{path} has an invalid model config ({err})") from None
+    if domain is not None and cfg.domain != domain:
+        raise CheckpointError(f"{path} holds a {cfg.domain} model; this needs a {domain} model")
     model = build_model(cfg)
     try:
         model.load_state_dict(tensors)

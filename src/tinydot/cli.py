@@ -21,20 +21,28 @@ from tinydot.errors import ConfigError, TinydotError
 
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Inspect the MNIST pen-stroke data.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect the data: MNIST pen strokes or Penn Treebank text.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 console = Console()
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
-                             "(default: $TINYDOT_DATA, else the user cache, downloading if needed).")
+                             "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
+                             "for --domain text, with ptb.train.txt, ptb.valid.txt, ptb.test.txt "
+                             "(default: the treebank package).")
+DomainOption = typer.Option("strokes", "--domain", help="strokes (MNIST pen strokes) or text (Penn Treebank words).")
 
 
 @data_app.command("info")
 def data_info(data_dir: Optional[Path] = DataDirOption,
-              split: Optional[str] = typer.Option(None, help="Only this split (train or test).")) -> None:
-    """Counts and length statistics (pen steps) per split and digit class."""
+              split: Optional[str] = typer.Option(None, help="Only this split (train or test; text: or valid)."),
+              domain: str = DomainOption) -> None:
+    """Counts and length statistics per split: pen steps per digit class, or sentences and words."""
     from tinydot.data import SPLITS, length_summary, load_strokes
+    from tinydot.domains import get_domain
 
+    if get_domain(domain).name == "text":
+        _text_info(data_dir, split)
+        return
     names = [split] if split else list(SPLITS)
     summary = length_summary({name: load_strokes(name, data_dir) for name in names})
     table = Table(title="MNIST pen strokes: pen steps per sequence (start point excluded)")
@@ -44,6 +52,21 @@ def data_info(data_dir: Optional[Path] = DataDirOption,
         table.add_row(row.split, str(row.digit), f"{row.count:,}", f"{row.mean:.1f}", f"{row.std:.1f}",
                       f"{row.min:.0f}", f"{row.median:.0f}", f"{row.max:.0f}",
                       end_section=row.digit == "all")
+    console.print(table)
+
+
+def _text_info(data_dir: Optional[Path], split: Optional[str]) -> None:
+    from tinydot.data import count_summary, load_all_sentences, load_sentences
+
+    splits = {split: load_sentences(split, data_dir)} if split else load_all_sentences(data_dir)
+    summary = count_summary(splits)
+    table = Table(title="Penn Treebank (Mikolov split): sentences and words (sentence ends not counted), "
+                        "against the published counts")
+    for column in ("split", "sentences", "published", "words", "published", "vocabulary", "match"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for r in summary.itertuples(index=False):
+        table.add_row(r.split, f"{r.sentences:,}", f"{r.published_sentences:,}", f"{r.tokens:,}",
+                      f"{r.published_tokens:,}", f"{r.vocabulary:,}", "yes" if r.matches else "NO")
     console.print(table)
 
 
@@ -85,6 +108,7 @@ def _load_configs(config: Optional[Path]) -> tuple[dict, dict]:
 
 @app.command("train")
 def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed if it holds an unfinished run)."),
+              domain: str = DomainOption,
               config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
               steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
               d_model: Optional[int] = typer.Option(None, help="Residual width."),
@@ -93,23 +117,31 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
               lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
               seed: Optional[int] = typer.Option(None, help="Seed for weights and batch order."),
               data_dir: Optional[Path] = DataDirOption) -> None:
-    """Train tinyDOT on the train split (periodic NLL on the test split)."""
+    """Train tinyDOT on the train split (periodic NLL on the test split; text: on the valid split).
+
+    Defaults: the stroke model, or for --domain text the text model of `tinydot.domains.TEXT`; the
+    config file and the options apply over them."""
     from tinydot.config import ModelConfig, TrainConfig
-    from tinydot.data import load_strokes
+    from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate_nll
     from tinydot.training import train
 
+    chosen = get_domain(domain)
     model_values, train_values = _load_configs(config)
+    if model_values.get("domain", chosen.name) != chosen.name:
+        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
     overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
-    model_values.update({k: v for k, v in overrides.items() if v is not None})
-    train_values.update({k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None})
+    model_values = {**chosen.model_config.non_default(), **model_values,
+                    **{k: v for k, v in overrides.items() if v is not None}}
+    train_values = {**chosen.train_config.non_default(), **train_values,
+                    **{k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None}}
     model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
-    test = load_strokes("test", data_dir)
-    result = train(load_strokes("train", data_dir), out, model_config, train_config, eval_data=test)
-    nll = evaluate_nll(result.model, test)
+    held_out = chosen.load(chosen.eval_split, data_dir)
+    result = train(chosen.load("train", data_dir), out, model_config, train_config, eval_data=held_out)
+    nll = evaluate_nll(result.model, held_out if chosen.eval_split == "test" else chosen.load("test", data_dir))
     seconds = result.history["seconds"].iloc[-1]
     console.print(f"trained {result.model.num_params():,} parameters for {train_config.steps} steps "
-                  f"in {seconds / 60:.1f} min; test NLL {nll['bits_per_step']:.4f} bits/step; checkpoint {out}")
+                  f"in {seconds / 60:.1f} min; test NLL {chosen.describe_nll(nll)}; checkpoint {out}")
 
 
 @app.command("sample")
@@ -138,7 +170,7 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     from tinydot.evaluation import evaluate
     from tinydot.io import atomic_write_text
 
-    result = evaluate(load_model(checkpoint), data_dir=data_dir, per_class=per_class,
+    result = evaluate(load_model(checkpoint, domain="strokes"), data_dir=data_dir, per_class=per_class,
                       temperature=temperature, seed=seed)
     console.print(f"test NLL            {result['test_bits_per_step']:.4f} bits/step "
                   f"({result['test_steps']:,} steps; start point {result['test_start_bits']:.2f} bits)")

@@ -66,7 +66,7 @@ def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temp
     if not 1 <= n <= 1000:
         raise ConfigError(f"--n must be between 1 and 1000, got {n}")
     check_digit(digit)
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, domain="strokes")
     digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
     samples = sample(model, digits, temperature=temperature, seed=seed)
     save_grid(rasterize_all(samples, scale=4), out, titles=list(digits),
@@ -84,7 +84,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     `out`; returns the summary.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, domain="strokes")
     mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
     batch = sample_batch(load_strokes("train", data_dir), model.cfg.max_move, sequences, seed)
@@ -133,7 +133,7 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
         raise ConfigError(f"sequences must be between 2 and {len(test)}, got {sequences}")
     index = np.sort(np.random.default_rng(seed).choice(len(test), size=sequences, replace=False))
     chosen = test.subset(index)
-    layers = [hidden_states(load_model(c), chosen) for c in checkpoints]
+    layers = [hidden_states(load_model(c, domain="strokes"), chosen) for c in checkpoints]
     names = [[f"{'AB'[k] if len(checkpoints) == 2 else ''}{'emb' if i == 0 else f'block{i}'}"
               for i in range(len(states))] for k, states in enumerate(layers)]
     first, second = layers[0], layers[-1]
