@@ -216,7 +216,7 @@ def test_registry_lookup_and_measures():
         get_domain("text").check_measure("S")
     with pytest.raises(ConfigError, match=r"'surprisal' is not defined for the strokes domain"):
         get_domain("strokes").check_measure("surprisal")
-    with pytest.raises(ConfigError, match=r"did you mean type_token_ratio\?"):
+    with pytest.raises(ConfigError, match=r"^unknown measure 'type_token' \(did you mean type_token_ratio\?\); choose"):
         get_domain("text").check_measure("type_token")
     data, train_split = toy_sentences(10, seed=1), toy_sentences(50, seed=2)
     text = get_domain("text")

@@ -57,6 +57,24 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_complexity_of_text(tmp_path):
+    import pandas as pd
+
+    from tinydot.data.text import load_sentences
+    from tinydot.data.text_measures import measure_sentences
+
+    result = run("complexity", "--domain", "text", "--split", "test", "--bins", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"measures.csv", "bins.csv", "summary.csv", "correlations.csv",
+                                                    "histograms.png"}
+    assert "surprisal bin edges" in result.stdout and "Pearson r(L, surprisal)" in result.stdout
+    measures = pd.read_csv(tmp_path / "measures.csv")
+    expected = measure_sentences(load_sentences("test"), load_sentences("train"))  # surprisal under train unigrams
+    assert len(measures) == 3761 and measures["bin"].value_counts().tolist() == [941, 940, 940, 940]
+    assert (measures[list(expected.columns)] - expected).abs().max().max() < 1e-9
+    assert set(pd.read_csv(tmp_path / "summary.csv", index_col=0).index) == set(expected.columns)
+
+
 def write_corpus(folder, train, valid="a b\n", test="b a\n"):
     folder.mkdir()
     for split, content in (("train", train), ("valid", valid), ("test", test)):
@@ -71,6 +89,13 @@ def write_corpus(folder, train, valid="a b\n", test="b a\n"):
     (["train", "--domain", "text", "--data-dir", "empty", "--out", "run"], "ptb.train.txt holds no tokens"),
     (["train", "--domain", "text", "--config", "strokes.json", "--out", "run"],
      "--domain text, but the config file's model domain is 'strokes'"),
+    (["complexity", "--domain", "text", "--measure", "S", "--out", "run"],
+     "measure 'S' is not defined for the text domain; choose from L, compressed_bytes, surprisal, type_token_ratio"),
+    (["complexity", "--domain", "strokes", "--measure", "surprisal", "--out", "run"],
+     "measure 'surprisal' is not defined for the strokes domain"),
+    (["complexity", "--domain", "text", "--digit", "3", "--out", "run"], "--digit is for strokes"),
+    (["complexity", "--domain", "text", "--split", "test", "--balanced", "--out", "run"],
+     "balanced bins need digit classes"),
 ])
 def test_bad_text_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     write_corpus(tmp_path / "empty", train="\n  \n")

@@ -359,27 +359,41 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
 
 @app.command("complexity")
 def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the tables and plots."),
-                   split: str = typer.Option("train", help="train or test."),
-                   measure: str = typer.Option("S", help="Measure to bin by (L, S, spectral_entropy, turning, "
-                                                          "strokes, pen_up_travel, compressed_bytes)."),
+                   split: str = typer.Option("train", help="train or test (text: or valid)."),
+                   measure: Optional[str] = typer.Option(None, help="Measure to bin by: strokes L, S (default), "
+                                                         "spectral_entropy, turning, strokes, pen_up_travel, "
+                                                         "compressed_bytes; text L, compressed_bytes, surprisal "
+                                                         "(default), type_token_ratio."),
                    bins: int = typer.Option(5, help="Number of equal-count quantile bins."),
                    digit: Optional[int] = typer.Option(None, help="Only this digit class."),
                    balanced: bool = typer.Option(False, help="Equal counts of every class in every bin."),
                    seed: int = typer.Option(0, help="Seed for breaking ties between equal values."),
+                   domain: str = DomainOption,
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """Per-sample complexity measures, quantile bins and histograms."""
     import pandas as pd
 
-    from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
+    from tinydot.domains import get_domain
     from tinydot.report.pages import write_complexity_figures
     from tinydot.runs import write_complexity
 
-    strokes = digit_subset(load_strokes(split, data_dir), digit)
-    paths = write_complexity(strokes, measure, bins, out, balanced=balanced, seed=seed)
+    chosen = get_domain(domain)
+    main_measure = {"strokes": "S", "text": "surprisal"}[chosen.name]
+    measure = measure or main_measure
+    chosen.check_measure(measure)
+    if chosen.name == "text":
+        if digit is not None:
+            raise ConfigError("--digit is for strokes; the text domain has no digit classes")
+        data = chosen.load(split, data_dir)
+        paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed,
+                                 train=chosen.load("train", data_dir))
+    else:
+        data = digit_subset(chosen.load(split, data_dir), digit)
+        paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed)
     write_complexity_figures(out)
     summary = pd.read_csv(paths["summary"], index_col=0)
-    table = Table(title=f"complexity of {len(strokes):,} {split} samples")
+    table = Table(title=f"complexity of {len(data):,} {split} samples")
     for column in ("measure", "mean", "std", "min", "10%", "50%", "90%", "max"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for name, row in summary.iterrows():
@@ -388,7 +402,7 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     edges = pd.read_csv(paths["bins"])
     console.print(f"{measure} bin edges: " + "  ".join(f"[{r.low:.3g}, {r.high:.3g}]" for r in edges.itertuples()))
     correlations = pd.read_csv(paths["correlations"], index_col=0)
-    pairs = dict.fromkeys([("L", "S"), ("L", measure)] if measure != "L" else [("L", "S")])
+    pairs = dict.fromkeys([("L", main_measure), ("L", measure)] if measure != "L" else [("L", main_measure)])
     console.print("Pearson " + "; ".join(f"r({a}, {b}) = {correlations.loc[a, b]:.3f}" for a, b in pairs))
     console.print(f"wrote {out}/: measures.csv, bins.csv, summary.csv, correlations.csv, histograms.png")
 

@@ -59,8 +59,10 @@ class Domain:
     def check_measure(self, measure: str) -> None:
         """A ConfigError unless `measure` is one of this domain's complexity measures."""
         if measure not in self.measures:
-            raise ConfigError(f"measure {measure!r} is not defined for the {self.name} domain"
-                              f"{_did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
+            elsewhere = any(measure in domain.measures for domain in DOMAINS.values())
+            what = f"measure {measure!r} is not defined for the {self.name} domain" if elsewhere else \
+                f"unknown measure {measure!r}"
+            raise ConfigError(f"{what}{_did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
 
     def measure(self, data: Data, measures: tuple[str, ...] | None = None, *, train: Data | None = None) -> pd.DataFrame:
         """One row per sample of `data`, one column per measure (default: all of them).

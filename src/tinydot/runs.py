@@ -19,9 +19,11 @@ from tinydot.analysis.activations import hidden_states
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
 from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
 from tinydot.checkpoint import load_model
-from tinydot.complexity import MEASURES, bin_table, check_measure, measure_all, quantile_bins, summary
+from tinydot.complexity import bin_table, quantile_bins, summary
 from tinydot.data.render import rasterize_all, save_grid
 from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
+from tinydot.data.text import Sentences
+from tinydot.domains import domain_of
 from tinydot.errors import ConfigError
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.pruning.mask import load_mask
@@ -33,25 +35,30 @@ def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
         frame.to_csv(tmp, index=index)
 
 
-def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathLike, *,
-                     balanced: bool = False, seed: int = 0) -> dict[str, Path]:
-    """Measure `strokes`, bin them by `measure` into `k` quantile bins, and write into `out`:
-    measures.csv (per sample, with its bin), bins.csv (edges), summary.csv and correlations.csv
-    (Pearson, between measures)."""
-    check_measure(measure)
-    if len(strokes) == 0:
+def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str | os.PathLike, *,
+                     balanced: bool = False, seed: int = 0, train: Sentences | None = None) -> dict[str, Path]:
+    """Measure `data` (strokes or sentences: every measure of its domain), bin it by `measure` into
+    `k` quantile bins, and write into `out`: measures.csv (per sample, with its bin), bins.csv
+    (edges), summary.csv and correlations.csv (Pearson, between measures). `balanced` (equal digit
+    classes per bin) is for strokes; `train` is the text split whose unigram distribution
+    `surprisal` uses (default: `data`)."""
+    domain = domain_of(data)
+    domain.check_measure(measure)
+    if balanced and not isinstance(data, Strokes):
+        raise ConfigError("balanced bins need digit classes; the text domain has none")
+    if len(data) == 0:
         raise ConfigError("the selection is empty: no samples to measure")
-    table = measure_all(strokes)
-    table.insert(0, "index", np.arange(len(strokes)))
-    bins = quantile_bins(table[measure].to_numpy(), k, labels=strokes.labels if balanced else None, seed=seed)
+    table = domain.measure(data, train=train)
+    table.insert(0, "index", np.arange(len(data)))
+    bins = quantile_bins(table[measure].to_numpy(), k, labels=data.labels if balanced else None, seed=seed)
     table["bin"] = bins
     edges = bin_table(table[measure], bins)
     edges.insert(0, "measure", measure)
     out = Path(out)
     paths = {"measures": out / "measures.csv", "bins": out / "bins.csv", "summary": out / "summary.csv",
              "correlations": out / "correlations.csv"}
-    correlations = table[list(MEASURES)].corr()
-    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table)),
+    correlations = table[list(domain.measures)].corr()
+    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table, domain.measures)),
                        ("correlations", correlations)):
         _write_csv(frame, paths[key], index=key in ("summary", "correlations"))
     return paths
