@@ -8,7 +8,7 @@
   metrics.csv             the training curve
   cost.json               wall and CPU seconds, training and evaluation FLOPs, energy (tinydot.cost)
 Calling `train` again on the same folder resumes from the last checkpoint, or, if the run is
-finished, loads its model and metrics without touching the data; the batches are a pure function
+finished, loads its model and metrics without training again; the batches are a pure function
 of (seed, epoch), so a resumed run computes the same numbers as an uninterrupted one. The cost of a
 resumed run adds to what its folder recorded before (work redone after a kill included).
 """
