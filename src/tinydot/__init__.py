@@ -18,10 +18,14 @@ _API = {
     # data
     "Strokes": "tinydot.data", "load_strokes": "tinydot.data", "length_summary": "tinydot.data",
     "rasterize": "tinydot.data", "rasterize_all": "tinydot.data", "save_grid": "tinydot.data",
+    "Sentences": "tinydot.data", "load_sentences": "tinydot.data", "load_all_sentences": "tinydot.data",
+    "count_summary": "tinydot.data",
     # configuration and model
     "ModelConfig": "tinydot.config", "TrainConfig": "tinydot.config", "PruneConfig": "tinydot.config",
-    "StudyConfig": "tinydot.config", "TinyDOT": "tinydot.model", "load_model": "tinydot.checkpoint",
+    "StudyConfig": "tinydot.config", "TinyDOT": "tinydot.model", "TextDOT": "tinydot.model",
+    "build_model": "tinydot.model", "load_model": "tinydot.checkpoint",
     # pure computations
+    "DOMAINS": "tinydot.domains", "get_domain": "tinydot.domains", "domain_of": "tinydot.domains",
     "measure_all": "tinydot.complexity", "quantile_bins": "tinydot.complexity", "prune": "tinydot.pruning",
     "random_mask": "tinydot.pruning", "sample": "tinydot.sampling", "evaluate_nll": "tinydot.evaluation",
     "evaluate": "tinydot.evaluation", "fit_ols": "tinydot.fits",

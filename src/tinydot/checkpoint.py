@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from tinydot.config import ModelConfig
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.io import atomic_path
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder, build_model
 
 MODEL_FILE = "model.safetensors"
 
@@ -41,7 +41,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
 
 
-def save_model(path: str | os.PathLike, model: TinyDOT, extra: dict | None = None) -> None:
+def save_model(path: str | os.PathLike, model: Decoder, extra: dict | None = None) -> None:
     metadata = {"format": "tinydot", "model_config": json.dumps(model.cfg.to_dict())}
     if extra:
         metadata["extra"] = json.dumps(extra)
@@ -66,8 +66,13 @@ def is_tinydot_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_model(path: str | os.PathLike) -> TinyDOT:
-    """Rebuild a TinyDOT from a checkpoint file or a run folder, in eval mode."""
+def load_model(path: str | os.PathLike, *, domain: str | None = None) -> Decoder:
+    """Rebuild the model (TinyDOT or TextDOT, as its config says) from a checkpoint file or a run
+    folder, in eval mode. A config written before a field existed gets that field's default.
+
+    domain : if given, a CheckpointError unless the model is of this domain (for the analyses
+             that exist for one domain only).
+    """
     path = resolve(path)
     tensors, metadata = load_tensors(path)
     if metadata.get("format") != "tinydot" or "model_config" not in metadata:
@@ -76,7 +81,9 @@ def load_model(path: str | os.PathLike) -> TinyDOT:
         cfg = ModelConfig.from_dict(json.loads(metadata["model_config"]))
     except (ConfigError, json.JSONDecodeError, TypeError) as err:
         raise CheckpointError(f"{path} has an invalid model config ({err})") from None
-    model = TinyDOT(cfg)
+    if domain is not None and cfg.domain != domain:
+        raise CheckpointError(f"{path} holds a {cfg.domain} model; this needs a {domain} model")
+    model = build_model(cfg)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:

@@ -22,7 +22,7 @@ from tinydot.errors import ConfigError, TinydotError
 
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Inspect the MNIST pen-stroke data.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect the data: MNIST pen strokes or Penn Treebank text.", no_args_is_help=True)
 
 
 @app.callback()
@@ -43,15 +43,23 @@ app.add_typer(data_app, name="data")
 
 console = Console()
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
-                             "(default: $TINYDOT_DATA, else the user cache, downloading if needed).")
+                             "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
+                             "for --domain text, with ptb.train.txt, ptb.valid.txt, ptb.test.txt "
+                             "(default: the treebank package).")
+DomainOption = typer.Option("strokes", "--domain", help="strokes (MNIST pen strokes) or text (Penn Treebank words).")
 
 
 @data_app.command("info")
 def data_info(data_dir: Optional[Path] = DataDirOption,
-              split: Optional[str] = typer.Option(None, help="Only this split (train or test).")) -> None:
-    """Counts and length statistics (pen steps) per split and digit class."""
+              split: Optional[str] = typer.Option(None, help="Only this split (train or test; text: or valid)."),
+              domain: str = DomainOption) -> None:
+    """Counts and length statistics per split: pen steps per digit class, or sentences and words."""
     from tinydot.data import SPLITS, length_summary, load_strokes
+    from tinydot.domains import get_domain
 
+    if get_domain(domain).name == "text":
+        _text_info(data_dir, split)
+        return
     names = [split] if split else list(SPLITS)
     summary = length_summary({name: load_strokes(name, data_dir) for name in names})
     table = Table(title="MNIST pen strokes: pen steps per sequence (start point excluded)")
@@ -61,6 +69,21 @@ def data_info(data_dir: Optional[Path] = DataDirOption,
         table.add_row(row.split, str(row.digit), f"{row.count:,}", f"{row.mean:.1f}", f"{row.std:.1f}",
                       f"{row.min:.0f}", f"{row.median:.0f}", f"{row.max:.0f}",
                       end_section=row.digit == "all")
+    console.print(table)
+
+
+def _text_info(data_dir: Optional[Path], split: Optional[str]) -> None:
+    from tinydot.data import count_summary, load_all_sentences, load_sentences
+
+    splits = {split: load_sentences(split, data_dir)} if split else load_all_sentences(data_dir)
+    summary = count_summary(splits)
+    table = Table(title="Penn Treebank (Mikolov split): sentences and words (sentence ends not counted), "
+                        "against the published counts")
+    for column in ("split", "sentences", "published", "words", "published", "vocabulary", "match"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for r in summary.itertuples(index=False):
+        table.add_row(r.split, f"{r.sentences:,}", f"{r.published_sentences:,}", f"{r.tokens:,}",
+                      f"{r.published_tokens:,}", f"{r.vocabulary:,}", "yes" if r.matches else "NO")
     console.print(table)
 
 
@@ -102,6 +125,7 @@ def _load_configs(config: Optional[Path]) -> tuple[dict, dict]:
 
 @app.command("train")
 def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed if it holds an unfinished run)."),
+              domain: str = DomainOption,
               config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
               steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
               d_model: Optional[int] = typer.Option(None, help="Residual width."),
@@ -110,25 +134,33 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
               lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
               seed: Optional[int] = typer.Option(None, help="Seed for weights and batch order."),
               data_dir: Optional[Path] = DataDirOption) -> None:
-    """Train tinyDOT on the train split (periodic NLL on the test split)."""
+    """Train tinyDOT on the train split (periodic NLL on the test split; text: on the valid split).
+
+    Defaults: the stroke model, or for --domain text the text model of `tinydot.domains.TEXT`; the
+    config file and the options apply over them."""
     from tinydot.config import ModelConfig, TrainConfig
-    from tinydot.data import load_strokes
+    from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate_nll
     from tinydot.io import check_writable_dir
     from tinydot.training import train
 
+    chosen = get_domain(domain)
     check_writable_dir(out)
     model_values, train_values = _load_configs(config)
+    if model_values.get("domain", chosen.name) != chosen.name:
+        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
     overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
-    model_values.update({k: v for k, v in overrides.items() if v is not None})
-    train_values.update({k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None})
+    model_values = {**chosen.model_config.non_default(), **model_values,
+                    **{k: v for k, v in overrides.items() if v is not None}}
+    train_values = {**chosen.train_config.non_default(), **train_values,
+                    **{k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None}}
     model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
-    test = load_strokes("test", data_dir)
-    result = train(load_strokes("train", data_dir), out, model_config, train_config, eval_data=test)
-    nll = evaluate_nll(result.model, test)
+    held_out = chosen.load(chosen.eval_split, data_dir)
+    result = train(chosen.load("train", data_dir), out, model_config, train_config, eval_data=held_out)
+    nll = evaluate_nll(result.model, held_out if chosen.eval_split == "test" else chosen.load("test", data_dir))
     seconds = result.history["seconds"].iloc[-1]
     console.print(f"trained {result.model.num_params():,} parameters for {train_config.steps} steps "
-                  f"in {seconds / 60:.1f} min; test NLL {nll['bits_per_step']:.4f} bits/step; checkpoint {out}")
+                  f"in {seconds / 60:.1f} min; test NLL {chosen.describe_nll(nll)}; checkpoint {out}")
 
 
 @app.command("sample")
@@ -159,7 +191,7 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
 
     if out is not None:
         check_writable_file(out)  # before the evaluation, which takes minutes
-    result = evaluate(load_model(checkpoint), data_dir=data_dir, per_class=per_class,
+    result = evaluate(load_model(checkpoint, domain="strokes"), data_dir=data_dir, per_class=per_class,
                       temperature=temperature, seed=seed)
     console.print(f"test NLL            {result['test_bits_per_step']:.4f} bits/step "
                   f"({result['test_steps']:,} steps; start point {result['test_start_bits']:.2f} bits)")
@@ -405,31 +437,45 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
 
 @app.command("complexity")
 def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the tables and plots."),
-                   split: str = typer.Option("train", help="train or test."),
-                   measure: str = typer.Option("S", help="Measure to bin by (L, S, spectral_entropy, turning, "
-                                                          "strokes, pen_up_travel, compressed_bytes)."),
+                   split: str = typer.Option("train", help="train or test (text: or valid)."),
+                   measure: Optional[str] = typer.Option(None, help="Measure to bin by: strokes L, S (default), "
+                                                         "spectral_entropy, turning, strokes, pen_up_travel, "
+                                                         "compressed_bytes; text L, compressed_bytes, surprisal "
+                                                         "(default), type_token_ratio."),
                    bins: int = typer.Option(5, help="Number of equal-count quantile bins."),
                    digit: Optional[int] = typer.Option(None, help="Only this digit class."),
                    balanced: bool = typer.Option(False, help="Equal counts of every class in every bin."),
                    seed: int = typer.Option(0, help="Seed for breaking ties between equal values."),
+                   domain: str = DomainOption,
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """Per-sample complexity measures, quantile bins and histograms."""
     import pandas as pd
 
     from tinydot.config import check_seed
-    from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
+    from tinydot.domains import get_domain
     from tinydot.io import check_writable_dir
     from tinydot.report.pages import write_complexity_figures
     from tinydot.runs import write_complexity
 
     check_writable_dir(out)
     check_seed(seed)
-    strokes = digit_subset(load_strokes(split, data_dir), digit)
-    paths = write_complexity(strokes, measure, bins, out, balanced=balanced, seed=seed)
+    chosen = get_domain(domain)
+    main_measure = {"strokes": "S", "text": "surprisal"}[chosen.name]
+    measure = measure or main_measure
+    chosen.check_measure(measure)
+    if chosen.name == "text":
+        if digit is not None:
+            raise ConfigError("--digit is for strokes; the text domain has no digit classes")
+        data = chosen.load(split, data_dir)
+        paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed,
+                                 train=chosen.load("train", data_dir))
+    else:
+        data = digit_subset(chosen.load(split, data_dir), digit)
+        paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed)
     write_complexity_figures(out)
     summary = pd.read_csv(paths["summary"], index_col=0)
-    table = Table(title=f"complexity of {len(strokes):,} {split} samples")
+    table = Table(title=f"complexity of {len(data):,} {split} samples")
     for column in ("measure", "mean", "std", "min", "10%", "50%", "90%", "max"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for name, row in summary.iterrows():
@@ -438,7 +484,7 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     edges = pd.read_csv(paths["bins"])
     console.print(f"{measure} bin edges: " + "  ".join(f"[{r.low:.3g}, {r.high:.3g}]" for r in edges.itertuples()))
     correlations = pd.read_csv(paths["correlations"], index_col=0)
-    pairs = dict.fromkeys([("L", "S"), ("L", measure)] if measure != "L" else [("L", "S")])
+    pairs = dict.fromkeys([("L", main_measure), ("L", measure)] if measure != "L" else [("L", main_measure)])
     console.print("Pearson " + "; ".join(f"r({a}, {b}) = {correlations.loc[a, b]:.3f}" for a, b in pairs))
     console.print(f"wrote {out}/: measures.csv, bins.csv, summary.csv, correlations.csv, histograms.png")
 

@@ -187,7 +187,7 @@ def bin_table(values, bins: np.ndarray) -> pd.DataFrame:
     return table.reset_index()
 
 
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per measure: mean, std, quantiles."""
-    measures = [c for c in table.columns if c in MEASURES]
+def summary(table: pd.DataFrame, measures=MEASURES) -> pd.DataFrame:
+    """Per measure (the columns of `table` among `measures`): mean, std, quantiles."""
+    measures = [c for c in table.columns if c in measures]
     return table[measures].describe(percentiles=[0.1, 0.5, 0.9]).T

@@ -20,6 +20,8 @@ from tinydot.errors import ConfigError
 T = TypeVar("T")
 MAX_SEED = 2**32 - 1  # numpy and torch both take every seed in 0..MAX_SEED
 
+DOMAIN_NAMES = ("strokes", "text")  # tinydot.domains registers one Domain under each name
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -127,6 +129,11 @@ class ModelConfig(_Config):
     n_classes: int = field(default=10, metadata={"help": "digit classes to condition on"})
     d_head: int = field(default=0, metadata={
         "help": "width of each attention head (0: d_model // n_heads); set when heads were removed"})
+    # the text domain (tinydot.model.TextDOT); the defaults keep stroke configs, hashes and checkpoints as they were
+    domain: str = field(default="strokes", metadata={"help": "strokes (pen steps) or text (words)"})
+    vocab_size: int = field(default=0, metadata={"help": "text: words in the vocabulary, <eos> included"})
+    tie_embeddings: bool = field(default=True, metadata={
+        "help": "text: the output softmax reuses the input word embeddings"})
 
     def __post_init__(self):
         self._check_types("model")
@@ -137,6 +144,19 @@ class ModelConfig(_Config):
                f"or d_head must be given")
         _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
         _check(self.max_len >= 3, f"model max_len must be >= 3, got {self.max_len}")
+        self._check_domain()
+
+    def _check_domain(self) -> None:
+        _check(self.domain in DOMAIN_NAMES,
+               f"unknown model domain {self.domain!r}; choose {' or '.join(DOMAIN_NAMES)}")
+        _check(isinstance(self.tie_embeddings, bool), f"model tie_embeddings must be true or false, "
+                                                      f"got {self.tie_embeddings!r}")
+        if self.domain == "text":
+            _check(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size >= 2,
+                   f"model vocab_size must be an integer >= 2 for the text domain, got {self.vocab_size!r}")
+        else:  # options a stroke model would silently ignore
+            _check(self.vocab_size == 0 and self.tie_embeddings,
+                   "model vocab_size and tie_embeddings are text options; leave them out for the strokes domain")
 
     @property
     def head_width(self) -> int:

@@ -5,8 +5,11 @@ What is counted: every matrix multiplication, one multiply-add = 2 FLOPs.
               over all heads, T_k = cached + new positions: the full T x T_k rectangle, although the
               causal mask discards half of it; that is what a dense kernel computes), the output
               projection (d -> d), the MLP (d -> d_mlp -> d)
-  heads       pen (d -> 3), dx (d -> 2*max_move+1), and dy given dx: dy_in (d -> d), then
-              head_dy (d -> 2*max_move+1); all three at every position, padding included
+  heads       strokes: pen (d -> 3), dx (d -> 2*max_move+1), and dy given dx: dy_in (d -> d),
+              then head_dy (d -> 2*max_move+1); all three at every position, padding included.
+              text: the softmax over the vocabulary (d -> vocab_size) at every position; tied or
+              not, it is one matrix product, named by the matrix it multiplies (`emb_token.weight`
+              when tied, else `head.weight`)
 What is not counted (elementwise work, O(B*T*d) against the matmuls' O(B*T*d^2); a few percent
 of the total for the default shape): the embeddings (a lookup is a memory read, counted as 0 FLOPs,
 and so is the sum of the seven embeddings), biases, LayerNorm, GELU, softmax, residual adds,
@@ -22,7 +25,8 @@ dense work. A sparse kernel would skip them: its work for a Linear layer is 2 * 
 weights) forward, and the same factor 3 for a training step (the gradient of the input skips the
 pruned weights, the gradient of a pruned weight is not needed). Attention's T^2 terms multiply
 activations, not weights, so pruning leaves them unchanged, and pruned embedding rows save nothing
-(a lookup costs 0 here).
+(a lookup costs 0 here), except in a text model's tied word embedding, whose kept weights are also
+the ones its softmax multiplies.
 
 Checked against torch.utils.flop_counter.FlopCounterMode in tests/test_flops.py: exactly equal
 when attention runs through the math kernel (two batched matmuls). With the default CPU kernel
@@ -40,14 +44,15 @@ import torch
 
 from tinydot.config import ModelConfig
 from tinydot.data.batching import PEN_STATES
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder
 from tinydot.pruning.mask import Mask
 
 TRAIN_STEP_FACTOR = 3  # forward + backward (gradients of inputs and of weights)
 
 
 def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(out_features, in_features) of every Linear weight of TinyDOT(cfg), by parameter name."""
+    """(out_features, in_features) of every weight the model of `cfg` multiplies a hidden state
+    by, by parameter name: its Linear weights, and the tied word embedding of a text model."""
     d, moves = cfg.d_model, 2 * cfg.max_move + 1
     shapes = {}
     for i in range(cfg.n_layers):
@@ -55,14 +60,18 @@ def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
         shapes[f"blocks.{i}.attn.proj.weight"] = (d, d)
         shapes[f"blocks.{i}.mlp.0.weight"] = (cfg.d_mlp, d)
         shapes[f"blocks.{i}.mlp.2.weight"] = (d, cfg.d_mlp)
-    shapes.update({"head_pen.weight": (PEN_STATES, d), "head_dx.weight": (moves, d),
-                   "dy_in.weight": (d, d), "head_dy.weight": (moves, d)})
+    if cfg.domain == "text":
+        shapes["emb_token.weight" if cfg.tie_embeddings else "head.weight"] = (cfg.vocab_size, d)
+    else:
+        shapes.update({"head_pen.weight": (PEN_STATES, d), "head_dx.weight": (moves, d),
+                       "dy_in.weight": (d, d), "head_dy.weight": (moves, d)})
     return shapes
 
 
 def kept_weights(cfg: ModelConfig, mask: Mask) -> dict[str, int]:
     """Weights a sparse kernel multiplies, per Linear weight: the mask's kept count, or all of them
-    for a weight the mask does not cover. Mask entries of other parameters (embeddings) are ignored."""
+    for a weight the mask does not cover. Mask entries of other parameters (embeddings, except a text
+    model's tied softmax matrix) are ignored."""
     kept = {}
     for name, shape in linear_shapes(cfg).items():
         if name in mask:
@@ -127,7 +136,7 @@ class FlopTally:
                 "eval_flops_dense": self.eval_dense, "eval_flops_sparse": self.eval_sparse}
 
     @contextlib.contextmanager
-    def counting(self, model: TinyDOT) -> Iterator[FlopTally]:
+    def counting(self, model: Decoder) -> Iterator[FlopTally]:
         """Count every forward pass of `model` inside the block, from the shape of its inputs.
 
         A forward pass with gradients enabled counts as a training step (its backward is assumed

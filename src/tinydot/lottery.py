@@ -18,6 +18,9 @@ std (0.02): a weight this small moves a d_model-wide dot product by well under 1
 size. A scale-free variant counts |w| > relative_epsilon x the tensor's standard deviation. Each row
 also reports the test NLL with every unused weight set to zero (`zeroed_bits_per_step`), so the
 claim that they are unused is checked, not assumed.
+
+Either domain: the `*bits_per_step` columns are bits per pen step for strokes and bits per word
+for text (`evaluation.evaluate_nll`), as the model config's domain says.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import pandas as pd
 from tinydot.checkpoint import load_model, load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
 from tinydot.data.strokes import Strokes
+from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.io import atomic_path, atomic_write_text
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
 from tinydot.pruning.usage import usage_counts, usage_fractions, zero_unused
@@ -57,7 +61,7 @@ class LotteryResult:
         return ok.iloc[-1]
 
 
-def _level_row(level: int, model: TinyDOT, mask: Mask, names, eval_data, cfg: PruneConfig, level_dir: Path):
+def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: PruneConfig, level_dir: Path):
     touched = load_touched(level_dir)
     counts = usage_counts(model, names, touched, mask, cfg.epsilon, cfg.relative_epsilon)
     with atomic_path(level_dir / "used.csv") as tmp:
@@ -72,7 +76,7 @@ def _level_row(level: int, model: TinyDOT, mask: Mask, names, eval_data, cfg: Pr
     }
 
 
-def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
+def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
                 model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig(),
                 prune_config: PruneConfig = PruneConfig(), *, init_state: dict | None = None,
                 max_level: int | None = None, stop_above_delta: bool = False, progress: bool = True) -> LotteryResult:
@@ -99,7 +103,7 @@ def run_lottery(data: Strokes, run_dir: str | os.PathLike, eval_data: Strokes,
     names = prunable_names(skeleton, cfg.prunable)
     last = cfg.levels if max_level is None else min(max_level, cfg.levels)
 
-    def trained(folder: Path, **kwargs) -> TinyDOT:  # a finished run folder returns at once
+    def trained(folder: Path, **kwargs) -> Decoder:  # a finished run folder returns at once
         return train(data, folder, model_config, train_config, progress=progress, **kwargs).model
 
     rows = []

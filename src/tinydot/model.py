@@ -15,6 +15,16 @@ Inputs at position t are the previous move m_{t-1} (a BOS marker at t = 0) and, 
 the network could compute itself, the absolute pen position after it; every position also gets
 the digit class embedding. Pre-norm blocks, learned positional embeddings, causal attention with
 `n_heads` heads (one by default) of width `d_head` (d_model // n_heads unless heads were removed).
+
+The text domain (`TextDOT`, `cfg.domain == "text"`) runs the same trunk (`Decoder`: the same
+blocks, attention, MLP and final LayerNorm) over word ids: a sentence's inputs are <eos> w_1..w_L
+and its targets w_1..w_L <eos> (`tinydot.data.text.Sentences.padded`), embedded as word + learned
+position, and the next word is a softmax over the vocabulary. The softmax is *tied* by default:
+its weight matrix is the input word embedding (Press & Wolf 2017; Inan et al. 2017), without an
+output bias, as in GPT-2. On PTB a 10k x d_model output matrix would otherwise be the largest
+tensor of a tiny model, and tying is what small PTB language models do: it saves those weights and
+lowers perplexity. `tie_embeddings=False` gives the softmax its own `head` (a Linear with bias).
+`build_model(cfg)` picks the class from the config, so a checkpoint alone rebuilds either kind.
 """
 
 from __future__ import annotations
@@ -62,10 +72,56 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x)), present
 
 
-class TinyDOT(nn.Module):
+class Decoder(nn.Module):
+    """The trunk both domains share: pre-norm causal blocks and a final LayerNorm.
+
+    A subclass creates its input embeddings, then `_add_trunk()`, then its heads, then calls
+    `_init_weights()`: this order fixes the parameter order, and with it the seeded initial weights.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+
+    def _add_trunk(self):
+        self.blocks = nn.ModuleList(Block(self.cfg) for _ in range(self.cfg.n_layers))
+        self.ln_f = nn.LayerNorm(self.cfg.d_model)
+
+    def _init_weights(self):
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual writes by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _positions(self, T: int, offset: int, device) -> torch.Tensor:
+        if offset + T > self.cfg.max_len:
+            raise ValueError(f"sequence of {offset + T} positions exceeds max_len {self.cfg.max_len}")
+        return torch.arange(offset, offset + T, device=device)
+
+    def _trunk(self, x, past=None):
+        """Embedded inputs (B, T, d) -> final hidden states (B, T, d) and the per-layer key/value caches."""
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, None if past is None else past[i])
+            presents.append(present)
+        return self.ln_f(x), presents
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class TinyDOT(Decoder):
+    """tinyDOT over pen steps, conditioned on the digit class (`cfg.domain == "strokes"`)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
         d, moves = cfg.d_model, 2 * cfg.max_move + 1
         # input embeddings, summed
         self.emb_dx = nn.Embedding(moves, d)
@@ -75,25 +131,14 @@ class TinyDOT(nn.Module):
         self.emb_y = nn.Embedding(FRAME_SLOTS, d)
         self.emb_pos = nn.Embedding(cfg.max_len, d)
         self.emb_class = nn.Embedding(cfg.n_classes, d)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(d)
+        self._add_trunk()
         # output heads: pen, dx, and dy given dx (through a small conditioning layer)
         self.head_pen = nn.Linear(d, PEN_STATES)
         self.head_dx = nn.Linear(d, moves)
         self.dy_given_dx = nn.Embedding(moves, d)
         self.dy_in = nn.Linear(d, d)
         self.head_dy = nn.Linear(d, moves)
-        self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: scale residual writes by depth
-            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
-
-    @staticmethod
-    def _init(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self._init_weights()
 
     def forward(self, inputs, labels, past=None, offset: int = 0):
         """Hidden states for integer `inputs` (B, T, 5) and digit `labels` (B,) -> (B, T, d).
@@ -101,18 +146,11 @@ class TinyDOT(nn.Module):
         With `past` (a list of per-layer key/value caches) the inputs continue a sequence whose
         first `offset` positions are cached; returns (hidden, presents).
         """
-        B, T, _ = inputs.shape
-        if offset + T > self.cfg.max_len:
-            raise ValueError(f"sequence of {offset + T} positions exceeds max_len {self.cfg.max_len}")
-        pos = torch.arange(offset, offset + T, device=inputs.device)
+        pos = self._positions(inputs.shape[1], offset, inputs.device)
         x = (self.emb_dx(inputs[..., IN_DX]) + self.emb_dy(inputs[..., IN_DY]) + self.emb_pen(inputs[..., IN_PEN])
              + self.emb_x(inputs[..., IN_X]) + self.emb_y(inputs[..., IN_Y]) + self.emb_pos(pos)
              + self.emb_class(labels)[:, None, :])  # (B, T, d)
-        presents = []
-        for i, block in enumerate(self.blocks):
-            x, present = block(x, None if past is None else past[i])
-            presents.append(present)
-        return self.ln_f(x), presents
+        return self._trunk(x, past)
 
     def dy_logits(self, h, dx_index):
         """Logits of dy given the hidden state (..., d) and the chosen dx index (...)."""
@@ -132,5 +170,41 @@ class TinyDOT(nn.Module):
         nll_dy = F.cross_entropy(self.dy_logits(h, dx_t).transpose(1, 2), dy_t, reduction="none")
         return (nll_pen + draw * (nll_dx + nll_dy)) * valid
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+class TextDOT(Decoder):
+    """tinyDOT over words (`cfg.domain == "text"`): word + position embeddings, the shared trunk,
+    a softmax over the `cfg.vocab_size` words, tied to the word embeddings unless `tie_embeddings`
+    is False."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.emb_token = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.emb_pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self._add_trunk()
+        if not cfg.tie_embeddings:
+            self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self._init_weights()
+
+    def forward(self, inputs, *, past=None, offset: int = 0):
+        """Hidden states (B, T, d) for word ids `inputs` (B, T); `past` and `offset` as in TinyDOT."""
+        pos = self._positions(inputs.shape[1], offset, inputs.device)
+        return self._trunk(self.emb_token(inputs) + self.emb_pos(pos), past)  # (B, T, d)
+
+    def logits(self, h):
+        """Next-word logits (..., vocab_size) from hidden states (..., d)."""
+        return F.linear(h, self.emb_token.weight) if self.cfg.tie_embeddings else self.head(h)
+
+    def nll(self, inputs, targets):
+        """Per-position negative log-likelihood in nats (B, T); zero where targets are padding (IGNORE)."""
+        h, _ = self(inputs)
+        logits = self.logits(h)  # (B, T, V); rows of V contiguous: the fast layout for cross_entropy
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
+        return nll.view(targets.shape)
+
+
+MODELS = {"strokes": TinyDOT, "text": TextDOT}  # cfg.domain -> model class
+
+
+def build_model(cfg: ModelConfig) -> Decoder:
+    """A freshly initialised model of the class `cfg.domain` names (global RNG: see training.init_model)."""
+    return MODELS[cfg.domain](cfg)

@@ -82,7 +82,7 @@ def _stroke_activations(config: RedundancyConfig, data_dir, progress: bool):
         raise ConfigError(f"the test split has {positions[-1]:,} positions; ask for at most that many tokens")
     chosen = np.sort(order[:int(np.searchsorted(positions, config.tokens)) + 1])
     sample = test.subset(chosen)
-    layers, sequence, pen = stroke_states(load_model(config.model), sample)
+    layers, sequence, pen = stroke_states(load_model(config.model, domain="strokes"), sample)
     task = stroke_task(config.task, sample.labels[sequence], pen, sequence, config.seed)
     check_split(task.labels, task.split)
     return np.stack(layers), task, {"sequence": chosen[sequence]}

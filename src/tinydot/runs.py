@@ -19,11 +19,13 @@ from tinydot.analysis.activations import hidden_states
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
 from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
 from tinydot.checkpoint import load_model
-from tinydot.complexity import MEASURES, bin_table, check_measure, measure_all, quantile_bins, summary
+from tinydot.complexity import bin_table, quantile_bins, summary
 from tinydot.config import check_seed
 from tinydot.cost import CostMeter
 from tinydot.data.render import rasterize_all, save_grid
 from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
+from tinydot.data.text import Sentences
+from tinydot.domains import domain_of
 from tinydot.errors import ConfigError
 from tinydot.io import atomic_path, atomic_write_text, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
@@ -35,27 +37,32 @@ def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
         frame.to_csv(tmp, index=index)
 
 
-def write_complexity(strokes: Strokes, measure: str, k: int, out: str | os.PathLike, *,
-                     balanced: bool = False, seed: int = 0) -> dict[str, Path]:
-    """Measure `strokes`, bin them by `measure` into `k` quantile bins, and write into `out`:
-    measures.csv (per sample, with its bin), bins.csv (edges), summary.csv and correlations.csv
-    (Pearson, between measures)."""
-    check_measure(measure)
+def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str | os.PathLike, *,
+                     balanced: bool = False, seed: int = 0, train: Sentences | None = None) -> dict[str, Path]:
+    """Measure `data` (strokes or sentences: every measure of its domain), bin it by `measure` into
+    `k` quantile bins, and write into `out`: measures.csv (per sample, with its bin), bins.csv
+    (edges), summary.csv and correlations.csv (Pearson, between measures). `balanced` (equal digit
+    classes per bin) is for strokes; `train` is the text split whose unigram distribution
+    `surprisal` uses (default: `data`)."""
+    domain = domain_of(data)
+    domain.check_measure(measure)
     check_seed(seed)
     check_writable_dir(out)
-    if len(strokes) == 0:
+    if balanced and not isinstance(data, Strokes):
+        raise ConfigError("balanced bins need digit classes; the text domain has none")
+    if len(data) == 0:
         raise ConfigError("the selection is empty: no samples to measure")
-    table = measure_all(strokes)
-    table.insert(0, "index", np.arange(len(strokes)))
-    bins = quantile_bins(table[measure].to_numpy(), k, labels=strokes.labels if balanced else None, seed=seed)
+    table = domain.measure(data, train=train)
+    table.insert(0, "index", np.arange(len(data)))
+    bins = quantile_bins(table[measure].to_numpy(), k, labels=data.labels if balanced else None, seed=seed)
     table["bin"] = bins
     edges = bin_table(table[measure], bins)
     edges.insert(0, "measure", measure)
     out = Path(out)
     paths = {"measures": out / "measures.csv", "bins": out / "bins.csv", "summary": out / "summary.csv",
              "correlations": out / "correlations.csv"}
-    correlations = table[list(MEASURES)].corr()
-    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table)),
+    correlations = table[list(domain.measures)].corr()
+    for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table, domain.measures)),
                        ("correlations", correlations)):
         _write_csv(frame, paths[key], index=key in ("summary", "correlations"))
     return paths
@@ -73,7 +80,7 @@ def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temp
     check_temperature(temperature)
     check_seed(seed)
     check_writable_file(out)
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, domain="strokes")
     digits = np.full(n, digit) if digit is not None else np.repeat(np.arange(NUM_CLASSES), n)
     samples = sample(model, digits, temperature=temperature, seed=seed)
     save_grid(rasterize_all(samples, scale=4), out, titles=list(digits),
@@ -100,7 +107,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
 def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs, seed,
              data_dir, progress) -> dict:
     checkpoint = Path(checkpoint)
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, domain="strokes")
     mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
     batch = sample_batch(load_strokes("train", data_dir), model.cfg.max_move, sequences, seed)
@@ -156,7 +163,7 @@ def _svcca(checkpoints, out: Path, sequences: int, keep: float, seed: int, data_
         raise ConfigError(f"sequences must be between 2 and {len(test)}, got {sequences}")
     index = np.sort(np.random.default_rng(seed).choice(len(test), size=sequences, replace=False))
     chosen = test.subset(index)
-    layers = [hidden_states(load_model(c), chosen) for c in checkpoints]
+    layers = [hidden_states(load_model(c, domain="strokes"), chosen) for c in checkpoints]
     names = [[f"{'AB'[k] if len(checkpoints) == 2 else ''}{'emb' if i == 0 else f'block{i}'}"
               for i in range(len(states))] for k, states in enumerate(layers)]
     first, second = layers[0], layers[-1]

@@ -1,4 +1,5 @@
-"""Training tinyDOT: an importable, seeded, resumable function.
+"""Training tinyDOT: an importable, seeded, resumable function, for either domain (strokes or text:
+`model_config.domain`; the data are encoded by `tinydot.data.batching.encode`).
 
 `train` writes into a run folder:
   checkpoint.safetensors  weights + AdamW state + step + history, in one atomic file (resume point)
@@ -9,7 +10,7 @@
   metrics.csv             the training curve
   cost.json               wall and CPU seconds, training and evaluation FLOPs, energy (tinydot.cost)
 Calling `train` again on the same folder resumes from the last checkpoint, or, if the run is
-finished, loads its model and metrics without touching the data; the batches are a pure function
+finished, loads its model and metrics without training again; the batches are a pure function
 of (seed, epoch), so a resumed run computes the same numbers as an uninterrupted one. The cost of a
 resumed run adds to what its folder recorded before (work redone after a kill included).
 """
@@ -31,24 +32,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tinydot.checkpoint import MODEL_FILE, CheckpointError, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig
 from tinydot.cost import CostMeter
-from tinydot.data.batching import Encoded, epoch_batches
+from tinydot.data.batching import Encoded, EncodedText, encode, epoch_batches
 from tinydot.data.strokes import Strokes
+from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.flops import FlopTally
 from tinydot.io import atomic_path, atomic_write_text
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder, build_model
 from tinydot.pruning.mask import Mask, masked_pairs
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 TOUCHED_FILE = "touched.safetensors"  # per matrix / embedding weight: did training ever give it a gradient?
 
 
-def init_model(cfg: ModelConfig, seed: int) -> TinyDOT:
+def init_model(cfg: ModelConfig, seed: int) -> Decoder:
     """A freshly initialised model; the weights depend only on (cfg, seed), not on global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return TinyDOT(cfg)
+        return build_model(cfg)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -60,7 +62,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: TinyDOT, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: Decoder, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings, none on biases and norms."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -72,7 +74,7 @@ def make_optimizer(model: TinyDOT, cfg: TrainConfig) -> torch.optim.AdamW:
 class BatchStream:
     """Batches in training order from any global step on: epoch after epoch of length buckets."""
 
-    def __init__(self, encoded: Encoded, cfg: TrainConfig, start_step: int = 0):
+    def __init__(self, encoded: Encoded | EncodedText, cfg: TrainConfig, start_step: int = 0):
         self.encoded, self.cfg = encoded, cfg
         self.epoch, self.batches, self.position = 0, epoch_batches(encoded.lengths, cfg.tokens_per_batch, cfg.seed, 0), 0
         for _ in range(start_step):
@@ -101,7 +103,7 @@ def load_touched(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 @dataclass
 class TrainResult:
-    model: TinyDOT
+    model: Decoder
     history: pd.DataFrame
     run_dir: Path
 
@@ -124,13 +126,14 @@ def _load_state(tensors, model, optimizer) -> None:
             optimizer.state[params[int(i)]][key] = value
 
 
-def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig = ModelConfig(),
-          train_config: TrainConfig = TrainConfig(), *, eval_data: Strokes | None = None,
+def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: ModelConfig = ModelConfig(),
+          train_config: TrainConfig = TrainConfig(), *, eval_data: Strokes | Sentences | None = None,
           init_state: dict[str, torch.Tensor] | None = None, start_step: int = 0,
           mask: Mask | None = None, snapshot_steps: tuple[int, ...] = (), progress: bool = True,
           country: str | None = None, verbose: bool | None = None) -> TrainResult:
     """Train tinyDOT on `data`, checkpointing into `run_dir`; resume if it holds an unfinished run.
 
+    data           : strokes or sentences, as `model_config.domain` says (a ConfigError otherwise).
     eval_data      : sequences for the periodic held-out NLL (the first `eval_sequences` are used).
     init_state     : start from these weights instead of a seeded initialisation (same shapes).
     start_step     : begin the schedule and batch order at this step (rewinding to step k).
@@ -145,6 +148,7 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
     """
     if len(data) == 0:
         raise ConfigError("no training sequences selected")
+    encoded = encode(data, model_config)  # checks that the data fit the model before anything is written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
@@ -182,10 +186,9 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
         step, history = int(metadata["step"]), json.loads(metadata["history"])
         window = json.loads(metadata["window"])
 
-    encoded = Encoded(data)
-    held_out = Encoded(eval_data.subset(np.arange(min(cfg.eval_sequences, len(eval_data))))) if eval_data else None
+    held_out = (encode(eval_data.subset(np.arange(min(cfg.eval_sequences, len(eval_data)))), model_config)
+                if eval_data else None)
     stream = BatchStream(encoded, cfg, start_step=step)
-    max_move = model_config.max_move
 
     def save_checkpoint():
         save_tensors(checkpoint, {**_state_tensors(model, optimizer), **{f"touched.{k}": v for k, v in touched.items()}},
@@ -214,9 +217,9 @@ def train(data: Strokes, run_dir: str | os.PathLike, model_config: ModelConfig =
         task = bar.add_task("train", total=cfg.steps, completed=step, status="")
         snapshot()
         while step < cfg.steps:
-            inputs, labels, targets = encoded.batch(stream.next(), max_move)
-            nll = model.nll(inputs, labels, targets)
-            n_tokens = int((targets[..., 2] >= 0).sum())
+            index = stream.next()
+            nll = model.nll(*encoded.batch(index))
+            n_tokens = int(encoded.lengths[index].sum())  # the positions scored: padding is not
             loss = nll.sum() / n_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,11 +1,22 @@
-"""Strokes -> model tensors, in length buckets so that no compute goes to padding."""
+"""Strokes or sentences -> model tensors, in length buckets so that no compute goes to padding.
+
+Both encodings (`Encoded` for strokes, `EncodedText` for sentences) offer the same three things,
+which is all that training and evaluation use:
+    lengths      int64 (n,): positions per sample, each one a prediction the model is scored on
+    len(encoded) samples
+    batch(index) the model's arguments for the samples `index`: `model.nll(*encoded.batch(index))`
+`encode(data, cfg)` picks the encoding for a model config and checks that the data fit the model.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from tinydot.config import ModelConfig
 from tinydot.data.strokes import PEN_DRAW, Strokes
+from tinydot.data.text import Sentences
+from tinydot.errors import ConfigError
 
 # The encoding that tinyDOT reads (tinydot.model imports these).
 PEN_STATES = 3  # draw, end of stroke, end of digit (targets)
@@ -24,9 +35,11 @@ class Encoded:
     moves   : int8 array (n, max_steps + 1, 3) of (dx, dy, pen), zero after position lengths[i]
     lengths : int64 array (n,), positions per sequence = pen steps + 1
     labels  : int64 array (n,)
+    max_move: the model's largest |dx|, |dy|: the offset of the move embeddings (`make_inputs`)
     """
 
-    def __init__(self, strokes: Strokes):
+    def __init__(self, strokes: Strokes, max_move: int = 28):
+        self.max_move = max_move
         n = len(strokes)
         self.moves = np.zeros((n, strokes.steps.shape[1] + 1, 3), dtype=np.int8)
         self.moves[:, 0, :2] = strokes.starts
@@ -38,17 +51,61 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def batch(self, index, max_move: int, positions: int | None = None):
+    def batch(self, index, max_move: int | None = None, positions: int | None = None):
         """Tensors for the sequences `index`: inputs (B, T, 5), labels (B,), targets (B, T, 3).
 
         T is the longest selected sequence, or `positions` if given (padding to a fixed length).
+        max_move defaults to the one given at construction.
         """
         index = np.asarray(index)
+        max_move = self.max_move if max_move is None else max_move
         T = positions or int(self.lengths[index].max())
         targets = torch.from_numpy(self.moves[index, :T].astype(np.int64))  # (B, T, 3)
         padding = torch.from_numpy(np.arange(T)[None, :] >= self.lengths[index][:, None])
         targets[..., 2][padding] = IGNORE
         return make_inputs(targets, max_move), torch.from_numpy(self.labels[index]), targets
+
+
+class EncodedText:
+    """A split of sentences for the text model: sentence i has lengths[i] = words + 1 positions
+    (inputs <eos> w_1..w_L, targets w_1..w_L <eos>: every sentence end is predicted and scored).
+
+    sentences : the `Sentences` it encodes
+    lengths   : int64 array (n,), positions per sentence
+    """
+
+    def __init__(self, sentences: Sentences):
+        self.sentences = sentences
+        self.lengths = sentences.lengths.astype(np.int64) + 1
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, index, positions: int | None = None):
+        """Tensors for the sentences `index`: inputs (B, T) and targets (B, T), IGNORE after each
+        sentence end; T is the longest selected sentence + 1, or `positions` if given."""
+        inputs, targets = self.sentences.padded(index, positions, ignore=IGNORE)
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText:
+    """The encoding of `data` for a model of config `cfg`; a ConfigError if they do not fit
+    (the other domain's data, a vocabulary of another size, a sample longer than max_len)."""
+    kind = "text" if isinstance(data, Sentences) else "strokes" if isinstance(data, Strokes) else None
+    if kind is None:
+        raise TypeError(f"cannot encode {type(data).__name__}; expected Strokes or Sentences")
+    if kind != cfg.domain:
+        raise ConfigError(f"the data are {kind} but the model config is for the {cfg.domain} domain; "
+                          f"set model domain to {kind!r} or give {cfg.domain} data")
+    if kind == "text" and len(data.vocabulary) != cfg.vocab_size:
+        raise ConfigError(f"the text has a vocabulary of {len(data.vocabulary):,} words but the model "
+                          f"config has vocab_size {cfg.vocab_size:,}; set vocab_size to {len(data.vocabulary)}")
+    encoded = EncodedText(data) if kind == "text" else Encoded(data, cfg.max_move)
+    longest = int(encoded.lengths.max(initial=0))
+    if longest > cfg.max_len:
+        raise ConfigError(f"the longest sample needs {longest} positions but the model has max_len "
+                          f"{cfg.max_len}; set model max_len >= {longest}")
+    return encoded
 
 
 def make_inputs(moves: torch.Tensor, max_move: int):

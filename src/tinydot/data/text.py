@@ -276,6 +276,9 @@ def load_all_sentences(data_dir: str | os.PathLike | None = None, *, verify: boo
     are cached under `cache_dir()` keyed by the texts' sha256, so later loads skip the parsing.
     """
     texts = read_texts(data_dir)
+    for text, source in texts.values():  # an empty file says so, not that its sha256 differs
+        if not text.split():
+            split_sentences(text, source=source)
     hashes = {split: hashlib.sha256(canonical_text(text).encode("utf-8")).hexdigest()
               for split, (text, _) in texts.items()}
     if verify:

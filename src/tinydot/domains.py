@@ -1,0 +1,138 @@
+"""Domains: what differs between pen strokes and text, behind one small interface.
+
+A `Domain` bundles, for one kind of data:
+  load(split, data_dir)      one split: `Strokes` (train, test) or `Sentences` (train, valid, test)
+  eval_split                 the split a training run evaluates on as it goes
+  measures, measure(...)     the per-sample complexity measures; `check_measure` rejects others
+  encode(data, cfg)          the model's length-bucketed batches (`tinydot.data.batching.encode`)
+  model_class                the model a ModelConfig of this domain builds (`tinydot.model.MODELS`)
+  unit, describe_nll(...)    the unit of the headline NLL, and the line that reports it
+  model_config, train_config the defaults of `tinydot train --domain NAME`
+
+`DOMAINS` holds one per name of `tinydot.config.DOMAIN_NAMES`; `get_domain(name)` looks one up,
+`domain_of(data)` finds the one a dataset belongs to. Training, evaluation and the lottery do not
+need the registry: they dispatch on the model config's `domain` (`build_model`) and on the data's
+type (`encode`). The registry serves the callers that choose a domain by name: the CLI and the study.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tinydot import complexity
+from tinydot.config import DOMAIN_NAMES, ModelConfig, TrainConfig
+from tinydot.data import text_measures
+from tinydot.data.batching import Encoded, EncodedText, encode
+from tinydot.data.strokes import Strokes, load_strokes
+from tinydot.data.text import PUBLISHED_VOCABULARY, Sentences, load_sentences
+from tinydot.errors import ConfigError
+from tinydot.model import MODELS
+
+Data = Strokes | Sentences
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One kind of data and the pieces of tinydot that depend on it (see the module docstring)."""
+
+    name: str
+    data_type: type
+    splits: tuple[str, ...]
+    eval_split: str
+    measures: tuple[str, ...]
+    unit: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    load: Callable[..., Data]  # (split, data_dir=None) -> one split; an unknown split is a DataError
+    describe_nll: Callable[[dict], str]  # evaluate_nll's result -> e.g. "7.13 bits/word (perplexity 140.3)"
+    _measure: Callable[[Data, tuple[str, ...], Data], pd.DataFrame]
+
+    def check_measure(self, measure: str) -> None:
+        """A ConfigError unless `measure` is one of this domain's complexity measures."""
+        if measure not in self.measures:
+            elsewhere = any(measure in domain.measures for domain in DOMAINS.values())
+            what = f"measure {measure!r} is not defined for the {self.name} domain" if elsewhere else \
+                f"unknown measure {measure!r}"
+            raise ConfigError(f"{what}{_did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
+
+    def measure(self, data: Data, measures: tuple[str, ...] | None = None, *, train: Data | None = None) -> pd.DataFrame:
+        """One row per sample of `data`, one column per measure (default: all of them).
+
+        train : text only, the split whose unigram distribution `surprisal` uses (default: `data`
+                itself, right when `data` is the whole train split).
+        """
+        measures = tuple(self.measures if measures is None else measures)
+        for m in measures:
+            self.check_measure(m)
+        self._check_data(data)
+        return self._measure(data, measures, data if train is None else train)
+
+    def encode(self, data: Data, cfg: ModelConfig) -> Encoded | EncodedText:
+        """Batches of `data` for a model of config `cfg` (a ConfigError if they do not fit)."""
+        self._check_data(data)
+        return encode(data, cfg)
+
+    @property
+    def model_class(self) -> type:
+        return MODELS[self.name]
+
+    def _check_data(self, data) -> None:
+        if not isinstance(data, self.data_type):
+            raise ConfigError(f"the {self.name} domain needs {self.data_type.__name__}, got {type(data).__name__}")
+
+
+def _stroke_measures(data: Strokes, measures, train) -> pd.DataFrame:
+    return complexity.measure_all(data, measures)
+
+
+def _text_measures(data: Sentences, measures, train: Sentences) -> pd.DataFrame:
+    return text_measures.measure_sentences(data, train, measures)
+
+
+STROKES = Domain(
+    name="strokes", data_type=Strokes, splits=("train", "test"), eval_split="test",
+    measures=complexity.MEASURES, unit="bits/step",
+    model_config=ModelConfig(), train_config=TrainConfig(),
+    load=load_strokes, describe_nll=lambda m: f"{m['bits_per_step']:.4f} bits/step", _measure=_stroke_measures,
+)
+
+# The default text model: the stroke model's recipe (pre-norm blocks, one head, GELU MLP of
+# 4 x d_model, no dropout) at 4 layers of width 128: 2.09M parameters, 1.28M of them the tied
+# 10,000 x 128 word embedding. Its training defaults are the paper study preset's budget
+# (500 steps of ~8192 positions: 4.1M predictions, 4.4 epochs of PTB train), AdamW at 3e-3 with
+# 50 warmup steps, evaluated on all 3,370 valid sentences every 100 steps.
+TEXT = Domain(
+    name="text", data_type=Sentences, splits=("train", "valid", "test"), eval_split="valid",
+    measures=text_measures.TEXT_MEASURES, unit="bits/word",
+    model_config=ModelConfig(domain="text", vocab_size=PUBLISHED_VOCABULARY, n_layers=4, d_model=128, d_mlp=512),
+    train_config=TrainConfig(steps=500, warmup_steps=50, eval_every=100, checkpoint_every=100, eval_sequences=3370),
+    load=load_sentences, _measure=_text_measures,
+    describe_nll=lambda m: f"{m['bits_per_word']:.4f} bits/word (perplexity {m['perplexity']:.1f})",
+)
+
+DOMAINS: dict[str, Domain] = {d.name: d for d in (STROKES, TEXT)}
+assert tuple(DOMAINS) == DOMAIN_NAMES  # the names ModelConfig accepts
+
+
+def get_domain(name: str) -> Domain:
+    """The domain called `name`; a one-line ConfigError naming the choices otherwise."""
+    if name not in DOMAINS:
+        raise ConfigError(f"unknown domain {name!r}{_did_you_mean(name, DOMAINS)}; choose {' or '.join(DOMAINS)}")
+    return DOMAINS[name]
+
+
+def domain_of(data: Data) -> Domain:
+    """The domain whose data type `data` is."""
+    for domain in DOMAINS.values():
+        if isinstance(data, domain.data_type):
+            return domain
+    raise TypeError(f"{type(data).__name__} belongs to no domain; expected Strokes or Sentences")

