@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from tinydot.config import StudyConfig
-from tinydot.errors import ConfigError
+from tinydot.errors import ConfigError, TinydotError
 from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predictor_ranking
 from tinydot.report.html import write_study_report
 from tinydot.study import TARGETS, Study, assign, predict, run_study
@@ -303,3 +303,37 @@ def test_compression_targets_of_a_job(tiny_study, train):
                           train.subset(np.arange(200, 300)), on)
     assert row["neurons_fraction"] == row["neurons_kept"] / on.model.d_mlp and 0 < row["neurons_fraction"] <= 1
     assert row["bits_needed"] in (2, 3, 4, 5, 6, 8, 32) and row["bits_fraction"] == row["bits_needed"] / 32
+
+
+def test_a_folder_of_another_study_edition_is_refused(tiny_study, tmp_path, test_split):
+    import shutil
+
+    _, result = tiny_study
+    copy = tmp_path / result.run_dir.name
+    shutil.copytree(result.run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.pop("edition")
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TinydotError, match="written by edition 1 of the study"):
+        predict(copy, test_split.subset(np.arange(50)))
+
+
+def test_usage_shares_leave_the_class_embedding_out(tiny_study):
+    from tinydot.pruning.usage import usage_fractions
+
+    _, result = tiny_study
+    jobs = result.jobs.set_index(["measure", "bin", "digit"])
+    for name, key in (("L-bin1-seed0", ("L", 1, -1)), ("digit5-seed0", ("digit", -1, 5))):
+        counts = pd.read_csv(result.run_dir / "jobs" / name / "level_0" / "used.csv")
+        shares = usage_fractions(counts[counts.tensor != "emb_class.weight"])
+        assert jobs.loc[key, "untouched_fraction"] == pytest.approx(shares["untouched_fraction"])
+        # with it, a class job would count 9 unseen class rows as untouched, a bin job 3
+        assert usage_fractions(counts)["untouched_fraction"] > shares["untouched_fraction"]
+
+
+def test_rightsize_trains_on_the_train_split_only(tiny_study, data_dir):
+    from tinydot.rightsize import run_rightsize
+
+    _, result = tiny_study
+    with pytest.raises(ConfigError, match="give train or train:DIGIT"):
+        run_rightsize(result.run_dir, "test:1", data_dir=data_dir, progress=False)

@@ -354,10 +354,10 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
         table.add_row(r.model, f"{r.n_layers} x {r.d_model}", f"{r.parameters:,}", f"{r.train_flops:.3g}",
                       f"{r.cpu_seconds:.1f}", energy, f"{r.test_bits_per_step:.4f}", f"{r.recognizability:.0%}")
     console.print(table)
-    verdict = "stays within" if summary["within_delta"] else "is WORSE than"
-    console.print(f"the right-sized model {verdict} {100 * summary['delta']:g}% of the reference's test NLL, with "
+    verdict = "stays within {:g}% of" if summary["within_delta"] else "is more than {:g}% worse than"
+    console.print(f"the right-sized model {verdict.format(100 * summary['delta'])} the reference's test NLL, with "
                   f"{100 * summary['flops_saved']:.0f}% fewer training FLOPs; energy is "
-                  f"{'measured' if 'measured:' in str(result['table']['energy_mode'].iloc[0]) else 'an estimate'} "
+                  f"{'measured' if str(result['table']['energy_mode'].iloc[0]).startswith('measured') else 'an estimate'} "
                   f"(see cost.json); wrote {result['run_dir']}")
     write_study_report(study)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+from scipy import stats
 
 
 def fit_ols(x, y):
@@ -62,8 +63,10 @@ def seed_slopes(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
 
 
 def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
-    """Each bin (all its seeds) predicted by the line fitted to the other bins' jobs, against the
-    no-complexity baseline (the other bins' mean)."""
+    """Each bin (all its seeds) predicted by the line fitted to the other bins of the same binning
+    measure, against the no-complexity baseline (their mean). Bins of another binning measure stay
+    out of the fit: they share most of their sequences with the bin left out. Two remaining bins
+    suffice for a line's prediction (no interval is used)."""
     bins, rows = _bins(jobs), []
     groups = bins.groupby(["measure", "bin"]).groups
     for target in targets:
@@ -71,10 +74,10 @@ def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
         for m in predictors:
             for (measure, b), index in groups.items():
                 held = bins.loc[index]
-                rest = bins.drop(index)
+                rest = bins[(bins["measure"] == measure) & (bins["bin"] != b)]
                 rest = rest[np.isfinite(rest[y_col])]
-                actual = held[y_col].mean()
-                if len(rest) < 3 or not np.isfinite(actual):
+                actual = held[y_col].mean() if np.isfinite(held[y_col]).all() else np.nan
+                if rest["bin"].nunique() < 2 or not np.isfinite(actual):
                     continue
                 fit = fit_ols(rest[f"mean_{m}"], rest[y_col])
                 x = held[f"mean_{m}"].mean()
@@ -93,18 +96,20 @@ def loo_summary(loo: pd.DataFrame) -> pd.DataFrame:
         baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())), bins=("error", "size")).reset_index()
 
 
-def predict_line(x: pd.DataFrame, y, point) -> dict:
-    """The OLS prediction of y at `point` (one value per column of x): mean, 95% CI and 95% PI,
-    and whether the point lies inside the range of x the line was fitted on."""
+def predict_line(x: pd.DataFrame, y, point, observations: int = 1) -> dict:
+    """The OLS prediction of y at `point` (one value per column of x): mean, 95% CI and the 95%
+    prediction interval of the mean of `observations` new jobs (e.g. seeds), and whether the point
+    lies inside the range of x the line was fitted on."""
     fit = fit_ols(x, y)
     frame = fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
+    half = stats.t.ppf(0.975, fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + fit.scale / observations)
     low, high = x.min().to_numpy(), x.max().to_numpy()
     inside = bool(np.all(np.asarray(point) >= low) and np.all(np.asarray(point) <= high))
     return {"mean": frame["mean"], "ci_low": frame["mean_ci_lower"], "ci_high": frame["mean_ci_upper"],
-            "pi_low": frame["obs_ci_lower"], "pi_high": frame["obs_ci_upper"], "within_range": inside}
+            "pi_low": frame["mean"] - half, "pi_high": frame["mean"] + half, "within_range": inside}
 
 
-def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict) -> pd.DataFrame:
+def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict, observations: int = 1) -> pd.DataFrame:
     """Every target predicted at the complexity `means` ({measure: value}) by each predictor's line
     (and the joint model when it can be fitted), from the bin jobs."""
     bins, rows = _bins(jobs), []
@@ -117,7 +122,7 @@ def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict) -> pd.
             if len(part) < 3:
                 continue
             line = predict_line(part[[f"mean_{m}" for m in terms]], part[f"{target}_fraction"],
-                                [means[m] for m in terms])
+                                [means[m] for m in terms], observations)
             rows.append({"model": name, "target": target, **line,
                          "complexity": means[terms[0]] if len(terms) == 1 else np.nan})
     return pd.DataFrame(rows)
@@ -133,7 +138,7 @@ def held_out_validation(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame
     bins, classes, rows = _bins(jobs), jobs[jobs["kind"] == "class"], []
     for digit, part in classes.groupby("digit"):
         means = {m: float(part[f"mean_{m}"].mean()) for m in predictors}
-        predicted = predict_targets(jobs, predictors, targets, means)
+        predicted = predict_targets(jobs, predictors, targets, means, observations=len(part))
         for r in predicted.itertuples():
             measured = part[f"{r.target}_fraction"]
             actual = float(measured.mean()) if np.isfinite(measured).all() else np.nan

@@ -55,6 +55,16 @@ def best_predictor(study_dir: Path) -> str:
     return str(needed.iloc[0]["predictor"]) if len(needed) else "L"
 
 
+def predictor_beats_baseline(study_dir: Path, predictor: str) -> bool | None:
+    """Did `predictor` beat ignoring complexity on the study's held-out classes (None: not known)?"""
+    try:
+        ranking = predictor_ranking(pd.read_csv(study_dir / "validation.csv"))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    row = ranking[(ranking["target"] == "needed") & (ranking["predictor"] == predictor)] if len(ranking) else ranking
+    return bool(row.iloc[0]["beats_baseline"]) if len(row) else None
+
+
 def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir=None,
                   predictor: str | None = None, progress: bool = True) -> dict:
     """Predict, build, train and compare (see the module docstring); returns the table, the
@@ -62,6 +72,9 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     study_dir = Path(study_dir)
     study, jobs = load_study(study_dir)
     split, digit = parse_selection(data)
+    if split != "train":
+        raise ConfigError(f"--data {data}: right-sizing trains on the selection and scores on the test split; "
+                          "give train or train:DIGIT")
     selection = digit_subset(load_strokes(split, data_dir), digit)
     test = digit_subset(load_strokes("test", data_dir), digit)
     predictor = predictor or best_predictor(study_dir)
@@ -96,7 +109,9 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     summary = {
         "data": data, "predictor": predictor, "predicted_needed_fraction": float(row["mean"]),
         "pi": [float(row["pi_low"]), float(row["pi_high"])], "needed_weights": needed,
-        "delta": study.prune.delta, "test_sequences": len(test),
+        "delta": study.prune.delta, "test_sequences": len(test), "train_sequences": len(selection),
+        "study_train_sequences": int(jobs.loc[jobs["kind"] == "bin", "n_train"].max()),
+        "predictor_beats_baseline": predictor_beats_baseline(study_dir, predictor),
         "within_delta": bool(rightsized["test_bits_per_step"]
                              <= reference["test_bits_per_step"] * (1 + study.prune.delta)),
         "flops_saved": 1 - rightsized["train_flops"] / reference["train_flops"],

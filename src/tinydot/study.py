@@ -49,12 +49,12 @@ from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, pred
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.lottery import run_lottery
 from tinydot.pruning.structured import fewest_units_within
-from tinydot.pruning.usage import needed_density
+from tinydot.pruning.usage import needed_density, usage_fractions
 from tinydot.quantization import fewest_bits_within
 from tinydot.sizing import smallest_config
 from tinydot.training import init_model
 
-STUDY_EDITION = 2  # joins the hash: folders of the first edition (other targets) are never resumed
+STUDY_EDITION = 3  # joins the hash and config.json: folders of earlier editions are never resumed or misread
 TARGETS = {
     "needed": "needed fraction (ticket within delta of the dense NLL)",
     "unused": "unused fraction, dense (untouched + trained to small)",
@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # the fuller experiment: 2 measures x 4 bins + 3 classes, 3 seeds, a 3-layer d_model-48 tinyDOT
     "paper": {
-        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 6000,
+        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 4000,
                   "compression_targets": True},
         "model": {"n_layers": 3, "d_model": 48, "d_mlp": 192},
         "train": {"steps": 600, "tokens_per_batch": 4096, "warmup_steps": 60, "eval_every": 0,
@@ -201,10 +201,15 @@ def job_specs(study: Study, run_dir: Path, data_dir: str) -> list[dict]:
     return [{**spec, **common} for spec in bins + classes]
 
 
-def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_index) -> dict:
+def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_index, folder: Path) -> dict:
     """A finished job's row: its data, the dense network's weight usage and the needed fraction."""
     dense = table.iloc[0]
     needed = needed_density(table["density"], table["bits_per_step"], study.prune.delta)
+    # which digit classes a job sees is the design's choice (a bin never sees the held-out classes,
+    # a class job sees one): their embedding rows are untouched whatever the data's complexity, so
+    # the study's usage shares leave the class embedding out
+    counts = pd.read_csv(folder / "level_0" / "used.csv")
+    shares = usage_fractions(counts[counts["tensor"] != "emb_class.weight"])
     return {"kind": spec["kind"], "measure": spec["measure"], "bin": spec["bin"] if spec["kind"] == "bin" else -1,
             "digit": spec["bin"] if spec["kind"] == "class" else -1, "seed": spec["seed"],
             "n_train": len(train_index), "n_held_out": len(test_index),
@@ -212,11 +217,8 @@ def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_ind
             "needed_fraction": needed["needed"], "needed_reached": needed["reached"],
             "needed_within_density": needed["within_density"], "needed_above_density": needed["above_density"],
             "levels": len(table) - 1,
-            "unused_fraction": float(dense["unused_fraction"]),
-            "untouched_fraction": float(dense["untouched_fraction"]),
-            "trained_to_small_fraction": float(dense["trained_to_small_fraction"]),
-            "used_fraction": float(dense["used_fraction"]),
-            "unused_fraction_relative": float(dense["unused_fraction_relative"]),
+            **{k: shares[k] for k in ("unused_fraction", "untouched_fraction", "trained_to_small_fraction",
+                                      "used_fraction", "unused_fraction_relative")},
             "dense_bits_per_step": float(dense["bits_per_step"]), "threshold_bits_per_step": needed["threshold"],
             "dense_zeroed_bits_per_step": float(dense["zeroed_bits_per_step"])}
 
@@ -229,7 +231,9 @@ def compression_row(folder: Path, train: Strokes, held_out: Strokes, study: Stud
     neurons = fewest_units_within(model, "neurons", data, delta, "taylor", calibration)
     bits = fewest_bits_within(model, data, delta, "gpfq", calibration, bits=(8, 6, 5, 4, 3, 2))
     return {"neurons_fraction": neurons["kept"] / (neurons["kept"] + neurons["removed"]),
-            "neurons_kept": neurons["kept"], "bits_fraction": bits["bits"] / 32, "bits_needed": bits["bits"]}
+            "neurons_kept": neurons["kept"],  # all of them when no removal stays within delta
+            # more than 8 bits needed: not reached within the widths tried (NaN, left out of the fits)
+            "bits_fraction": bits["bits"] / 32 if bits["bits"] <= 8 else np.nan, "bits_needed": bits["bits"]}
 
 
 COST_COLUMNS = ("wall_seconds", "cpu_seconds", "train_flops_dense", "train_flops_sparse", "energy_kwh", "co2_kg")
@@ -279,7 +283,7 @@ def run_job(spec: dict) -> dict:
     init = init_model(study.model, seed).state_dict()  # the same initial weights in every job of a seed
     result = run_lottery(strokes.subset(train_index), folder, strokes.subset(test_index), study.model, train_cfg,
                          study.prune, init_state=init, stop_above_delta=True, progress=False)
-    row = job_row(result.table, study, spec, train_index, test_index)
+    row = job_row(result.table, study, spec, train_index, test_index, folder)
     row.update({f"mean_{m}": float(table.loc[train_index, m].mean()) for m in study.recorded_measures})
     row["complexity"] = row[f"mean_{spec['measure']}"] if spec["kind"] == "bin" else np.nan
     if study.study.compression_targets:
@@ -326,7 +330,7 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
         assignments = assign(strokes, study)
         check_bins(assignments, study)  # before the run folder exists
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(study.to_dict(), indent=2) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps({**study.to_dict(), "edition": STUDY_EDITION}, indent=2) + "\n")
     if not assignments_path.exists():
         with atomic_path(assignments_path) as tmp:
             assignments.to_csv(tmp, index=False)
@@ -366,7 +370,16 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     if not text.endswith("\n") or len(jobs) != finished:  # pandas ends every row with a newline
         raise TinydotError(f"{run_dir}/jobs.csv is damaged (truncated: {len(jobs)} rows for {finished} finished "
                            f"jobs); {repair}")
-    return Study.from_dict(values), jobs
+    return read_study_config(values, run_dir), jobs
+
+
+def read_study_config(values: dict, run_dir: Path) -> Study:
+    """A run folder's Study, refused in one line when an older edition of the study wrote it."""
+    edition = values.pop("edition", 1)
+    if edition != STUDY_EDITION:
+        raise TinydotError(f"{run_dir} was written by edition {edition} of the study (this tinydot reads edition "
+                           f"{STUDY_EDITION}); re-run `tinydot study` with its configuration")
+    return Study.from_dict(values)
 
 
 def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:

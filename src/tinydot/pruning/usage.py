@@ -14,6 +14,7 @@ Every prunable weight falls in exactly one of four parts:
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,7 @@ def usage_counts(model: nn.Module, names: list[str], touched: dict[str, torch.Te
 
 
 def usage_fractions(counts: pd.DataFrame) -> dict[str, float]:
-    """Each part as a fraction of all prunable weights, plus `unused_fraction` (their sum but used)
+    """Each part as a fraction of all prunable weights, plus `unused_fraction` (everything but used)
     and `unused_fraction_relative`; from a `usage_counts` table."""
     total = counts["total"].sum()
     fractions = {f"{part}_fraction": float(counts[part].sum() / total) for part in PARTS}
@@ -68,8 +69,7 @@ def usage_fractions(counts: pd.DataFrame) -> dict[str, float]:
 def zero_unused(model: nn.Module, names: list[str], touched: dict[str, torch.Tensor],
                 mask: dict[str, torch.Tensor] | None, epsilon: float) -> nn.Module:
     """A copy of `model` with every unused prunable weight (pruned, untouched, trained to small) set to zero."""
-    copy = type(model)(model.cfg)
-    copy.load_state_dict(model.state_dict())
+    copy = deepcopy(model)  # no re-initialisation: no global random state touched
     used = usage_masks(model, names, touched, mask, epsilon)["used"]
     params = dict(copy.named_parameters())
     with torch.no_grad():
@@ -93,7 +93,7 @@ def needed_density(densities, nlls, delta: float) -> dict:
     if not delta > 0:
         raise ValueError(f"delta must be > 0, got {delta}")
     threshold = nlls[0] * (1 + delta)
-    above = np.flatnonzero(nlls > threshold)
+    above = np.flatnonzero(~(nlls <= threshold))  # a diverged ticket (NaN) counts as above
     if len(above) == 0:
         last = len(densities) - 1
         return {"needed": math.nan, "reached": False, "threshold": threshold, "within_level": last,

@@ -23,11 +23,12 @@ from tinydot.fits import loo_summary, predictor_ranking
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.report import figures
 from tinydot.sampling import sample
-from tinydot.study import TARGETS, Study, job_name
+from tinydot.study import TARGETS, job_name, read_study_config
 
 
 def _environment() -> Environment:
-    return Environment(loader=PackageLoader("tinydot.report", "templates"), autoescape=select_autoescape())
+    return Environment(loader=PackageLoader("tinydot.report", "templates"),
+                       autoescape=select_autoescape(enabled_extensions=("html", "j2")))
 
 
 def _now() -> str:
@@ -86,12 +87,18 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
                 "significant at the 5% level.")
     parts = ols[(ols["model"] == "L") & ols["target"].isin(["untouched", "trained_to_small"])].set_index("target")
     if len(parts) == 2:
-        carrier = parts["p_value"].idxmin()
+        significant = parts[parts["p_value"] < alpha]
+        carrier = (significant["coef"].abs().idxmax().replace("_", "-") + " part carries more of it"
+                   if len(significant) else "neither slope is distinguishable from zero at the 5% level")
         sentences.append(
             f"Which part carries the complexity effect on unused weights: against L the untouched share has slope "
             f"{_fmt(parts.loc['untouched', 'coef'])} (p = {_fmt(parts.loc['untouched', 'p_value'])}) and the "
             f"trained-to-small share {_fmt(parts.loc['trained_to_small', 'coef'])} (p = "
-            f"{_fmt(parts.loc['trained_to_small', 'p_value'])}): the {carrier.replace('_', '-')} part carries more of it.")
+            f"{_fmt(parts.loc['trained_to_small', 'p_value'])}): {carrier}.")
+    sentences.append(
+        f"How far to trust the p-values: {len(ols)} coefficients were tested without correction, and the jobs are not "
+        "independent (bins of different measures share sequences; the jobs of a seed share initial weights), so "
+        "p-values and intervals are optimistic; the spread of the slope over seeds is the sturdier evidence.")
     if not validation.empty:
         ranking = predictor_ranking(validation)
         for target in ("needed", "unused", "neurons", "bits"):
@@ -138,7 +145,7 @@ def _samples_figure(run_dir: Path, jobs: pd.DataFrame, measures):
 def write_study_report(run_dir: str | Path) -> Path:
     """Build figures and report.html in `run_dir` from its config, assignments and tables."""
     run_dir = Path(run_dir)
-    study = Study.from_dict(json.loads((run_dir / "config.json").read_text()))
+    study = read_study_config(json.loads((run_dir / "config.json").read_text()), run_dir)
     tables = {name: _read_table(run_dir / f"{name}.csv") for name in ("jobs", "ols", "loo", "validation", "seed_slopes")}
     jobs = tables["jobs"].assign(job=lambda frame: _job_names(frame))
     assignments = pd.read_csv(run_dir / "assignments.csv")
