@@ -24,7 +24,7 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.evaluation import evaluate
 from tinydot.io import atomic_write_text, check_writable_dir, check_writable_file
 from tinydot.sampling import sample
-from tinydot.study import Study, load_study
+from tinydot.study import STUDY_EDITION, Study, load_study
 from tinydot.training import init_model
 
 SRC = str(Path(__file__).parents[1] / "src")
@@ -296,7 +296,7 @@ def study_folder(tmp_path) -> Path:
         job = folder / "jobs" / f"L-bin{row['bin']}-seed0"
         job.mkdir(parents=True)
         (job / "job.json").write_text(json.dumps(row))
-    (folder / "config.json").write_text(json.dumps(Study().to_dict()))
+    (folder / "config.json").write_text(json.dumps({**Study().to_dict(), "edition": STUDY_EDITION}))
     pd.DataFrame(rows).to_csv(folder / "jobs.csv", index=False)
     return folder
 
