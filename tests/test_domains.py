@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinydot.checkpoint import load_model, load_tensors, save_model
@@ -20,7 +19,7 @@ from tinydot.data.text_measures import measure_sentences
 from tinydot.domains import DOMAINS, domain_of, get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.flops import FlopTally, forward_flops, kept_weights, linear_shapes, train_step_flops
+from tinydot.flops import forward_flops, kept_weights, linear_shapes, train_step_flops
 from tinydot.lottery import run_lottery
 from tinydot.model import TextDOT, TinyDOT
 from tinydot.pruning.mask import load_mask, prunable_names
