@@ -33,6 +33,9 @@ SCRIPT = textwrap.dedent("""
 
 
     if __name__ == "__main__":
+        # as in a terminal: a job started in the background (CI, nohup) inherits SIGINT ignored
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         run_jobs(slow_job, [(sys.argv[1], job) for job in range(4)], workers=2, progress=False)
 """)
 
