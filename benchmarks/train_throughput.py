@@ -1,29 +1,46 @@
-"""Training throughput: tinydot's length-bucketed training step vs a naive padded loop.
+"""Training throughput: tinydot's training step against the step it replaced and a naive padded loop.
 
-Both run the same model (default ModelConfig) with AdamW on the real train split. Measured in
-one run:
-  real   the training step as `tinydot.training.train` runs it: length buckets of ~8192 positions
-  naive  fixed batches of random sequences, every one padded to the full 117 positions
-Throughput counts real positions (start point + pen steps) per second; padding is work but not
-progress. Also prints model-FLOPs utilisation against a matmul peak measured on the spot.
-Goal (issue 3): >= 3x the naive loop.
+Measured in one run, on the real train split, for two models and two thread counts:
+  quick    the study's quick-preset tinyDOT (2 layers, d_model 32, MLP 128), batches of ~4096 positions
+  default  the default tinyDOT (3 layers, d_model 64, MLP 256), batches of ~8192 positions
+Rows (all on the same length-bucketed batches except `naive`):
+  naive         fixed batches of random sequences padded to 117 positions, baseline step
+  baseline      the training step before issue 15, kept here verbatim: the old `TinyDOT.nll`,
+                for-loop AdamW, gradient clipping one tensor at a time, the touched tracking `train` does
+  step          `tinydot.training.training_step`, what `train` runs now (heads and cross-entropy
+                on (positions, classes) rows, fused AdamW, foreach clipping)
+  step relu     the same with `activation: relu` (a different model: see README, "Training speed")
+  masked rows   baseline and step training under a 50% magnitude mask (pruned lottery levels)
+Throughput counts scored positions per second (padding is work but not progress). Baseline and new
+steps alternate batch by batch, so a busy machine slows both alike; the ratio is new / baseline.
+MFU: analytic training FLOPs (tinydot.flops, dense) per second over a 1024^3 matmul measured now
+at the same thread count.
 
-    python benchmarks/train_throughput.py [--steps 30]
+    python benchmarks/train_throughput.py [--steps 40] [--models quick default] [--threads 1 2]
 """
 
 import argparse
+import dataclasses
+import statistics
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tinydot.config import ModelConfig, TrainConfig
 from tinydot.data import load_strokes
-from tinydot.data.batching import Encoded, epoch_batches
-from tinydot.training import init_model, make_optimizer
+from tinydot.data.batching import IGNORE, OUT_DX, OUT_DY, OUT_PEN, Encoded, epoch_batches
+from tinydot.flops import train_step_flops
+from tinydot.pruning.magnitude import prune
+from tinydot.pruning.mask import full_mask, masked_pairs, prunable_names
+from tinydot.training import init_model, make_optimizer, training_step
+
+MODELS = {"quick": (ModelConfig(n_layers=2, d_model=32, d_mlp=128), 4096), "default": (ModelConfig(), 8192)}
+WARMUP = 3
 
 
-def matmul_peak(n=1024, repeats=20) -> float:
+def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
@@ -33,56 +50,134 @@ def matmul_peak(n=1024, repeats=20) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
-def flops_per_position(cfg: ModelConfig, context: float) -> float:
-    """Training FLOPs per position: 3 x forward (2 per weight of every matmul + attention scores)."""
-    d = cfg.d_model
-    per_block = 2 * (3 * d * d + d * d + 2 * d * cfg.d_mlp) + 2 * 2 * context * d  # matmuls + QK^T, AV
-    moves = 2 * cfg.max_move + 1
-    heads = 2 * (d * 3 + d * moves + d * d + d * moves)
-    return 3 * (cfg.n_layers * per_block + heads)
+def baseline_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The optimizer before issue 15: AdamW's for-loop implementation."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, cfg.beta2), foreach=False)
 
 
-def run(encoded, batches, model, cfg, steps, pad_to=None):
-    optimizer = make_optimizer(model, TrainConfig())
-    scored, spent = 0, 0.0
-    for i in range(steps + 3):
-        start = time.perf_counter()  # batch building is part of the step
-        inputs, labels, targets = encoded.batch(batches[i % len(batches)], cfg.max_move, pad_to)
-        nll = model.nll(inputs, labels, targets)
-        n = int((targets[..., 2] >= 0).sum())
-        loss = nll.sum() / n
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if i >= 3:  # warm-up steps are not timed
-            spent += time.perf_counter() - start
-            scored += n
-    return scored / spent
+def baseline_nll(model, inputs, labels, targets):
+    """TinyDOT.nll before issue 15: heads on (B, T, d), cross-entropy on (B, classes, T) views."""
+    h, _ = model(inputs, labels)
+    pen_t = targets[..., OUT_PEN]
+    valid = pen_t != IGNORE
+    draw = (pen_t == 0).float()
+    dx_t = targets[..., OUT_DX].long() + model.cfg.max_move
+    dy_t = targets[..., OUT_DY].long() + model.cfg.max_move
+    nll_pen = F.cross_entropy(model.head_pen(h).transpose(1, 2), pen_t.clamp(min=0), reduction="none")
+    nll_pen = torch.cat([torch.zeros_like(nll_pen[:, :1]), nll_pen[:, 1:]], dim=1)
+    nll_dx = F.cross_entropy(model.head_dx(h).transpose(1, 2), dx_t, reduction="none")
+    nll_dy = F.cross_entropy(model.dy_logits(h, dx_t).transpose(1, 2), dy_t, reduction="none")
+    return (nll_pen + draw * (nll_dx + nll_dy)) * valid
+
+
+def baseline_step(model, optimizer, batch, n_positions, *, lr, grad_clip, masked=(), touched=()) -> float:
+    """The training step as `train` ran it before issue 15 (same arguments as `training_step`)."""
+    nll = baseline_nll(model, *batch)
+    loss = nll.sum() / n_positions
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for param, keep in masked:
+        param.grad.mul_(keep)
+    for param, seen in touched:
+        if param.grad is not None:
+            seen |= param.grad != 0
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    for param, keep in masked:
+        param.data.mul_(keep)
+    return float(nll.detach().sum())
+
+
+class Trainer:
+    """One model + optimizer + step function, stepping through the given batches."""
+
+    def __init__(self, cfg, step, optimizer, mask=None):
+        self.cfg, self.step_fn = cfg, step
+        self.model = init_model(cfg, 0)
+        self.masked = masked_pairs(self.model, mask) if mask is not None else []
+        for param, keep in self.masked:
+            param.data.mul_(keep)
+        self.optimizer = optimizer(self.model, TrainConfig())
+        self.touched = [(p, torch.zeros_like(p, dtype=torch.bool)) for p in self.model.parameters() if p.dim() >= 2]
+        self.seconds, self.positions, self.flops, self.calls = 0.0, 0, 0, 0
+
+    def step(self, encoded, index, pad_to=None):
+        start = time.perf_counter()  # building the batch is part of the step
+        batch = encoded.batch(index, positions=pad_to)
+        n = int(encoded.lengths[index].sum())
+        self.step_fn(self.model, self.optimizer, batch, n, lr=1e-3, grad_clip=1.0, masked=self.masked,
+                     touched=self.touched)
+        elapsed = time.perf_counter() - start
+        self.calls += 1
+        if self.calls > WARMUP:
+            self.seconds += elapsed
+            self.positions += n
+            self.flops += train_step_flops(self.cfg, len(index), batch[0].shape[1])
+
+    @property
+    def throughput(self) -> float:
+        return self.positions / self.seconds
+
+
+def magnitude_mask(cfg: ModelConfig):
+    """Half of the prunable weights removed by magnitude from the initial weights (a pruned level's shape)."""
+    model = init_model(cfg, 0)
+    return prune(model, full_mask(model, prunable_names(model)), 0.5)
+
+
+def measure(name: str, threads: int, steps: int, encoded: Encoded) -> list[tuple[str, float, float]]:
+    cfg, tokens = MODELS[name]
+    torch.set_num_threads(threads)
+    peak = matmul_peak()
+    batches = epoch_batches(encoded.lengths, tokens, seed=0, epoch=0)[: steps + WARMUP]
+    per_batch = tokens // int(encoded.lengths.max())
+    order = np.random.default_rng(0).permutation(len(encoded))
+    naive_batches = [order[i * per_batch: (i + 1) * per_batch] for i in range(steps + WARMUP)]
+    relu = dataclasses.replace(cfg, activation="relu")
+    mask = magnitude_mask(cfg)
+    runs = {
+        "baseline": Trainer(cfg, baseline_step, baseline_optimizer),
+        "step": Trainer(cfg, training_step, make_optimizer),
+        "step relu": Trainer(relu, training_step, make_optimizer),
+        "baseline, 50% masked": Trainer(cfg, baseline_step, baseline_optimizer, mask),
+        "step, 50% masked": Trainer(cfg, training_step, make_optimizer, mask),
+    }
+    naive = Trainer(cfg, baseline_step, baseline_optimizer)
+    for i in range(steps + WARMUP):  # interleaved: every variant sees the machine in the same state
+        for run in runs.values():
+            run.step(encoded, batches[i])
+        naive.step(encoded, naive_batches[i], pad_to=int(encoded.lengths.max()))
+    base, base_masked = runs["baseline"].throughput, runs["baseline, 50% masked"].throughput
+    rows = [("naive padded loop", naive.throughput, naive.flops / naive.seconds / peak, naive.throughput / base)]
+    for label, run in runs.items():
+        reference = base_masked if "masked" in label else base
+        rows.append((label, run.throughput, run.flops / run.seconds / peak, run.throughput / reference))
+    print(f"\n{name} model ({init_model(cfg, 0).num_params():,} parameters), {threads} thread(s), "
+          f"~{tokens} positions per batch, {steps} timed steps; matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"  {'':24s} {'positions/s':>12s} {'ms/step':>8s} {'MFU':>6s} {'vs baseline':>12s}")
+    for label, throughput, mfu, ratio in rows:
+        print(f"  {label:24s} {throughput:12,.0f} {tokens / throughput * 1e3:8.1f} {mfu:6.1%} {ratio:11.2f}x")
+    return rows
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=30)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     args = parser.parse_args()
-    cfg, tcfg = ModelConfig(), TrainConfig()
     encoded = Encoded(load_strokes("train"))
-    bucketed = epoch_batches(encoded.lengths, tcfg.tokens_per_batch, seed=0, epoch=0)
-    # naive: the same positions per batch as padded to 117 would hold: 8192 // 117 = 70 sequences
-    per_batch = tcfg.tokens_per_batch // int(encoded.lengths.max())
-    order = np.random.default_rng(0).permutation(len(encoded))
-    naive_batches = [order[i: i + per_batch] for i in range(0, len(order) - per_batch, per_batch)]
-
-    peak = matmul_peak()
-    real = run(encoded, bucketed, init_model(cfg, 0), cfg, args.steps)
-    naive = run(encoded, naive_batches, init_model(cfg, 0), cfg, args.steps, pad_to=int(encoded.lengths.max()))
-    mean_context = float((encoded.lengths ** 2).sum() / encoded.lengths.sum() / 2)
-    mfu = real * flops_per_position(cfg, mean_context) / peak
-    print(f"model: {init_model(cfg, 0).num_params():,} parameters, {cfg.n_layers} layers, d_model {cfg.d_model}")
-    print(f"matmul peak (1024^2, measured now): {peak / 1e9:.1f} GFLOP/s")
-    print(f"naive padded loop: {naive:,.0f} positions/s")
-    print(f"tinydot training step: {real:,.0f} positions/s  (MFU {mfu:.1%})")
-    print(f"ratio tinydot / naive: {real / naive:.2f}x (goal >= 3x)")
+    for name in args.models:
+        for threads in args.threads:
+            measure(name, threads, args.steps, encoded)
+    print("\ngoal (issue 15): step >= 1.5x baseline for the quick model at 1 thread, >= 1.3x for the default at 2")
 
 
 if __name__ == "__main__":

@@ -220,17 +220,19 @@ def test_training_writes_its_cost_and_a_resume_adds_to_it(tmp_path, monkeypatch)
     cfg_model = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
     cfg = TrainConfig(steps=5, tokens_per_batch=600, warmup_steps=1, eval_every=0, checkpoint_every=2)
     data = synthetic_strokes(n=30, seed=4)
-    real_lr_at = training.lr_at
+    real_step, calls = training.training_step, []
 
-    def die_at_step_2(step, config):
-        if step == 2:  # the third batch's forward and backward are done: its work is spent
+    def die_in_step_3(model, optimizer, batch, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third batch's forward and backward are done: its work is spent
+            model.nll(*batch).sum().backward()
             raise KeyboardInterrupt
-        return real_lr_at(step, config)
+        return real_step(model, optimizer, batch, *args, **kwargs)
 
-    monkeypatch.setattr(training, "lr_at", die_at_step_2)
+    monkeypatch.setattr(training, "training_step", die_in_step_3)
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path, cfg_model, cfg, progress=False)
-    monkeypatch.setattr(training, "lr_at", real_lr_at)
+    monkeypatch.setattr(training, "training_step", real_step)
     train(data, tmp_path, cfg_model, cfg, progress=False)
     train(data, tmp_path, cfg_model, cfg, progress=False)  # finished: nothing more is spent
 

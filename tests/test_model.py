@@ -1,5 +1,7 @@
 """tinyDOT: causality, likelihood facts, overfitting, checkpoints, sampling."""
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -89,6 +91,26 @@ def test_a_run_folder_refuses_a_different_config(few, tmp_path):
         train(few, tmp_path, TINY, TrainConfig(steps=3, eval_every=0), progress=False)
 
 
+def test_a_folder_written_before_a_config_field_existed_still_resumes(few, tmp_path):
+    """config.json without `activation` (written before the field existed) is the default config."""
+    cfg = TrainConfig(steps=2, eval_every=0)
+    train(few, tmp_path, TINY, cfg, progress=False)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["model"]["activation"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert train(few, tmp_path, TINY, cfg, progress=False).history["step"].iloc[-1] == 2
+
+
+@pytest.mark.parametrize("activation,function", [("gelu", torch.nn.functional.gelu), ("relu", torch.relu)])
+def test_activation_is_the_mlp_and_dy_head_nonlinearity(activation, function):
+    model = init_model(dataclasses.replace(TINY, activation=activation), 0)
+    h, dx = torch.randn(4, 7, TINY.d_model), torch.randint(0, 57, (4, 7))
+    expected = model.head_dy(function(model.dy_in(h) + model.dy_given_dx(dx)))
+    torch.testing.assert_close(model.dy_logits(h, dx), expected, rtol=0, atol=0)
+    block = model.blocks[0]
+    torch.testing.assert_close(block.mlp(h), block.mlp[2](function(block.mlp[0](h))), rtol=0, atol=0)
+
+
 def test_checkpoint_round_trip_is_bit_exact(tmp_path, few):
     model = init_model(TINY, seed=3)
     save_model(tmp_path / "m.safetensors", model)
@@ -124,6 +146,7 @@ def test_bad_checkpoints(tmp_path):
     ({"d_model": 30, "n_heads": 4}, "divisible by n_heads"),
     ({"max_move": 10}, "max_move must be >= 28"),
     ({"layers": 2}, "unknown ModelConfig field"),
+    ({"activation": "tanh"}, "unknown model activation 'tanh'; choose gelu or relu"),
 ])
 def test_bad_model_config(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -193,3 +216,23 @@ def test_make_inputs_tracks_the_pen_position():
     assert inputs[0, :, 3].tolist() == [0, 3, 4, 4, 2]  # x after each previous move
     assert inputs[0, :, 4].tolist() == [0, 4, 4, 4, 9]
     assert inputs[0, :, 2].tolist() == [3, 0, 0, 1, 0]  # BOS, then the previous pen state
+
+
+def test_nll_matches_a_position_by_position_computation(few):
+    """TinyDOT.nll against the factorization written out one position at a time (module docstring)."""
+    model = init_model(TINY, 3)
+    inputs, labels, targets = Encoded(few).batch(np.arange(4))
+    nll = model.nll(inputs, labels, targets).detach()
+    h = model(inputs, labels)[0].detach()
+    for b in range(4):
+        for t in range(inputs.shape[1]):
+            dx, dy, pen = (int(v) for v in targets[b, t])
+            if pen == -1:  # padding
+                assert nll[b, t] == 0
+                continue
+            expected = 0.0 if t == 0 else -torch.log_softmax(model.head_pen(h[b, t]), 0)[pen]
+            if pen == 0:
+                dxi, dyi = torch.tensor(dx + TINY.max_move), dy + TINY.max_move
+                expected = expected - torch.log_softmax(model.head_dx(h[b, t]), 0)[dxi]
+                expected = expected - torch.log_softmax(model.dy_logits(h[b, t], dxi), 0)[dyi]
+            torch.testing.assert_close(nll[b, t], torch.as_tensor(expected).detach(), rtol=1e-5, atol=1e-5)

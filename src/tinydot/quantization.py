@@ -142,8 +142,8 @@ def layer_inputs(model: TinyDOT, module_name: str, calibration: Encoded, tokens_
     module = dict(model.named_modules())[module_name]
     rows, valid = [], []
 
-    def capture(mod, args):
-        rows.append(args[0][valid[-1]])
+    def capture(mod, args):  # inputs (B, T, in) in the trunk, (B * T, in) in the heads: same row order
+        rows.append(args[0].reshape(-1, args[0].shape[-1])[valid[-1].reshape(-1)])
 
     handle = module.register_forward_pre_hook(capture)
     try:
