@@ -2,7 +2,8 @@
 out, and predictions for data the fits never saw, with intervals.
 
 Pure computations on a job table, one row per job: `kind` ("bin" for a complexity bin, "class" for
-a held-out digit class), `measure` / `bin` (the binning), `digit`, `seed`, `mean_<m>` (the job's
+a held-out digit class, "group" for a held-out group of text sentences), `measure` / `bin` (the
+binning), `digit` (strokes) or `group` (text) naming the held-out job, `seed`, `mean_<m>` (the job's
 mean of measure m) and `<target>_fraction` per target. Lines are fitted on the bin jobs only; rows
 whose target is NaN (a needed fraction not reached within the levels) are left out of the fit.
 No files, no figures.
@@ -14,6 +15,14 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
+
+
+HELD_OUT_COLUMNS = {"class": "digit", "group": "group"}  # kind of a held-out job -> the column naming it
+
+
+def held_out_column(jobs: pd.DataFrame) -> str:
+    """The column that names a job table's held-out jobs: digit (strokes) or group (text)."""
+    return "group" if "group" in jobs and "digit" not in jobs else "digit"
 
 
 def fit_ols(x, y):
@@ -129,21 +138,22 @@ def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict, observ
 
 
 def held_out_validation(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
-    """Each held-out class: its targets predicted from its complexity alone by the bin jobs' lines
+    """Each held-out class (or text group): its targets predicted from its complexity alone by the bin jobs' lines
     (95% prediction interval), against what its own jobs measured (mean over seeds); whether the
     interval covered the measurement; and the error of the baseline that ignores complexity (the
     bin jobs' mean)."""
-    if "kind" not in jobs or not (jobs["kind"] == "class").any():
+    if "kind" not in jobs or not jobs["kind"].isin(list(HELD_OUT_COLUMNS)).any():
         return pd.DataFrame()
-    bins, classes, rows = _bins(jobs), jobs[jobs["kind"] == "class"], []
-    for digit, part in classes.groupby("digit"):
+    key = held_out_column(jobs)
+    bins, classes, rows = _bins(jobs), jobs[jobs["kind"].isin(list(HELD_OUT_COLUMNS))], []
+    for digit, part in classes.groupby(key):
         means = {m: float(part[f"mean_{m}"].mean()) for m in predictors}
         predicted = predict_targets(jobs, predictors, targets, means, observations=len(part))
         for r in predicted.itertuples():
             measured = part[f"{r.target}_fraction"]
             actual = float(measured.mean()) if np.isfinite(measured).all() else np.nan
             baseline = float(bins[f"{r.target}_fraction"].mean())
-            rows.append({"digit": int(digit), "target": r.target, "predictor": r.model,
+            rows.append({key: int(digit), "target": r.target, "predictor": r.model,
                          "complexity": r.complexity, "predicted": r.mean, "pi_low": r.pi_low,
                          "pi_high": r.pi_high, "measured": actual, "measured_sd": float(measured.std(ddof=1))
                          if len(measured) > 1 else np.nan, "seeds": len(measured),
@@ -162,7 +172,7 @@ def predictor_ranking(validation: pd.DataFrame) -> pd.DataFrame:
     table = fine.groupby(["target", "predictor"], sort=False).agg(
         mae=("error", lambda e: float(np.abs(e).mean())),
         baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())),
-        covered=("covered", "mean"), classes=("digit", "nunique")).reset_index()
+        covered=("covered", "mean"), classes=(held_out_column(validation), "nunique")).reset_index()
     table["beats_baseline"] = table["mae"] < table["baseline_mae"]
     table["rank"] = table.groupby("target")["mae"].rank(method="min").astype(int)
     return table.sort_values(["target", "rank"]).reset_index(drop=True)

@@ -57,7 +57,7 @@ def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
     fig = Figure(figsize=(4.2 * len(measures), 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(measures)))
     for ax, m in zip(axes, measures):
-        pool = assignments[assignments[f"bin_{m}"] >= 0]
+        pool = assignments[assignments[f"bin_{m}"] >= 0]  # text: the train split (valid rows are -1)
         values = pool[m].to_numpy(dtype=float)
         discrete = np.allclose(values, np.round(values)) and np.ptp(values) < 200
         ax.hist(values, bins=np.arange(values.min() - 0.5, values.max() + 1.5) if discrete else 60, color="#4c72b0")
@@ -65,7 +65,8 @@ def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
             ax.axvline(edge, color="black", lw=1, ls="--")
         ax.set_title(f"{m}: {bins} equal-count bins", fontsize=9)
         ax.set_xlabel(m)
-    axes[0].set_ylabel("train samples (held-out classes excluded)")
+    axes[0].set_ylabel("train samples (held-out classes excluded)" if "held_class" in assignments
+                       else "train sentences")
     return fig
 
 
@@ -145,7 +146,8 @@ def ols_fits(jobs: pd.DataFrame, predictors, targets: dict[str, str], validation
                 ax.errorbar(held["complexity"], held["predicted"],
                             yerr=[held["predicted"] - held["pi_low"], held["pi_high"] - held["predicted"]],
                             fmt="none", ecolor="#c44e52", alpha=0.6, capsize=2)
-                ax.plot(held["complexity"], held["measured"], "D", color="#c44e52", ms=5, label="held-out classes")
+                ax.plot(held["complexity"], held["measured"], "D", color="#c44e52", ms=5,
+                        label="held-out classes" if "digit" in held else "held-out groups")
             ax.set_xlabel(f"mean {m}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)

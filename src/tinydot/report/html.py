@@ -19,7 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
-from tinydot.fits import loo_summary, predictor_ranking
+from tinydot.fits import held_out_column, loo_summary, predictor_ranking
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.report import figures
 from tinydot.sampling import sample
@@ -99,15 +99,26 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
         f"How far to trust the p-values: {len(ols)} coefficients were tested without correction, and the jobs are not "
         "independent (bins of different measures share sequences; the jobs of a seed share initial weights), so "
         "p-values and intervals are optimistic; the spread of the slope over seeds is the sturdier evidence.")
+    if "unigram_bits_per_step" in jobs:  # text: is there anything to need beyond word frequencies?
+        beats = jobs["dense_bits_per_step"] < jobs["unigram_bits_per_step"]
+        sentences.append(
+            f"Is the question meaningful: the dense model beats the add-one unigram of its own training sentences "
+            f"on its held-out sentences in {int(beats.sum())} of {len(jobs)} jobs (dense "
+            f"{_fmt(jobs['dense_bits_per_step'].mean())} vs unigram {_fmt(jobs['unigram_bits_per_step'].mean())} "
+            "bits/word on average)" + ("." if beats.all() else "; where it does not, the needed fraction measures "
+                                       "a model that has not yet learnt even the word frequencies.") +
+            " The needed fraction counts the trunk only (the word embedding is reported apart).")
     if not validation.empty:
         ranking = predictor_ranking(validation)
+        key = held_out_column(validation)
+        noun = "classes" if key == "digit" else "valid groups"
         for target in ("needed", "unused", "neurons", "bits"):
             part = ranking[ranking["target"] == target]
             if part.empty:
                 continue
             best = part.iloc[0]
             sentences.append(
-                f"On the held-out classes ({', '.join(str(d) for d in sorted(validation['digit'].unique()))}), the best "
+                f"On the held-out {noun} ({', '.join(str(d) for d in sorted(validation[key].unique()))}), the best "
                 f"predictor of the {target} fraction is {best['predictor']}: mean absolute error {_fmt(best['mae'])}, "
                 f"{'better' if best['beats_baseline'] else 'no better'} than ignoring complexity "
                 f"({_fmt(best['baseline_mae'])}); its 95% prediction intervals covered {best['covered']:.0%} of the "
@@ -116,17 +127,23 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
 
 
 def _job_names(jobs: pd.DataFrame) -> pd.Series:
-    return pd.Series([job_name(r.measure, int(r.bin if r.kind == "bin" else r.digit), int(r.seed))
+    key = held_out_column(jobs)
+    return pd.Series([job_name(r.measure, int(r.bin if r.kind == "bin" else getattr(r, key)), int(r.seed))
                       for r in jobs.itertuples()], index=jobs.index)
+
+
+def _held_out_label(kind: str, value: int) -> str:
+    return f"digit {value}" if kind == "class" else f"group {value}"
 
 
 def study_curves(run_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
     """Every job's per-level table (jobs/<job>/results.csv), labelled for the NLL-vs-density figure."""
-    frames = []
+    frames, key = [], held_out_column(jobs)
     for r, name in zip(jobs.itertuples(), _job_names(jobs)):
         table = pd.read_csv(run_dir / "jobs" / name / "results.csv")
-        group = f"binned by {r.measure}" if r.kind == "bin" else "held-out classes"
-        label = f"bin {r.bin}" if r.kind == "bin" else f"digit {r.digit}"
+        group = f"binned by {r.measure}" if r.kind == "bin" else ("held-out classes" if r.kind == "class"
+                                                                   else f"held-out groups ({r.measure})")
+        label = f"bin {r.bin}" if r.kind == "bin" else _held_out_label(r.kind, getattr(r, key))
         frames.append(table.assign(job=name, group=group, label=label, seed=r.seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -163,19 +180,19 @@ def write_study_report(run_dir: str | Path) -> Path:
     if study.study.sample_digits:
         images["samples"] = _png(_samples_figure(run_dir, jobs, measures), fig_dir / "samples.png")
 
-    data_summary = {"sequences": len(assignments), "binned": int((~assignments["held_class"]).sum()),
-                    "classes": sorted(set(assignments["label"]) - set(study.study.held_out_classes)),
-                    "measures": assignments[study.recorded_measures].describe().T.round(3)}
+    data_summary = _data_summary(assignments, study)
     columns = {"n_train": "mean", "needed_fraction": "mean", "untouched_fraction": "mean",
                "trained_to_small_fraction": "mean", "unused_fraction": "mean", "dense_bits_per_step": "mean",
                "dense_zeroed_bits_per_step": "mean", "levels": "max", "needed_reached": "mean"}
-    bins = jobs[jobs["kind"] == "bin"]
+    bins, key = jobs[jobs["kind"] == "bin"], held_out_column(jobs)
     per_bin_table = bins.groupby(["measure", "bin"]).agg(
         complexity=("complexity", "mean"), **{k: (k, how) for k, how in columns.items()}).reset_index()
-    per_class_table = jobs[jobs["kind"] == "class"].groupby("digit").agg(
+    per_class_table = jobs[jobs["kind"] != "bin"].groupby(key).agg(
         **{f"mean_{m}": (f"mean_{m}", "mean") for m in measures}, **{k: (k, how) for k, how in columns.items()}
     ).reset_index()
     validation = tables["validation"]
+    if not validation.empty:  # the template names the held-out job by one column, digit or group
+        validation = validation.assign(held_out=validation[key])
     html = _environment().get_template("study.html.j2").render(
         cost=study_cost(jobs), rightsized=rightsize_results(run_dir),
         run_name=run_dir.name, created=_now(), config=json.dumps(study.to_dict(), indent=2), study=study,
@@ -184,10 +201,37 @@ def write_study_report(run_dir: str | Path) -> Path:
         if not tables["loo"].empty else pd.DataFrame(), validation=validation,
         ranking=predictor_ranking(validation), targets=study.targets, measures=measures,
         verdict=study_verdict(jobs, tables["ols"], validation, study.prune.delta, targets=study.targets),
-        prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs), total_seconds=float(jobs["seconds"].sum()))
+        prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs), total_seconds=float(jobs["seconds"].sum()),
+        held_out_name=key, embedding=_embedding_table(jobs))
     path = run_dir / "report.html"
     atomic_write_text(path, html)
     return path
+
+
+def _data_summary(assignments: pd.DataFrame, study) -> dict:
+    """What the Data section says: samples, binned samples, the classes binned (strokes) or the
+    held-out groups' sizes (text), and the recorded measures' statistics over the binned samples."""
+    if study.study.domain == "strokes":
+        return {"sequences": len(assignments), "binned": int((~assignments["held_class"]).sum()),
+                "classes": sorted(set(assignments["label"]) - set(study.study.held_out_classes)),
+                "measures": assignments[study.recorded_measures].describe().T.round(3)}
+    train = assignments[assignments["split"] == "train"]
+    held = assignments[assignments["group"] >= 0]
+    groups = held.groupby("group").agg(sentences=("index", "size"),
+                                       **{m: (m, "mean") for m in study.recorded_measures}).reset_index()
+    return {"sequences": len(train), "binned": len(train), "held_out_sentences": len(held), "groups": groups,
+            "held_out_split": study.domain.eval_split,
+            "measures": train[study.recorded_measures].describe().T.round(3)}
+
+
+def _embedding_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Text: per job, the word embedding left out of the prunable set, and the unigram baseline."""
+    if "embedding_weights" not in jobs:
+        return pd.DataFrame()
+    columns = ["job", "n_train", "vocabulary_seen_fraction", "embedding_untouched_fraction",
+               "embedding_trained_to_small_fraction", "embedding_used_fraction", "dense_bits_per_step",
+               "unigram_bits_per_step"]
+    return jobs[columns]
 
 
 def study_cost(jobs: pd.DataFrame) -> dict:
