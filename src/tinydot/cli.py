@@ -304,6 +304,26 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {report}")
 
 
+@app.command("compare")
+def compare_cmd(first: Path = typer.Argument(..., help="A finished study run folder (e.g. the stroke study)."),
+                second: Path = typer.Argument(..., help="Another finished study run folder (e.g. the text study)."),
+                out: Path = typer.Option(..., "--out", help="Folder for compare.html and its tables.")) -> None:
+    """Two studies side by side: does one domain's line predict the other's needed fraction (L, compressed_bytes)?"""
+    from tinydot.io import check_writable_dir
+    from tinydot.report.html import write_comparison
+
+    check_writable_dir(out)
+    path, summary = write_comparison(first, second, out)
+    table = Table(title="one study's line predicting the other's needed fraction")
+    for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "beats baseline"):
+        table.add_column(column, justify="left" if column in ("direction", "measure") else "right")
+    for r in summary.itertuples():
+        table.add_row(r.direction, r.predictor, f"{r.mae:.4f}", f"{r.baseline_mae:.4f}", f"{r.coverage:.0%}",
+                      "yes" if r.beats_baseline else "no")
+    console.print(table)
+    console.print(f"wrote {path}")
+
+
 @app.command("predict")
 def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished study run folder."),
                 data: str = typer.Option("test", "--data", help="SPLIT or SPLIT:DIGIT, e.g. test or train:7."),

@@ -176,3 +176,58 @@ def predictor_ranking(validation: pd.DataFrame) -> pd.DataFrame:
     table["beats_baseline"] = table["mae"] < table["baseline_mae"]
     table["rank"] = table.groupby("target")["mae"].rank(method="min").astype(int)
     return table.sort_values(["target", "rank"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- across domains
+
+def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predictors, target_name: str = "needed",
+                             direction: str = "") -> pd.DataFrame:
+    """One study's line predicting another study's jobs (e.g. strokes -> text).
+
+    Per predictor m (a measure both job tables record, e.g. L or compressed_bytes): the OLS line of
+    `<target_name>_fraction` on `mean_<m>`, fitted on `source`'s bin jobs (finite targets only),
+    predicts every job of `target` with a finite target (bins and held-out jobs) at its own mean_<m>,
+    with the 95% prediction interval of one new job. Baselines that ignore the line: the target
+    jobs' own mean (`baseline`, the best constant for them: a line must beat it to be worth
+    anything) and the source bin jobs' mean (`source_mean`). One row per (predictor, target job).
+    """
+    y_col, rows = f"{target_name}_fraction", []
+    fit_jobs = _bins(source)
+    fit_jobs = fit_jobs[np.isfinite(fit_jobs[y_col])]
+    predicted = target[np.isfinite(target[y_col])]
+    if len(fit_jobs) < 3 or predicted.empty:
+        return pd.DataFrame()
+    baseline = float(predicted[y_col].mean())
+    for m in predictors:
+        x = fit_jobs[[f"mean_{m}"]]
+        fit = fit_ols(x, fit_jobs[y_col])
+        for r in predicted.itertuples():
+            point = getattr(r, f"mean_{m}")
+            line = predict_line(x, fit_jobs[y_col], [point])
+            actual = getattr(r, y_col)
+            rows.append({"direction": direction, "predictor": m, "target": target_name, "kind": r.kind,
+                         "measure": r.measure, "bin": r.bin, "seed": r.seed, "x": point, "actual": actual,
+                         "predicted": line["mean"], "pi_low": line["pi_low"], "pi_high": line["pi_high"],
+                         "covered": bool(line["pi_low"] <= actual <= line["pi_high"]),
+                         "within_range": line["within_range"], "error": line["mean"] - actual,
+                         "baseline": baseline, "baseline_error": baseline - actual,
+                         "source_mean_error": float(fit_jobs[y_col].mean()) - actual,
+                         "slope": fit.params[1], "intercept": fit.params[0], "n_fit": int(fit.nobs)})
+    return pd.DataFrame(rows)
+
+
+def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per (direction, predictor, target): the line, its mean absolute and RMS error on the other
+    study's jobs, the two baselines' mean absolute errors, PI coverage, the share of jobs inside
+    the fitted range of x, and whether the line beats the other study's own mean."""
+    if predictions.empty:
+        return pd.DataFrame()
+    table = predictions.groupby(["direction", "predictor", "target"], sort=False).agg(
+        slope=("slope", "first"), intercept=("intercept", "first"), n_fit=("n_fit", "first"),
+        n_predicted=("error", "size"), mae=("error", lambda e: float(np.abs(e).mean())),
+        rmse=("error", lambda e: float(np.sqrt((e ** 2).mean()))),
+        baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())),
+        source_mean_mae=("source_mean_error", lambda e: float(np.abs(e).mean())),
+        coverage=("covered", "mean"), within_range=("within_range", "mean")).reset_index()
+    table["beats_baseline"] = table["mae"] < table["baseline_mae"]
+    return table

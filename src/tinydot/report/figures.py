@@ -251,3 +251,32 @@ def neurons_kept(curves: pd.DataFrame, selections: pd.DataFrame, oracle: float, 
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     return fig
+
+
+def cross_domain(studies: list[tuple[str, pd.DataFrame]], predictors, target: str = "needed") -> Figure:
+    """Every job's `target` fraction against its mean of each shared predictor (columns), one colour
+    per study (bins: dots, held-out jobs: diamonds), and each study's OLS line on its bin jobs drawn
+    across the range of both studies (dashed outside its own range: an extrapolation)."""
+    fig = Figure(figsize=(4.4 * len(predictors), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(predictors)))
+    y_col = f"{target}_fraction"
+    for ax, m in zip(axes, predictors):
+        x_all = np.concatenate([jobs[f"mean_{m}"].to_numpy(dtype=float) for _, jobs in studies])
+        for (label, jobs), colour in zip(studies, ("#4c72b0", "#dd8452", "#55a868")):
+            fine = jobs[np.isfinite(jobs[y_col])]
+            bins, held = fine[fine["kind"] == "bin"], fine[fine["kind"] != "bin"]
+            ax.plot(bins[f"mean_{m}"], bins[y_col], "o", color=colour, ms=4, label=f"{label} bins")
+            if len(held):
+                ax.plot(held[f"mean_{m}"], held[y_col], "D", color=colour, ms=5, mfc="none",
+                        label=f"{label} held out")
+            if len(bins) >= 3:
+                fit = fit_ols(bins[f"mean_{m}"], bins[y_col])
+                low, high = bins[f"mean_{m}"].min(), bins[f"mean_{m}"].max()
+                for a, b, style in ((x_all.min(), low, "--"), (low, high, "-"), (high, x_all.max(), "--")):
+                    grid = np.linspace(a, b, 20)
+                    ax.plot(grid, fit.params[0] + fit.params[1] * grid, style, color=colour, lw=1)
+        ax.set_xlabel(f"mean {m} (per job)", fontsize=8)
+        ax.set_ylabel(f"{target} fraction", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    return fig

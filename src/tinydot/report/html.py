@@ -19,11 +19,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
-from tinydot.fits import held_out_column, loo_summary, predictor_ranking
+from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, loo_summary,
+                          predictor_ranking)
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.report import figures
 from tinydot.sampling import sample
-from tinydot.study import TARGETS, job_name, read_study_config
+from tinydot.errors import ConfigError
+from tinydot.study import TARGETS, job_name, load_study, read_study_config
 
 
 def _environment() -> Environment:
@@ -272,6 +274,94 @@ def _slope_spread(seed_slopes: pd.DataFrame) -> pd.DataFrame:
     return seed_slopes.groupby(["target", "predictor"], sort=False).agg(
         seeds=("seed", "nunique"), mean=("slope", "mean"), sd=("slope", "std"),
         significant=("p_value", lambda p: int((p < 0.05).sum()))).reset_index()
+
+
+# --------------------------------------------------------------------------- two studies side by side
+
+SHARED_PREDICTORS = ("L", "compressed_bytes")  # measured in both domains (tinydot.data.text_measures)
+UNITS = {
+    "strokes": {"L": "pen steps", "compressed_bytes": "deflate bytes per pen step (3 raw bytes a step)",
+                "prunable": "every matrix and embedding (the class embedding is left out of the usage shares only)"},
+    "text": {"L": "words", "compressed_bytes": "deflate bytes per word of the sentence's characters (~5.5 raw "
+                                               "bytes a word with its space)",
+             "prunable": "the trunk: positional embedding, attention and MLP matrices (not the word embedding)"},
+}
+
+
+def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
+    """Plain sentences from the cross-domain summary: does one study's line predict the other's jobs?"""
+    sentences = []
+    for r in summary.itertuples():
+        source, target = r.direction.split(" -> ")
+        answer = "yes" if r.beats_baseline else "no"
+        sentences.append(
+            f"Does the {source} line of the {r.target} fraction on {r.predictor} predict the {target} jobs? {answer}: "
+            f"its mean absolute error on the {r.n_predicted} {target} jobs is {_fmt(r.mae)} against "
+            f"{_fmt(r.baseline_mae)} for the {target} jobs' own mean (and {_fmt(r.source_mean_mae)} for the {source} "
+            f"jobs' mean); its 95% prediction intervals covered {r.coverage:.0%} of them, and "
+            f"{r.within_range:.0%} of the {target} jobs lie inside the {r.predictor} range the line was fitted on "
+            f"(slope {_fmt(r.slope)} from {r.n_fit} {source} bin jobs).")
+    if summary.empty:
+        sentences.append("No line could be fitted: a study needs at least 3 bin jobs with a finite target "
+                         f"({', '.join(labels)}).")
+    elif not summary["beats_baseline"].any():
+        sentences.append("No: in no direction and for no shared measure does one domain's line predict the other's "
+                         "needed fraction better than the other domain's own mean. That is a finding, not a failure "
+                         "of the comparison: in these two studies, length and compressibility do not carry one "
+                         "domain's needed fraction over to the other.")
+    return sentences
+
+
+def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
+                     target: str = "needed") -> tuple[Path, pd.DataFrame]:
+    """compare.html (and cross_domain.png, predictions.csv, summary.csv) in `out`: two finished
+    studies side by side, each one's line predicting the other's jobs from the shared measures.
+    Returns the page's path and the summary table (`tinydot.fits.cross_domain_summary`)."""
+    runs = [Path(run_a), Path(run_b)]
+    loaded = [load_study(run) for run in runs]  # one line if either is not a finished study
+    domains = [study.study.domain for study, _ in loaded]
+    labels = [d if domains.count(d) == 1 else f"{d} ({run.name})" for d, run in zip(domains, runs)]
+    if runs[0].resolve() == runs[1].resolve():
+        raise ConfigError(f"{runs[0]} is given twice; compare two different study run folders")
+    for (study, jobs), run in zip(loaded, runs):
+        missing = [m for m in SHARED_PREDICTORS if f"mean_{m}" not in jobs]
+        if missing:
+            raise ConfigError(f"{run} records no job means of {', '.join(missing)}; re-run it with them among "
+                              "study.predictors")
+    predictions = pd.concat([
+        cross_domain_predictions(loaded[i][1], loaded[1 - i][1], SHARED_PREDICTORS, target,
+                                 direction=f"{labels[i]} -> {labels[1 - i]}") for i in (0, 1)], ignore_index=True)
+    summary = cross_domain_summary(predictions)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("predictions", predictions), ("summary", summary)):
+        with atomic_path(out / f"{name}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    image = _png(figures.cross_domain([(label, jobs) for label, (_, jobs) in zip(labels, loaded)],
+                                      SHARED_PREDICTORS, target), out / "cross_domain.png")
+    sides = [_side(label, run, study, jobs) for label, run, (study, jobs) in zip(labels, runs, loaded)]
+    html = _environment().get_template("compare.html.j2").render(
+        created=_now(), sides=sides, summary=summary, target=target, image=image,
+        verdict=comparison_verdict(summary, labels), predictors=SHARED_PREDICTORS)
+    path = out / "compare.html"
+    atomic_write_text(path, html)
+    return path, summary
+
+
+def _side(label: str, run: Path, study, jobs: pd.DataFrame) -> dict:
+    """One study's column of the comparison: its OLS rows, its per-bin decomposition, its units."""
+    ols = _read_table(run / "ols.csv")
+    bins = jobs[jobs["kind"] == "bin"]
+    decomposition = bins.groupby(["measure", "bin"]).agg(
+        mean_L=("mean_L", "mean"), mean_compressed_bytes=("mean_compressed_bytes", "mean"),
+        untouched=("untouched_fraction", "mean"), trained_to_small=("trained_to_small_fraction", "mean"),
+        used=("used_fraction", "mean"), needed=("needed_fraction", "mean"),
+        dense_nll=("dense_bits_per_step", "mean")).reset_index()
+    return {"label": label, "run": run.name, "domain": study.study.domain, "units": UNITS[study.study.domain],
+            "unit_nll": "bits/step" if study.study.domain == "strokes" else "bits/word",
+            "model": f"{study.model.n_layers} layers x d_model {study.model.d_model}",
+            "prunable": int(jobs["prunable"].iloc[0]), "jobs": len(jobs),
+            "ols": ols[ols["model"] != "joint"] if not ols.empty else ols, "decomposition": decomposition}
 
 
 # --------------------------------------------------------------------------- redundancy
