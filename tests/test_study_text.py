@@ -218,3 +218,34 @@ def test_bad_study_input_gives_one_line_and_writes_nothing(args, message, tmp_pa
     assert "Traceback" not in result.stderr and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no runs/ folder, no cache beside the data
+
+
+def test_killed_text_study_resumes_to_the_same_table(tiny_text_study, tmp_path):
+    import shutil
+
+    study, result = tiny_text_study
+    copy = tmp_path / result.run_dir.name
+    shutil.copytree(result.run_dir, copy)
+    job = copy / "jobs" / "valid-ttr1-seed0"  # as if killed inside a held-out group's job
+    (job / "job.json").unlink()
+    shutil.rmtree(job / "level_1")
+    for name in ("jobs.csv", "ols.csv", "validation.csv", "report.html"):
+        (copy / name).unlink()
+    resumed = run_study(study, tmp_path, workers=1, progress=False)
+    drop = ["seconds", "cost_wall_seconds", "cost_cpu_seconds", "cost_energy_kwh", "cost_co2_kg"]
+    pd.testing.assert_frame_equal(resumed.jobs.drop(columns=drop), result.jobs.drop(columns=drop))
+
+
+def test_the_command_prints_the_text_study_and_predict_refuses_it(tiny_text_study, tmp_path):
+    from tinydot.study import predict
+
+    study, result = tiny_text_study
+    # the quick text preset under the tiny config is the tiny study itself: the command resumes it
+    assert Study.preset("quick", TINY_TEXT, domain="text").hash() == study.hash()
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_TEXT))
+    out = run("study", "--domain", "text", "--config", "tiny.json", "--workers", "1",
+              "--out", str(result.run_dir.parent), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "OLS of each target" in out.stdout and f"{len(result.jobs)} jobs" in out.stdout
+    with pytest.raises(ConfigError, match="is a text study; predicting for it is not implemented"):
+        predict(result.run_dir, None)
