@@ -3,8 +3,8 @@ groups, the trunk-only prunable set, a tiny end-to-end run on Penn Treebank, and
 cases through the CLI."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
@@ -141,7 +141,7 @@ def tiny_text_study(tmp_path_factory):
 
 
 def test_tiny_text_study_end_to_end(tiny_text_study):
-    study, result = tiny_text_study
+    _, result = tiny_text_study
     jobs = result.jobs
     assert len(jobs) == 6 + 3 and set(jobs.measure) == {"L", "surprisal", "valid-ttr"}
     assert sorted(jobs[jobs.kind == "group"].group) == [0, 1, 2] and "digit" not in jobs
@@ -175,7 +175,7 @@ def test_a_text_job_records_its_own_data(tiny_text_study, ptb):
     study, result = tiny_text_study
     from tinydot.study import text_job_data
 
-    train, valid = ptb
+    _, valid = ptb
     table = pd.read_csv(result.run_dir / "assignments.csv")
     spec = {"kind": "group", "measure": "valid-ttr", "bin": 2, "seed": 0, "data_dir": None}
     data, rows, train_index, test_index = text_job_data(spec, study, table)

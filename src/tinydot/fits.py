@@ -16,7 +16,6 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-
 HELD_OUT_COLUMNS = {"class": "digit", "group": "group"}  # kind of a held-out job -> the column naming it
 
 

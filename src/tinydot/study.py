@@ -55,23 +55,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tinydot.checkpoint import load_model
 from tinydot.complexity import measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
 from tinydot.cost import total_cost
-from tinydot.checkpoint import load_model
 from tinydot.data.batching import Encoded
 from tinydot.data.strokes import Strokes, load_strokes
 from tinydot.data.text import Sentences
 from tinydot.domains import DOMAINS, Domain, get_domain
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
-from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table, predict_targets,
-                          seed_slopes)
+from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
+                          predict_targets, seed_slopes)
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.lottery import run_lottery
-from tinydot.pruning.structured import fewest_units_within
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
+from tinydot.pruning.structured import fewest_units_within
 from tinydot.pruning.usage import needed_density, usage_counts, usage_fractions
 from tinydot.quantization import fewest_bits_within
 from tinydot.sizing import smallest_config

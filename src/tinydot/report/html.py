@@ -19,12 +19,12 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
+from tinydot.errors import ConfigError
 from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, loo_summary,
                           predictor_ranking)
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.report import figures
 from tinydot.sampling import sample
-from tinydot.errors import ConfigError
 from tinydot.study import TARGETS, job_name, load_study, read_study_config
 
 
