@@ -60,13 +60,17 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
     prunable = int(jobs["prunable"].iloc[0])
     sentences = []
     reached = bins[bins["needed_reached"].astype(bool)]
+    text = "embedding_weights" in jobs  # the text study counts the trunk only
+    embedding = f"; the {int(jobs['embedding_weights'].iloc[0]):,}-weight word embedding is not counted" if text else ""
+    what = "the trunk" if text else "tinyDOT"
     if len(reached):
         needed = reached["needed_fraction"]
         sentences.append(
             f"How many parameters this data needs: across {len(reached)} bin jobs the sparsest ticket within "
             f"{100 * delta:g}% of the dense NLL keeps {_fmt(needed.min())} to {_fmt(needed.max())} of the "
-            f"{prunable:,} prunable weights (mean {_fmt(needed.mean())}, about {needed.mean() * prunable:,.0f} weights): "
-            f"tinyDOT of this size is over-parameterized about {1 / needed.mean():.1f}x for one bin of this data.")
+            f"{prunable:,} prunable weights{' of the trunk' if text else ''} (mean {_fmt(needed.mean())}, about "
+            f"{needed.mean() * prunable:,.0f} weights{embedding}): {what} of this size is over-parameterized about "
+            f"{1 / needed.mean():.1f}x for one bin of this data.")
     if len(reached) < len(bins):
         sentences.append(f"{len(bins) - len(reached)} of {len(bins)} bin jobs never lost {100 * delta:g}% within their "
                          "pruning levels: their needed fraction is only known to be below the last level's density "
