@@ -139,15 +139,15 @@ PRESETS: dict[str, dict[str, dict[str, dict]]] = {
         # aimed at <= 10 minutes on 2 cores: 2 measures x 3 bins + 3 valid groups, 1 seed, a 2-layer
         # d_model-32 TextDOT (28,352 prunable trunk weights beside the 320,000-weight word embedding),
         # 200 steps of ~1024 positions on ~1,000 sentences per job (the valid tertiles' size), IMP
-        # removing half the trunk per level until the NLL rises by 1%, down to 1/64: the trunk of a
-        # model this small, trained this briefly, bears deep pruning (experiments/text_embedding_choice.py:
-        # 100 steps, still within 1% at density 0.13)
+        # removing a quarter of the trunk per level until the NLL rises by 1% (down to density 0.1):
+        # after 200 steps half the trunk already costs 1.3-4% (two smoke jobs, README), so coarser
+        # levels would bracket every job between densities 1 and 0.5
         "quick": {
             "study": {"domain": "text", "bins": 3, "seeds": 1, "max_train_per_bin": 1000},
             "model": {"n_layers": 2, "d_model": 32, "d_mlp": 128},
             "train": {"steps": 200, "tokens_per_batch": 1024, "lr": 3e-3, "warmup_steps": 20,
                       "eval_every": 0, "checkpoint_every": 100},
-            "prune": {"levels": 6, "fraction": 0.5, "rewind_step": 10, "controls": False},
+            "prune": {"levels": 8, "fraction": 0.25, "rewind_step": 10, "controls": False},
         },
         # 2 measures x 4 bins + 3 valid groups, 3 seeds, a 3-layer d_model-48 TextDOT
         "paper": {
