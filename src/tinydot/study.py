@@ -14,9 +14,27 @@ Each held-out class is trained and pruned the same way, on as many sequences as 
 (statsmodels) of each target against each measure, fitted on the bin jobs, predict the held-out
 classes from their complexity alone; the report compares prediction and measurement.
 
+The text domain (`study.domain = "text"`, Penn Treebank sentences) runs the same stage through
+`tinydot.domains`: its measures, loading and batching are the domain's, training and pruning are
+the same code. Text has no classes to hold out, so its held-out data are three *groups* of the
+valid split (which no bin job ever uses, not even for its held-out NLL), cut at the tertiles of
+`study.held_out_measure` (type_token_ratio by default: not a binning measure, and the groups
+differ in length and surprisal as well). Each group keeps held_out_fraction of its sentences for
+its NLL and trains like a bin; every text job (bins and groups alike) trains on the same number of
+sentences, the smallest group's share capped by max_train_per_bin, so the held-out groups differ
+from the bins in complexity and not in data size. Jobs are named `valid-ttr<g>-seed<s>`.
+The text study prunes and counts the trunk only (`TEXT_PRUNABLE`: positional embedding, attention
+and MLP matrices): the tied 10,000 x d word embedding would otherwise hold ~92% of the prunable
+weights of a d_model-32 model, and its rows follow the vocabulary rather than the data's
+complexity. The needed fraction and the usage shares are fractions of the trunk; each job reports
+the word embedding apart (its untouched / trained-to-small / used shares, and the share of the
+vocabulary its training sentences contain) and the add-one unigram NLL of its held-out sentences
+(the dense model must beat it, or the question is meaningless).
+
 A run folder `runs/study-<hash>` (hash of the non-default configuration and the study edition):
   config.json       the study, model, train and prune configs
   assignments.csv   per train sample: its measures, held-out class flag, its bin per measure, held-out flags
+                    (text: per train and valid sentence: split, index, measures, bins, group, held-out flags)
   jobs/<job>/       one lottery run per job (resumable), its results.csv and job.json row
   jobs.csv          one row per job          ols.csv     OLS fits        seed_slopes.csv
   loo.csv           leave-one-bin-out        validation.csv  held-out classes: predicted vs measured
@@ -37,22 +55,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tinydot.complexity import MEASURES, measure_all, quantile_bins
+from tinydot.checkpoint import load_model
+from tinydot.complexity import measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
 from tinydot.cost import total_cost
-from tinydot.checkpoint import load_model
 from tinydot.data.batching import Encoded
-from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
+from tinydot.data.strokes import Strokes, load_strokes
+from tinydot.data.text import Sentences
+from tinydot.domains import DOMAINS, Domain, get_domain
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
-from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predict_targets, seed_slopes
+from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
+                          predict_targets, seed_slopes)
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.lottery import run_lottery
+from tinydot.ngram import unigram_perplexity
+from tinydot.pruning.mask import full_mask
 from tinydot.pruning.structured import fewest_units_within
-from tinydot.pruning.usage import needed_density, usage_fractions
+from tinydot.pruning.usage import needed_density, usage_counts, usage_fractions
 from tinydot.quantization import fewest_bits_within
 from tinydot.sizing import smallest_config
-from tinydot.training import init_model
+from tinydot.training import init_model, load_touched
 
 STUDY_EDITION = 3  # joins the hash and config.json: folders of earlier editions are never resumed or misread
 TARGETS = {
@@ -68,25 +91,73 @@ COMPRESSION_TARGETS = {
 CALIBRATION_SEQUENCES = 128  # training sequences that score neurons (Taylor) and calibrate GPFQ
 JOB_THREADS = 1  # every job pins one torch thread: identical numbers under every executor
 
-PRESETS: dict[str, dict[str, dict]] = {
-    # <= 10 minutes on 2 cores: 2 measures x 3 bins + 3 held-out classes, 1 seed, a 2-layer d_model-32
-    # tinyDOT (42,005 parameters), 400 steps, IMP removing 40% per level until the NLL rises by 1%
-    "quick": {
-        "study": {"measures": ["L", "S"], "bins": 3, "seeds": 1, "max_train_per_bin": 3000},
-        "model": {"n_layers": 2, "d_model": 32, "d_mlp": 128},
-        "train": {"steps": 400, "tokens_per_batch": 4096, "lr": 3e-3, "warmup_steps": 40,
-                  "eval_every": 0, "checkpoint_every": 100},
-        "prune": {"levels": 6, "fraction": 0.4, "rewind_step": 20, "controls": False},
+# The text study prunes the trunk only (see the module docstring): every Linear weight of the blocks
+# and the positional embedding; neither the word embedding nor, when untied, the output matrix.
+TEXT_PRUNABLE = ("emb_pos.weight", "blocks.*.attn.*.weight", "blocks.*.mlp.*.weight")
+HELD_OUT_GROUPS = 3  # text: the valid split's tertiles of held_out_measure
+SHORT_NAMES = {"type_token_ratio": "ttr", "compressed_bytes": "gzip"}  # in the names of held-out group jobs
+
+# What a study of each domain sets unless its config says otherwise (StudyConfig's own defaults are
+# the stroke study's): the text measures, no digit classes, a text model, the trunk as prunable set.
+DOMAIN_DEFAULTS: dict[str, dict[str, dict]] = {
+    "strokes": {},
+    "text": {
+        "study": {"measures": ["L", "surprisal"],
+                  "predictors": ["L", "compressed_bytes", "surprisal", "type_token_ratio"],
+                  "held_out_classes": [], "balanced": False, "sample_digits": False,
+                  "held_out_measure": "type_token_ratio"},
+        "model": {"domain": "text", "vocab_size": DOMAINS["text"].model_config.vocab_size},
+        "prune": {"prunable": list(TEXT_PRUNABLE)},
     },
-    # the fuller experiment: 2 measures x 4 bins + 3 classes, 3 seeds, a 3-layer d_model-48 tinyDOT,
-    # 400 steps, 40% per level (600 steps at 30% per level took ~9 min a job: over 2 hours)
-    "paper": {
-        "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 4000,
-                  "compression_targets": True},
-        "model": {"n_layers": 3, "d_model": 48, "d_mlp": 192},
-        "train": {"steps": 400, "tokens_per_batch": 4096, "warmup_steps": 40, "eval_every": 0,
-                  "checkpoint_every": 100},
-        "prune": {"levels": 6, "fraction": 0.4, "rewind_step": 20, "controls": False},
+}
+# every job records these measures besides the predictors and binning measures (the ones the two
+# domains share, L and compressed_bytes, are what `tinydot compare` predicts across domains with)
+ALWAYS_RECORDED = {"strokes": ("L", "S"), "text": ("L", "compressed_bytes")}
+
+PRESETS: dict[str, dict[str, dict[str, dict]]] = {
+    "strokes": {
+        # <= 10 minutes on 2 cores: 2 measures x 3 bins + 3 held-out classes, 1 seed, a 2-layer d_model-32
+        # tinyDOT (42,005 parameters), 400 steps, IMP removing 40% per level until the NLL rises by 1%
+        "quick": {
+            "study": {"measures": ["L", "S"], "bins": 3, "seeds": 1, "max_train_per_bin": 3000},
+            "model": {"n_layers": 2, "d_model": 32, "d_mlp": 128},
+            "train": {"steps": 400, "tokens_per_batch": 4096, "lr": 3e-3, "warmup_steps": 40,
+                      "eval_every": 0, "checkpoint_every": 100},
+            "prune": {"levels": 6, "fraction": 0.4, "rewind_step": 20, "controls": False},
+        },
+        # the fuller experiment: 2 measures x 4 bins + 3 classes, 3 seeds, a 3-layer d_model-48 tinyDOT,
+        # 400 steps, 40% per level (600 steps at 30% per level took ~9 min a job: over 2 hours)
+        "paper": {
+            "study": {"measures": ["L", "S"], "bins": 4, "seeds": 3, "max_train_per_bin": 4000,
+                      "compression_targets": True},
+            "model": {"n_layers": 3, "d_model": 48, "d_mlp": 192},
+            "train": {"steps": 400, "tokens_per_batch": 4096, "warmup_steps": 40, "eval_every": 0,
+                      "checkpoint_every": 100},
+            "prune": {"levels": 6, "fraction": 0.4, "rewind_step": 20, "controls": False},
+        },
+    },
+    "text": {
+        # aimed at <= 10 minutes on 2 cores: 2 measures x 3 bins + 3 valid groups, 1 seed, a 2-layer
+        # d_model-32 TextDOT (28,352 prunable trunk weights beside the 320,000-weight word embedding),
+        # 200 steps of ~1024 positions on ~1,000 sentences per job (the valid tertiles' size), IMP
+        # removing a quarter of the trunk per level until the NLL rises by 1% (down to density 0.1):
+        # after 200 steps half the trunk already costs 1.3-4% (two smoke jobs, README), so coarser
+        # levels would bracket every job between densities 1 and 0.5
+        "quick": {
+            "study": {"domain": "text", "bins": 3, "seeds": 1, "max_train_per_bin": 1000},
+            "model": {"n_layers": 2, "d_model": 32, "d_mlp": 128},
+            "train": {"steps": 200, "tokens_per_batch": 1024, "lr": 3e-3, "warmup_steps": 20,
+                      "eval_every": 0, "checkpoint_every": 100},
+            "prune": {"levels": 8, "fraction": 0.25, "rewind_step": 10, "controls": False},
+        },
+        # 2 measures x 4 bins + 3 valid groups, 3 seeds, a 3-layer d_model-48 TextDOT
+        "paper": {
+            "study": {"domain": "text", "bins": 4, "seeds": 3, "max_train_per_bin": 1000},
+            "model": {"n_layers": 3, "d_model": 48, "d_mlp": 192},
+            "train": {"steps": 400, "tokens_per_batch": 1024, "warmup_steps": 40, "eval_every": 0,
+                      "checkpoint_every": 200},
+            "prune": {"levels": 8, "fraction": 0.3, "rewind_step": 20, "controls": False},
+        },
     },
 }
 
@@ -101,9 +172,14 @@ class Study:
     prune: PruneConfig = PruneConfig(levels=5, controls=False)
 
     def __post_init__(self):
-        for m in (*self.study.measures, *self.study.predictors):
-            if m not in MEASURES:
-                raise ConfigError(f"unknown study measure {m!r}; choose from {', '.join(MEASURES)}")
+        domain = self.domain
+        for m in (*self.study.measures, *self.study.predictors, *filter(None, [self.study.held_out_measure])):
+            check_study_measure(domain, m)
+        if self.model.domain != domain.name:
+            raise ConfigError(f"the study's domain is {domain.name} but its model section's domain is "
+                              f"{self.model.domain}; leave model domain out (the study sets it)")
+        if self.study.compression_targets and domain.name != "strokes":
+            raise ConfigError("study compression_targets are not implemented for the text domain; leave them out")
         if self.prune.rewind_step >= self.train.steps:
             raise ConfigError(f"prune rewind_step ({self.prune.rewind_step}) must be smaller than the training "
                               f"steps ({self.train.steps})")
@@ -114,18 +190,30 @@ class Study:
         if unknown:
             raise ConfigError(f"unknown study config section(s) {', '.join(unknown)}; "
                               "known: study, model, train, prune")
-        prune = {"levels": 5, "controls": False, **values.get("prune", {})}
-        return cls(StudyConfig.from_dict(values.get("study", {})), ModelConfig.from_dict(values.get("model", {})),
-                   TrainConfig.from_dict(values.get("train", {})), PruneConfig.from_dict(prune))
+        domain = values.get("study", {}).get("domain", "strokes")
+        defaults = DOMAIN_DEFAULTS[get_domain(domain).name] if isinstance(domain, str) else {}
+        sections = {k: {**defaults.get(k, {}), **values.get(k, {})} for k in ("study", "model", "train", "prune")}
+        prune = {"levels": 5, "controls": False, **sections["prune"]}
+        return cls(StudyConfig.from_dict(sections["study"]), ModelConfig.from_dict(sections["model"]),
+                   TrainConfig.from_dict(sections["train"]), PruneConfig.from_dict(prune))
 
     @classmethod
-    def preset(cls, name: str, overrides: dict | None = None) -> Study:
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        values = {section: dict(v) for section, v in PRESETS[name].items()}
+    def preset(cls, name: str, overrides: dict | None = None, domain: str = "strokes") -> Study:
+        """A preset of `domain` (PRESETS[domain][name]) with `overrides` ({section: {field: value}}) on top."""
+        presets = PRESETS[get_domain(domain).name]
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+        values = {section: dict(v) for section, v in presets[name].items()}
         for section, fields in (overrides or {}).items():
             values.setdefault(section, {}).update(fields)
+        chosen = values.get("study", {}).get("domain", "strokes")
+        if chosen != domain:
+            raise ConfigError(f"--domain {domain}, but the config's study domain is {chosen!r}")
         return cls.from_dict(values)
+
+    @property
+    def domain(self) -> Domain:
+        return get_domain(self.study.domain)
 
     def to_dict(self) -> dict:
         return {"study": self.study.to_dict(), "model": self.model.to_dict(), "train": self.train.to_dict(),
@@ -141,8 +229,19 @@ class Study:
 
     @property
     def recorded_measures(self) -> list[str]:
-        """Every measure a job records the mean of: the predictors, the binning measures, L and S."""
-        return list(dict.fromkeys([*self.study.predictors, *self.study.measures, "L", "S"]))
+        """Every measure a job records the mean of: the predictors, the binning measures, the
+        domain's ALWAYS_RECORDED (strokes: L and S) and, for text, the held-out groups' measure."""
+        extra = [*ALWAYS_RECORDED[self.study.domain], *filter(None, [self.study.held_out_measure])]
+        return list(dict.fromkeys([*self.study.predictors, *self.study.measures, *extra]))
+
+
+def check_study_measure(domain: Domain, measure: str) -> None:
+    """A one-line ConfigError unless `measure` is one of `domain`'s measures."""
+    if measure not in domain.measures:
+        elsewhere = any(measure in d.measures for d in DOMAINS.values())
+        what = (f"study measure {measure!r} is not defined for the {domain.name} domain" if elsewhere
+                else f"unknown study measure {measure!r}")
+        raise ConfigError(f"{what}; choose from {', '.join(domain.measures)}")
 
 
 @dataclass
@@ -157,10 +256,61 @@ class StudyResult:
 
 # --------------------------------------------------------------------------- data assignment
 
-def assign(strokes: Strokes, study: Study, seed: int = 0) -> pd.DataFrame:
-    """Per train sample: every recorded measure, whether its class is held out, its bin per binning
-    measure (-1 for held-out classes: the bins are cut from the other classes only) and held-out
-    flags for the NLL of its bin (or of its class)."""
+def assign(data: Strokes | Sentences, study: Study, seed: int = 0, *,
+           held_out: Sentences | None = None) -> pd.DataFrame:
+    """Per sample: every recorded measure, its bin per binning measure and the held-out flags of
+    its bin's NLL; held-out classes (strokes) or groups (text, from `held_out`: the valid split)
+    are set apart as described in the module docstring."""
+    if study.study.domain == "strokes":
+        return _assign_classes(data, study, seed)
+    if held_out is None:
+        raise ValueError(f"a {study.study.domain} study needs the held-out split ({study.domain.eval_split})")
+    return _assign_groups(data, held_out, study, seed)
+
+
+def _holder(rng: np.random.Generator, fraction: float, n: int):
+    """hold(groups) -> bool (n,): `fraction` of each group's members (index arrays), drawn from `rng`."""
+    def hold(groups) -> np.ndarray:
+        held = np.zeros(n, dtype=bool)
+        for members in groups:
+            held[rng.permutation(members)[: int(round(fraction * len(members)))]] = True
+        return held
+    return hold
+
+
+def _assign_groups(train: Sentences, valid: Sentences, study: Study, seed: int) -> pd.DataFrame:
+    """Text: train sentences in quantile bins per binning measure (bin -1 and group -1 mark the
+    other split), and the valid sentences in HELD_OUT_GROUPS tertiles of held_out_measure. Columns:
+    split, index (within its split), the recorded measures, bin_<m>, held_out_<m>, group, held_out_group."""
+    cfg, domain = study.study, study.domain
+    rng = np.random.default_rng([seed, 1])
+    parts = []
+    for split, data in (("train", train), (domain.eval_split, valid)):
+        table = domain.measure(data, tuple(study.recorded_measures), train=train)  # surprisal: train unigrams
+        table.insert(0, "index", np.arange(len(data)))
+        table.insert(0, "split", split)
+        parts.append(table)
+    table_train, table_valid = parts
+    hold = _holder(rng, cfg.held_out_fraction, len(train))
+    for m in cfg.measures:
+        bins = quantile_bins(table_train[m].to_numpy(), cfg.bins, seed=seed)
+        table_train[f"bin_{m}"] = bins
+        table_train[f"held_out_{m}"] = hold([np.flatnonzero(bins == b) for b in range(cfg.bins)])
+        table_valid[f"bin_{m}"] = -1
+        table_valid[f"held_out_{m}"] = False
+    groups = quantile_bins(table_valid[cfg.held_out_measure].to_numpy(), HELD_OUT_GROUPS, seed=seed)
+    table_valid["group"] = groups
+    table_valid["held_out_group"] = _holder(rng, cfg.held_out_fraction, len(valid))(
+        [np.flatnonzero(groups == g) for g in range(HELD_OUT_GROUPS)])
+    table_train["group"] = -1
+    table_train["held_out_group"] = False
+    return pd.concat([table_train, table_valid], ignore_index=True)
+
+
+def _assign_classes(strokes: Strokes, study: Study, seed: int = 0) -> pd.DataFrame:
+    """Strokes: per train sample, every recorded measure, whether its class is held out, its bin per
+    binning measure (-1 for held-out classes: the bins are cut from the other classes only) and
+    held-out flags for the NLL of its bin (or of its class)."""
     cfg = study.study
     table = measure_all(strokes, study.recorded_measures)
     table.insert(0, "index", np.arange(len(strokes)))
@@ -188,18 +338,31 @@ def assign(strokes: Strokes, study: Study, seed: int = 0) -> pd.DataFrame:
 # --------------------------------------------------------------------------- one job
 
 def job_name(measure: str, bin_index: int, seed: int) -> str:
-    """A bin job's folder name; a held-out class job is measure 'digit', bin = the class."""
-    return f"digit{bin_index}-seed{seed}" if measure == "digit" else f"{measure}-bin{bin_index}-seed{seed}"
+    """A bin job's folder name; a held-out class job is measure 'digit', bin = the class; a held-out
+    text group is measure '<split>-<short measure>' (e.g. 'valid-ttr'), bin = the group."""
+    if measure == "digit" or measure.startswith(f"{DOMAINS['text'].eval_split}-"):
+        return f"{measure}{bin_index}-seed{seed}"
+    return f"{measure}-bin{bin_index}-seed{seed}"
 
 
-def job_specs(study: Study, run_dir: Path, data_dir: str) -> list[dict]:
+def group_measure_name(study: Study) -> str:
+    """The `measure` of a text study's held-out group jobs, e.g. 'valid-ttr'."""
+    m = study.study.held_out_measure
+    return f"{study.domain.eval_split}-{SHORT_NAMES.get(m, m)}"
+
+
+def job_specs(study: Study, run_dir: Path, data_dir: str | None) -> list[dict]:
     common = {"run_dir": str(run_dir), "config": study.to_dict(), "data_dir": data_dir, "threads": JOB_THREADS}
     cfg = study.study
     bins = [{"kind": "bin", "measure": m, "bin": b, "seed": s}
             for m in cfg.measures for b in range(cfg.bins) for s in range(cfg.seeds)]
-    classes = [{"kind": "class", "measure": "digit", "bin": c, "seed": s}
-               for c in cfg.held_out_classes for s in range(cfg.seeds)]
-    return [{**spec, **common} for spec in bins + classes]
+    if cfg.domain == "strokes":
+        held = [{"kind": "class", "measure": "digit", "bin": c, "seed": s}
+                for c in cfg.held_out_classes for s in range(cfg.seeds)]
+    else:
+        held = [{"kind": "group", "measure": group_measure_name(study), "bin": g, "seed": s}
+                for g in range(HELD_OUT_GROUPS) for s in range(cfg.seeds)]
+    return [{**spec, **common} for spec in bins + held]
 
 
 def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_index, folder: Path) -> dict:
@@ -211,8 +374,9 @@ def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_ind
     # the study's usage shares leave the class embedding out
     counts = pd.read_csv(folder / "level_0" / "used.csv")
     shares = usage_fractions(counts[counts["tensor"] != "emb_class.weight"])
+    key = HELD_OUT_COLUMNS["class" if study.study.domain == "strokes" else "group"]  # digit or group
     return {"kind": spec["kind"], "measure": spec["measure"], "bin": spec["bin"] if spec["kind"] == "bin" else -1,
-            "digit": spec["bin"] if spec["kind"] == "class" else -1, "seed": spec["seed"],
+            key: spec["bin"] if spec["kind"] != "bin" else -1, "seed": spec["seed"],
             "n_train": len(train_index), "n_held_out": len(test_index),
             "prunable": int(dense["prunable"]),
             "needed_fraction": needed["needed"], "needed_reached": needed["reached"],
@@ -256,6 +420,73 @@ def cost_status(rows: list[dict]) -> str:
     return f"{cpu / 60:.1f} CPU-min, {kwh}"
 
 
+def stroke_job_data(spec: dict, study: Study, table: pd.DataFrame):
+    """A stroke job's data (the train split), its assignment rows, and its train and held-out indices."""
+    strokes = load_strokes("train", spec["data_dir"])
+    seed = spec["seed"]
+    if spec["kind"] == "bin":
+        members = table[f"bin_{spec['measure']}"].to_numpy() == spec["bin"]
+        held = table[f"held_out_{spec['measure']}"].to_numpy()
+    else:
+        members = strokes.labels == spec["bin"]
+        held = table["held_out_class"].to_numpy()
+    train_index = np.flatnonzero(members & ~held)
+    if study.study.max_train_per_bin:
+        train_index = np.sort(np.random.default_rng([seed, spec["bin"], spec["kind"] == "class"]).permutation(
+            train_index)[: study.study.max_train_per_bin])
+    test_index = np.flatnonzero(members & held)
+    return strokes, table, train_index, test_index
+
+
+def text_job_data(spec: dict, study: Study, table: pd.DataFrame):
+    """A text job's split (train for a bin, valid for a held-out group), that split's assignment
+    rows, and its train and held-out indices; every job trains on the same number of sentences and
+    is scored on the same number (`text_sizes`)."""
+    domain = study.domain
+    split = "train" if spec["kind"] == "bin" else domain.eval_split
+    rows = table[table["split"] == split].reset_index(drop=True)
+    column = f"bin_{spec['measure']}" if spec["kind"] == "bin" else "group"
+    flags = f"held_out_{spec['measure']}" if spec["kind"] == "bin" else "held_out_group"
+    members, held = rows[column].to_numpy() == spec["bin"], rows[flags].to_numpy(dtype=bool)
+    n_train, n_test = text_sizes(table, study)
+    rng = np.random.default_rng([spec["seed"], spec["bin"], spec["kind"] == "group"])
+    train_index = np.sort(rng.permutation(np.flatnonzero(members & ~held))[:n_train])
+    test_index = np.sort(rng.permutation(np.flatnonzero(members & held))[:n_test])
+    return domain.load(split, spec["data_dir"]), rows, train_index, test_index
+
+
+def text_sizes(table: pd.DataFrame, study: Study) -> tuple[int, int]:
+    """Sentences every text job trains on and is scored on: the smallest bin's or group's share,
+    the training one capped by max_train_per_bin. Bins and held-out groups then differ in
+    complexity, not in data size (a bin holds ~10x the sentences of a valid tertile)."""
+    parts = [(table[f"bin_{m}"] == b, table[f"held_out_{m}"].astype(bool))
+             for m in study.study.measures for b in range(study.study.bins)]
+    parts += [(table["group"] == g, table["held_out_group"].astype(bool)) for g in range(HELD_OUT_GROUPS)]
+    n_train = min(int((members & ~held).sum()) for members, held in parts)
+    n_test = min(int((members & held).sum()) for members, held in parts)
+    cap = study.study.max_train_per_bin
+    return (min(n_train, cap) if cap else n_train), n_test
+
+
+def word_embedding_row(folder: Path, study: Study, train: Sentences, held_out: Sentences) -> dict:
+    """Text: what the study leaves out of its prunable set, reported apart (the dense run): the word
+    embedding's untouched / trained-to-small / used shares, the share of the vocabulary that the
+    job's training sentences hold (<eos> included), and the add-one unigram NLL of the held-out
+    sentences (bits per word, <eos> predicted as in evaluate_nll) that the dense model must beat."""
+    model = load_model(folder / "level_0")
+    names = ["emb_token.weight"]
+    counts = usage_counts(model, names, load_touched(folder / "level_0"), full_mask(model, names),
+                          study.prune.epsilon, study.prune.relative_epsilon)
+    shares = usage_fractions(counts)
+    vocab = study.model.vocab_size
+    return {"embedding_weights": int(counts["total"].sum()),
+            **{f"embedding_{k}": shares[k] for k in ("untouched_fraction", "trained_to_small_fraction",
+                                                     "used_fraction")},
+            "vocabulary_seen_fraction": len(np.unique(train.stream())) / vocab,
+            "unigram_bits_per_step": float(np.log2(unigram_perplexity(train.stream(), held_out.stream(), vocab,
+                                                                      add=1.0)))}
+
+
 def run_job(spec: dict) -> dict:
     """Train, prune until the NLL suffers, count: one job. Resumable; returns its row."""
     torch.set_num_threads(spec["threads"])
@@ -268,27 +499,21 @@ def run_job(spec: dict) -> dict:
     study = Study.from_dict(spec["config"])
     seed = spec["seed"]
     table = pd.read_csv(run_dir / "assignments.csv")
-    strokes = load_strokes("train", spec["data_dir"])
-    if spec["kind"] == "bin":
-        members = table[f"bin_{spec['measure']}"].to_numpy() == spec["bin"]
-        held = table[f"held_out_{spec['measure']}"].to_numpy()
+    if study.study.domain == "strokes":
+        data, table, train_index, test_index = stroke_job_data(spec, study, table)
     else:
-        members = strokes.labels == spec["bin"]
-        held = table["held_out_class"].to_numpy()
-    train_index = np.flatnonzero(members & ~held)
-    if study.study.max_train_per_bin:
-        train_index = np.sort(np.random.default_rng([seed, spec["bin"], spec["kind"] == "class"]).permutation(
-            train_index)[: study.study.max_train_per_bin])
-    test_index = np.flatnonzero(members & held)
+        data, table, train_index, test_index = text_job_data(spec, study, table)
     train_cfg = dataclasses.replace(study.train, seed=seed)
     init = init_model(study.model, seed).state_dict()  # the same initial weights in every job of a seed
-    result = run_lottery(strokes.subset(train_index), folder, strokes.subset(test_index), study.model, train_cfg,
+    result = run_lottery(data.subset(train_index), folder, data.subset(test_index), study.model, train_cfg,
                          study.prune, init_state=init, stop_above_delta=True, progress=False)
     row = job_row(result.table, study, spec, train_index, test_index, folder)
-    row.update({f"mean_{m}": float(table.loc[train_index, m].mean()) for m in study.recorded_measures})
+    row.update({f"mean_{m}": float(table[m].iloc[train_index].mean()) for m in study.recorded_measures})
     row["complexity"] = row[f"mean_{spec['measure']}"] if spec["kind"] == "bin" else np.nan
+    if study.study.domain != "strokes":
+        row.update(word_embedding_row(folder, study, data.subset(train_index), data.subset(test_index)))
     if study.study.compression_targets:
-        row.update(compression_row(folder, strokes.subset(train_index), strokes.subset(test_index), study))
+        row.update(compression_row(folder, data.subset(train_index), data.subset(test_index), study))
     row.update(job_cost(folder))
     row["seconds"] = time.perf_counter() - started
     atomic_write_text(done, json.dumps(row, indent=2) + "\n")
@@ -303,6 +528,11 @@ def check_bins(assignments: pd.DataFrame, study: Study) -> None:
         if len(counts) < study.study.bins or counts.min() < 20:
             raise ConfigError(f"{len(assignments):,} train samples cannot fill {study.study.bins} bins of {m} with "
                               "at least 20 sequences each; use fewer bins")
+    if "group" in assignments:
+        counts = assignments.loc[assignments["group"] >= 0].groupby("group").size()
+        if len(counts) < HELD_OUT_GROUPS or counts.min() < 20:
+            raise ConfigError(f"the {study.domain.eval_split} split cannot fill {HELD_OUT_GROUPS} held-out groups "
+                              "with at least 20 sentences each")
 
 
 def analyse(jobs: pd.DataFrame, study: Study) -> dict[str, pd.DataFrame]:
@@ -322,13 +552,15 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     check_executor(executor, workers)
     started = time.perf_counter()
     run_dir = Path(out) / f"study-{study.hash()}"
-    data_dir = str(locate_data_dir(data_dir))
-    strokes = load_strokes("train", data_dir)
+    domain = study.domain
+    data_dir = domain.locate(data_dir)
     assignments_path = run_dir / "assignments.csv"
     if assignments_path.exists():
         assignments = pd.read_csv(assignments_path)
     else:
-        assignments = assign(strokes, study)
+        train = domain.load("train", data_dir)
+        held_out = domain.load(domain.eval_split, data_dir) if domain.name != "strokes" else None
+        assignments = assign(train, study, held_out=held_out)
         check_bins(assignments, study)  # before the run folder exists
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps({**study.to_dict(), "edition": STUDY_EDITION}, indent=2) + "\n")
@@ -339,7 +571,7 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
                     ray_address=ray_address, progress=progress, description="study jobs", status=cost_status)
     jobs = pd.DataFrame(rows)
     tables = analyse(jobs, study)
-    tables["costs"] = jobs[["kind", "measure", "bin", "digit", "seed", *[f"cost_{k}" for k in COST_COLUMNS],
+    tables["costs"] = jobs[["kind", "measure", "bin", held_out_column(jobs), "seed", *[f"cost_{k}" for k in COST_COLUMNS],
                             "energy_mode"]]
     for name, frame in {"jobs": jobs, **tables}.items():
         with atomic_path(run_dir / f"{name}.csv") as tmp:
@@ -389,6 +621,9 @@ def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:
     fraction also the implied number of needed parameters of the study's tinyDOT and the smallest
     default-shaped tinyDOT that holds them (for the prediction and both ends of its interval)."""
     study, jobs = load_study(run_dir)
+    if study.study.domain != "strokes":
+        raise ConfigError(f"{run_dir} is a {study.study.domain} study; predicting for it is not implemented "
+                          "(predict reads strokes)")
     if len(strokes) == 0:
         raise ConfigError("the selection to predict for is empty")
     means = measure_all(strokes, study.recorded_measures).mean().to_dict()

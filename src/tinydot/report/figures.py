@@ -57,7 +57,7 @@ def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
     fig = Figure(figsize=(4.2 * len(measures), 3.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(measures)))
     for ax, m in zip(axes, measures):
-        pool = assignments[assignments[f"bin_{m}"] >= 0]
+        pool = assignments[assignments[f"bin_{m}"] >= 0]  # text: the train split (valid rows are -1)
         values = pool[m].to_numpy(dtype=float)
         discrete = np.allclose(values, np.round(values)) and np.ptp(values) < 200
         ax.hist(values, bins=np.arange(values.min() - 0.5, values.max() + 1.5) if discrete else 60, color="#4c72b0")
@@ -65,7 +65,8 @@ def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
             ax.axvline(edge, color="black", lw=1, ls="--")
         ax.set_title(f"{m}: {bins} equal-count bins", fontsize=9)
         ax.set_xlabel(m)
-    axes[0].set_ylabel("train samples (held-out classes excluded)")
+    axes[0].set_ylabel("train samples (held-out classes excluded)" if "held_class" in assignments
+                       else "train sentences")
     return fig
 
 
@@ -145,7 +146,8 @@ def ols_fits(jobs: pd.DataFrame, predictors, targets: dict[str, str], validation
                 ax.errorbar(held["complexity"], held["predicted"],
                             yerr=[held["predicted"] - held["pi_low"], held["pi_high"] - held["predicted"]],
                             fmt="none", ecolor="#c44e52", alpha=0.6, capsize=2)
-                ax.plot(held["complexity"], held["measured"], "D", color="#c44e52", ms=5, label="held-out classes")
+                ax.plot(held["complexity"], held["measured"], "D", color="#c44e52", ms=5,
+                        label="held-out classes" if "digit" in held else "held-out groups")
             ax.set_xlabel(f"mean {m}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
@@ -248,4 +250,33 @@ def neurons_kept(curves: pd.DataFrame, selections: pd.DataFrame, oracle: float, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def cross_domain(studies: list[tuple[str, pd.DataFrame]], predictors, target: str = "needed") -> Figure:
+    """Every job's `target` fraction against its mean of each shared predictor (columns), one colour
+    per study (bins: dots, held-out jobs: diamonds), and each study's OLS line on its bin jobs drawn
+    across the range of both studies (dashed outside its own range: an extrapolation)."""
+    fig = Figure(figsize=(4.4 * len(predictors), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(predictors)))
+    y_col = f"{target}_fraction"
+    for ax, m in zip(axes, predictors):
+        x_all = np.concatenate([jobs[f"mean_{m}"].to_numpy(dtype=float) for _, jobs in studies])
+        for (label, jobs), colour in zip(studies, ("#4c72b0", "#dd8452", "#55a868")):
+            fine = jobs[np.isfinite(jobs[y_col])]
+            bins, held = fine[fine["kind"] == "bin"], fine[fine["kind"] != "bin"]
+            ax.plot(bins[f"mean_{m}"], bins[y_col], "o", color=colour, ms=4, label=f"{label} bins")
+            if len(held):
+                ax.plot(held[f"mean_{m}"], held[y_col], "D", color=colour, ms=5, mfc="none",
+                        label=f"{label} held out")
+            if len(bins) >= 3:
+                fit = fit_ols(bins[f"mean_{m}"], bins[y_col])
+                low, high = bins[f"mean_{m}"].min(), bins[f"mean_{m}"].max()
+                for a, b, style in ((x_all.min(), low, "--"), (low, high, "-"), (high, x_all.max(), "--")):
+                    grid = np.linspace(a, b, 20)
+                    ax.plot(grid, fit.params[0] + fit.params[1] * grid, style, color=colour, lw=1)
+        ax.set_xlabel(f"mean {m} (per job)", fontsize=8)
+        ax.set_ylabel(f"{target} fraction", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
     return fig

@@ -19,11 +19,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
-from tinydot.fits import loo_summary, predictor_ranking
+from tinydot.errors import ConfigError
+from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, loo_summary,
+                          predictor_ranking)
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.report import figures
 from tinydot.sampling import sample
-from tinydot.study import TARGETS, job_name, read_study_config
+from tinydot.study import TARGETS, job_name, load_study, read_study_config
 
 
 def _environment() -> Environment:
@@ -58,13 +60,17 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
     prunable = int(jobs["prunable"].iloc[0])
     sentences = []
     reached = bins[bins["needed_reached"].astype(bool)]
+    text = "embedding_weights" in jobs  # the text study counts the trunk only
+    embedding = f"; the {int(jobs['embedding_weights'].iloc[0]):,}-weight word embedding is not counted" if text else ""
+    what = "the trunk" if text else "tinyDOT"
     if len(reached):
         needed = reached["needed_fraction"]
         sentences.append(
             f"How many parameters this data needs: across {len(reached)} bin jobs the sparsest ticket within "
             f"{100 * delta:g}% of the dense NLL keeps {_fmt(needed.min())} to {_fmt(needed.max())} of the "
-            f"{prunable:,} prunable weights (mean {_fmt(needed.mean())}, about {needed.mean() * prunable:,.0f} weights): "
-            f"tinyDOT of this size is over-parameterized about {1 / needed.mean():.1f}x for one bin of this data.")
+            f"{prunable:,} prunable weights{' of the trunk' if text else ''} (mean {_fmt(needed.mean())}, about "
+            f"{needed.mean() * prunable:,.0f} weights{embedding}): {what} of this size is over-parameterized about "
+            f"{1 / needed.mean():.1f}x for one bin of this data.")
     if len(reached) < len(bins):
         sentences.append(f"{len(bins) - len(reached)} of {len(bins)} bin jobs never lost {100 * delta:g}% within their "
                          "pruning levels: their needed fraction is only known to be below the last level's density "
@@ -99,15 +105,26 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
         f"How far to trust the p-values: {len(ols)} coefficients were tested without correction, and the jobs are not "
         "independent (bins of different measures share sequences; the jobs of a seed share initial weights), so "
         "p-values and intervals are optimistic; the spread of the slope over seeds is the sturdier evidence.")
+    if "unigram_bits_per_step" in jobs:  # text: is there anything to need beyond word frequencies?
+        beats = jobs["dense_bits_per_step"] < jobs["unigram_bits_per_step"]
+        sentences.append(
+            f"Is the question meaningful: the dense model beats the add-one unigram of its own training sentences "
+            f"on its held-out sentences in {int(beats.sum())} of {len(jobs)} jobs (dense "
+            f"{_fmt(jobs['dense_bits_per_step'].mean())} vs unigram {_fmt(jobs['unigram_bits_per_step'].mean())} "
+            "bits/word on average)" + ("." if beats.all() else "; where it does not, the needed fraction measures "
+                                       "a model that has not yet learnt even the word frequencies.") +
+            " The needed fraction counts the trunk only (the word embedding is reported apart).")
     if not validation.empty:
         ranking = predictor_ranking(validation)
+        key = held_out_column(validation)
+        noun = "classes" if key == "digit" else "valid groups"
         for target in ("needed", "unused", "neurons", "bits"):
             part = ranking[ranking["target"] == target]
             if part.empty:
                 continue
             best = part.iloc[0]
             sentences.append(
-                f"On the held-out classes ({', '.join(str(d) for d in sorted(validation['digit'].unique()))}), the best "
+                f"On the held-out {noun} ({', '.join(str(d) for d in sorted(validation[key].unique()))}), the best "
                 f"predictor of the {target} fraction is {best['predictor']}: mean absolute error {_fmt(best['mae'])}, "
                 f"{'better' if best['beats_baseline'] else 'no better'} than ignoring complexity "
                 f"({_fmt(best['baseline_mae'])}); its 95% prediction intervals covered {best['covered']:.0%} of the "
@@ -116,17 +133,23 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
 
 
 def _job_names(jobs: pd.DataFrame) -> pd.Series:
-    return pd.Series([job_name(r.measure, int(r.bin if r.kind == "bin" else r.digit), int(r.seed))
+    key = held_out_column(jobs)
+    return pd.Series([job_name(r.measure, int(r.bin if r.kind == "bin" else getattr(r, key)), int(r.seed))
                       for r in jobs.itertuples()], index=jobs.index)
+
+
+def _held_out_label(kind: str, value: int) -> str:
+    return f"digit {value}" if kind == "class" else f"group {value}"
 
 
 def study_curves(run_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
     """Every job's per-level table (jobs/<job>/results.csv), labelled for the NLL-vs-density figure."""
-    frames = []
+    frames, key = [], held_out_column(jobs)
     for r, name in zip(jobs.itertuples(), _job_names(jobs)):
         table = pd.read_csv(run_dir / "jobs" / name / "results.csv")
-        group = f"binned by {r.measure}" if r.kind == "bin" else "held-out classes"
-        label = f"bin {r.bin}" if r.kind == "bin" else f"digit {r.digit}"
+        group = f"binned by {r.measure}" if r.kind == "bin" else ("held-out classes" if r.kind == "class"
+                                                                   else f"held-out groups ({r.measure})")
+        label = f"bin {r.bin}" if r.kind == "bin" else _held_out_label(r.kind, getattr(r, key))
         frames.append(table.assign(job=name, group=group, label=label, seed=r.seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -163,19 +186,19 @@ def write_study_report(run_dir: str | Path) -> Path:
     if study.study.sample_digits:
         images["samples"] = _png(_samples_figure(run_dir, jobs, measures), fig_dir / "samples.png")
 
-    data_summary = {"sequences": len(assignments), "binned": int((~assignments["held_class"]).sum()),
-                    "classes": sorted(set(assignments["label"]) - set(study.study.held_out_classes)),
-                    "measures": assignments[study.recorded_measures].describe().T.round(3)}
+    data_summary = _data_summary(assignments, study)
     columns = {"n_train": "mean", "needed_fraction": "mean", "untouched_fraction": "mean",
                "trained_to_small_fraction": "mean", "unused_fraction": "mean", "dense_bits_per_step": "mean",
                "dense_zeroed_bits_per_step": "mean", "levels": "max", "needed_reached": "mean"}
-    bins = jobs[jobs["kind"] == "bin"]
+    bins, key = jobs[jobs["kind"] == "bin"], held_out_column(jobs)
     per_bin_table = bins.groupby(["measure", "bin"]).agg(
         complexity=("complexity", "mean"), **{k: (k, how) for k, how in columns.items()}).reset_index()
-    per_class_table = jobs[jobs["kind"] == "class"].groupby("digit").agg(
+    per_class_table = jobs[jobs["kind"] != "bin"].groupby(key).agg(
         **{f"mean_{m}": (f"mean_{m}", "mean") for m in measures}, **{k: (k, how) for k, how in columns.items()}
     ).reset_index()
     validation = tables["validation"]
+    if not validation.empty:  # the template names the held-out job by one column, digit or group
+        validation = validation.assign(held_out=validation[key])
     html = _environment().get_template("study.html.j2").render(
         cost=study_cost(jobs), rightsized=rightsize_results(run_dir),
         run_name=run_dir.name, created=_now(), config=json.dumps(study.to_dict(), indent=2), study=study,
@@ -184,10 +207,37 @@ def write_study_report(run_dir: str | Path) -> Path:
         if not tables["loo"].empty else pd.DataFrame(), validation=validation,
         ranking=predictor_ranking(validation), targets=study.targets, measures=measures,
         verdict=study_verdict(jobs, tables["ols"], validation, study.prune.delta, targets=study.targets),
-        prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs), total_seconds=float(jobs["seconds"].sum()))
+        prunable=int(jobs["prunable"].iloc[0]), n_jobs=len(jobs), total_seconds=float(jobs["seconds"].sum()),
+        held_out_name=key, embedding=_embedding_table(jobs))
     path = run_dir / "report.html"
     atomic_write_text(path, html)
     return path
+
+
+def _data_summary(assignments: pd.DataFrame, study) -> dict:
+    """What the Data section says: samples, binned samples, the classes binned (strokes) or the
+    held-out groups' sizes (text), and the recorded measures' statistics over the binned samples."""
+    if study.study.domain == "strokes":
+        return {"sequences": len(assignments), "binned": int((~assignments["held_class"]).sum()),
+                "classes": sorted(set(assignments["label"]) - set(study.study.held_out_classes)),
+                "measures": assignments[study.recorded_measures].describe().T.round(3)}
+    train = assignments[assignments["split"] == "train"]
+    held = assignments[assignments["group"] >= 0]
+    groups = held.groupby("group").agg(sentences=("index", "size"),
+                                       **{m: (m, "mean") for m in study.recorded_measures}).reset_index()
+    return {"sequences": len(train), "binned": len(train), "held_out_sentences": len(held), "groups": groups,
+            "held_out_split": study.domain.eval_split,
+            "measures": train[study.recorded_measures].describe().T.round(3)}
+
+
+def _embedding_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Text: per job, the word embedding left out of the prunable set, and the unigram baseline."""
+    if "embedding_weights" not in jobs:
+        return pd.DataFrame()
+    columns = ["job", "n_train", "vocabulary_seen_fraction", "embedding_untouched_fraction",
+               "embedding_trained_to_small_fraction", "embedding_used_fraction", "dense_bits_per_step",
+               "unigram_bits_per_step"]
+    return jobs[columns]
 
 
 def study_cost(jobs: pd.DataFrame) -> dict:
@@ -228,6 +278,94 @@ def _slope_spread(seed_slopes: pd.DataFrame) -> pd.DataFrame:
     return seed_slopes.groupby(["target", "predictor"], sort=False).agg(
         seeds=("seed", "nunique"), mean=("slope", "mean"), sd=("slope", "std"),
         significant=("p_value", lambda p: int((p < 0.05).sum()))).reset_index()
+
+
+# --------------------------------------------------------------------------- two studies side by side
+
+SHARED_PREDICTORS = ("L", "compressed_bytes")  # measured in both domains (tinydot.data.text_measures)
+UNITS = {
+    "strokes": {"L": "pen steps", "compressed_bytes": "deflate bytes per pen step (3 raw bytes a step)",
+                "prunable": "every matrix and embedding (the class embedding is left out of the usage shares only)"},
+    "text": {"L": "words", "compressed_bytes": "deflate bytes per word of the sentence's characters (~5.5 raw "
+                                               "bytes a word with its space)",
+             "prunable": "the trunk: positional embedding, attention and MLP matrices (not the word embedding)"},
+}
+
+
+def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
+    """Plain sentences from the cross-domain summary: does one study's line predict the other's jobs?"""
+    sentences = []
+    for r in summary.itertuples():
+        source, target = r.direction.split(" -> ")
+        answer = "yes" if r.beats_baseline else "no"
+        sentences.append(
+            f"Does the {source} line of the {r.target} fraction on {r.predictor} predict the {target} jobs? {answer}: "
+            f"its mean absolute error on the {r.n_predicted} {target} jobs is {_fmt(r.mae)} against "
+            f"{_fmt(r.baseline_mae)} for the {target} jobs' own mean (and {_fmt(r.source_mean_mae)} for the {source} "
+            f"jobs' mean); its 95% prediction intervals covered {r.coverage:.0%} of them, and "
+            f"{r.within_range:.0%} of the {target} jobs lie inside the {r.predictor} range the line was fitted on "
+            f"(slope {_fmt(r.slope)} from {r.n_fit} {source} bin jobs).")
+    if summary.empty:
+        sentences.append("No line could be fitted: a study needs at least 3 bin jobs with a finite target "
+                         f"({', '.join(labels)}).")
+    elif not summary["beats_baseline"].any():
+        sentences.append("No: in no direction and for no shared measure does one domain's line predict the other's "
+                         "needed fraction better than the other domain's own mean. That is a finding, not a failure "
+                         "of the comparison: in these two studies, length and compressibility do not carry one "
+                         "domain's needed fraction over to the other.")
+    return sentences
+
+
+def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
+                     target: str = "needed") -> tuple[Path, pd.DataFrame]:
+    """compare.html (and cross_domain.png, predictions.csv, summary.csv) in `out`: two finished
+    studies side by side, each one's line predicting the other's jobs from the shared measures.
+    Returns the page's path and the summary table (`tinydot.fits.cross_domain_summary`)."""
+    runs = [Path(run_a), Path(run_b)]
+    loaded = [load_study(run) for run in runs]  # one line if either is not a finished study
+    domains = [study.study.domain for study, _ in loaded]
+    labels = [d if domains.count(d) == 1 else f"{d} ({run.name})" for d, run in zip(domains, runs)]
+    if runs[0].resolve() == runs[1].resolve():
+        raise ConfigError(f"{runs[0]} is given twice; compare two different study run folders")
+    for (study, jobs), run in zip(loaded, runs):
+        missing = [m for m in SHARED_PREDICTORS if f"mean_{m}" not in jobs]
+        if missing:
+            raise ConfigError(f"{run} records no job means of {', '.join(missing)}; re-run it with them among "
+                              "study.predictors")
+    predictions = pd.concat([
+        cross_domain_predictions(loaded[i][1], loaded[1 - i][1], SHARED_PREDICTORS, target,
+                                 direction=f"{labels[i]} -> {labels[1 - i]}") for i in (0, 1)], ignore_index=True)
+    summary = cross_domain_summary(predictions)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("predictions", predictions), ("summary", summary)):
+        with atomic_path(out / f"{name}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    image = _png(figures.cross_domain([(label, jobs) for label, (_, jobs) in zip(labels, loaded)],
+                                      SHARED_PREDICTORS, target), out / "cross_domain.png")
+    sides = [_side(label, run, study, jobs) for label, run, (study, jobs) in zip(labels, runs, loaded)]
+    html = _environment().get_template("compare.html.j2").render(
+        created=_now(), sides=sides, summary=summary, target=target, image=image,
+        verdict=comparison_verdict(summary, labels), predictors=SHARED_PREDICTORS)
+    path = out / "compare.html"
+    atomic_write_text(path, html)
+    return path, summary
+
+
+def _side(label: str, run: Path, study, jobs: pd.DataFrame) -> dict:
+    """One study's column of the comparison: its OLS rows, its per-bin decomposition, its units."""
+    ols = _read_table(run / "ols.csv")
+    bins = jobs[jobs["kind"] == "bin"]
+    decomposition = bins.groupby(["measure", "bin"]).agg(
+        mean_L=("mean_L", "mean"), mean_compressed_bytes=("mean_compressed_bytes", "mean"),
+        untouched=("untouched_fraction", "mean"), trained_to_small=("trained_to_small_fraction", "mean"),
+        used=("used_fraction", "mean"), needed=("needed_fraction", "mean"),
+        dense_nll=("dense_bits_per_step", "mean")).reset_index()
+    return {"label": label, "run": run.name, "domain": study.study.domain, "units": UNITS[study.study.domain],
+            "unit_nll": "bits/step" if study.study.domain == "strokes" else "bits/word",
+            "model": f"{study.model.n_layers} layers x d_model {study.model.d_model}",
+            "prunable": int(jobs["prunable"].iloc[0]), "jobs": len(jobs),
+            "ols": ols[ols["model"] != "joint"] if not ols.empty else ols, "decomposition": decomposition}
 
 
 # --------------------------------------------------------------------------- redundancy
