@@ -337,3 +337,32 @@ def test_rightsize_trains_on_the_train_split_only(tiny_study, data_dir):
     _, result = tiny_study
     with pytest.raises(ConfigError, match="give train or train:DIGIT"):
         run_rightsize(result.run_dir, "test:1", data_dir=data_dir, progress=False)
+
+
+def test_clustered_p_value_matches_the_cr1_sandwich():
+    """fits.ols_table's p_cluster against the CR1 sandwich written out with numpy: V = c (X'X)^-1
+    (sum_g X_g' u_g u_g' X_g) (X'X)^-1, c = G/(G-1) (N-1)/(N-K), and a t test with G-1 degrees of freedom."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for measure in ("L", "S"):
+        for b in range(4):
+            shared = rng.normal(0, 0.02)  # a data set's effect: its seeds share it
+            for seed in range(3):
+                x = b + rng.normal(0, 0.1)
+                rows.append({"kind": "bin", "measure": measure, "bin": b, "seed": seed, "mean_L": x,
+                             "needed_fraction": 0.2 + 0.01 * x + shared + rng.normal(0, 0.005)})
+    jobs = pd.DataFrame(rows)
+    row = ols_table(jobs, ["L"], ["needed"]).iloc[0]
+    X = np.column_stack([np.ones(len(jobs)), jobs["mean_L"]])
+    y = jobs["needed_fraction"].to_numpy()
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    u = y - X @ beta
+    bread = np.linalg.inv(X.T @ X)
+    meat = sum(np.outer(X[g].T @ u[g], X[g].T @ u[g])
+               for g in (jobs.groupby(["measure", "bin"]).indices.values()))
+    G, N, K = 8, len(jobs), 2
+    V = G / (G - 1) * (N - 1) / (N - K) * bread @ meat @ bread
+    p = 2 * stats.t.sf(abs(beta[1]) / np.sqrt(V[1, 1]), G - 1)
+    assert row["clusters"] == 8
+    assert row["p_cluster"] == pytest.approx(p, rel=1e-9)
+    assert row["coef"] == pytest.approx(beta[1], rel=1e-9)

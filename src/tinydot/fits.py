@@ -33,23 +33,45 @@ def _bins(jobs: pd.DataFrame) -> pd.DataFrame:
     return jobs[jobs["kind"] == "bin"] if "kind" in jobs else jobs
 
 
-def _fit_rows(fit, model: str, target: str, terms) -> list[dict]:
+def fit_ols_clustered(x, y, groups):
+    """OLS of y on [1, x] with cluster-robust (CR1) standard errors over `groups` and t tests with
+    G - 1 degrees of freedom (statsmodels' small-sample corrections): the jobs of one data set (its
+    seeds) are not independent observations, so their errors may be correlated."""
+    codes = pd.factorize(pd.Series(list(groups)))[0]
+    return sm.OLS(np.asarray(y, dtype=float), sm.add_constant(np.asarray(x, dtype=float), has_constant="add")).fit(
+        cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+
+
+def _clusters(part: pd.DataFrame) -> list:
+    """A bin job's data set: (measure, bin); its seeds are repeated draws on the same sequences."""
+    return list(zip(part["measure"], part["bin"])) if {"measure", "bin"} <= set(part) else list(range(len(part)))
+
+
+def _fit_rows(fit, model: str, target: str, terms, clustered=None, clusters: int = 0) -> list[dict]:
     ci = fit.conf_int(0.05)
-    return [{"model": model, "target": target, "term": term, "coef": fit.params[k], "ci_low": ci[k][0],
+    rows = [{"model": model, "target": target, "term": term, "coef": fit.params[k], "ci_low": ci[k][0],
              "ci_high": ci[k][1], "p_value": fit.pvalues[k], "r2": fit.rsquared, "n": int(fit.nobs),
              "intercept": fit.params[0]} for k, term in enumerate(terms, start=1)]
+    for k, row in enumerate(rows, start=1):
+        row["p_cluster"] = float(clustered.pvalues[k]) if clustered is not None else np.nan
+        row["clusters"] = clusters if clustered is not None else 0
+    return rows
 
 
 def ols_table(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """Per target: slope, 95% CI, p-value and R^2 of the target against each predictor's job mean,
-    and one joint model with every predictor (when the jobs outnumber its coefficients + 1)."""
+    and one joint model with every predictor (when the jobs outnumber its coefficients + 1).
+    Single-predictor rows also carry `p_cluster`, the slope's p-value with errors clustered by data
+    set (measure, bin: `fit_ols_clustered`) over `clusters` clusters (NaN with fewer than 3)."""
     bins, rows = _bins(jobs), []
     for target in targets:
         part = bins[np.isfinite(bins[f"{target}_fraction"])]
         y = part[f"{target}_fraction"]
+        groups = _clusters(part)
         for m in predictors:
             if len(part) >= 3:
-                rows += _fit_rows(fit_ols(part[f"mean_{m}"], y), m, target, [m])
+                clustered = fit_ols_clustered(part[f"mean_{m}"], y, groups) if len(set(groups)) >= 3 else None
+                rows += _fit_rows(fit_ols(part[f"mean_{m}"], y), m, target, [m], clustered, len(set(groups)))
         if len(predictors) > 1 and len(part) > len(predictors) + 2:
             rows += _fit_rows(fit_ols(part[[f"mean_{m}" for m in predictors]], y), "joint", target, predictors)
     return pd.DataFrame(rows)

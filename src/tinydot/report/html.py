@@ -53,6 +53,12 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _clustered(row) -> str:
+    """', p = x with errors clustered by data set (G clusters)' when the table has it."""
+    p = row.get("p_cluster", np.nan)
+    return f" ({_fmt(p)} with errors clustered by data set, {int(row['clusters'])} clusters)" if np.isfinite(p) else ""
+
+
 def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFrame, delta: float,
                   alpha: float = 0.05, targets: dict[str, str] = TARGETS) -> list[str]:
     """Plain sentences generated from the fitted and measured numbers (not fixed text)."""
@@ -88,8 +94,8 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
             direction = "rises" if best["coef"] > 0 else "falls"
             sentences.append(
                 f"{label.capitalize()} {direction} with {best['term']} (slope {_fmt(best['coef'])}, 95% CI "
-                f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], p = {_fmt(best['p_value'])}, R² = "
-                f"{best['r2']:.2f}, n = {int(best['n'])} jobs); {len(significant)} of {len(rows)} measures are "
+                f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], p = {_fmt(best['p_value'])}{_clustered(best)}, "
+                f"R² = {best['r2']:.2f}, n = {int(best['n'])} jobs); {len(significant)} of {len(rows)} measures are "
                 "significant at the 5% level.")
     parts = ols[(ols["model"] == "L") & ols["target"].isin(["untouched", "trained_to_small"])].set_index("target")
     if len(parts) == 2:
@@ -170,6 +176,8 @@ def write_study_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     study = read_study_config(json.loads((run_dir / "config.json").read_text()), run_dir)
     tables = {name: _read_table(run_dir / f"{name}.csv") for name in ("jobs", "ols", "loo", "validation", "seed_slopes")}
+    if not tables["ols"].empty and "p_cluster" not in tables["ols"]:  # written before clustered errors existed
+        tables["ols"] = tables["ols"].assign(p_cluster=np.nan, clusters=0)
     jobs = tables["jobs"].assign(job=lambda frame: _job_names(frame))
     assignments = pd.read_csv(run_dir / "assignments.csv")
     measures, predictors = list(study.study.measures), list(study.study.predictors)
