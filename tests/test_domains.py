@@ -3,17 +3,16 @@ checkpoints, the registry, and text through the same training, evaluation and lo
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinydot.checkpoint import load_model, load_tensors, save_model
+from tinydot.checkpoint import load_model, save_model, save_tensors
 from tinydot.complexity import measure_all
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig, config_hash
-from tinydot.data.batching import IGNORE, Encoded, EncodedText, encode, length_buckets
+from tinydot.data.batching import IGNORE, Encoded, EncodedText, encode, length_buckets, make_inputs
 from tinydot.data.text import EOS, Sentences
 from tinydot.data.text_measures import measure_sentences
 from tinydot.domains import DOMAINS, domain_of, get_domain
@@ -25,7 +24,6 @@ from tinydot.model import TextDOT, TinyDOT
 from tinydot.pruning.mask import load_mask, prunable_names
 from tinydot.training import BatchStream, init_model, train
 
-DATA = Path(__file__).parent / "data"
 VOCAB = np.array(["<eos>", *"abcdefghijklmnopqrstuvwxyz"])  # 27 ids
 TINY_TEXT = ModelConfig(domain="text", vocab_size=len(VOCAB), n_layers=1, d_model=8, d_mlp=16, max_len=16)
 
@@ -138,22 +136,33 @@ def test_text_checkpoint_round_trip(tmp_path):
 
 # --------------------------------------------------------------------------- strokes unchanged
 
-def test_a_stroke_checkpoint_from_before_the_domains_still_loads():
-    """tests/data holds a checkpoint and a batch with its NLL, written by main at e45be6f (before
-    ModelConfig had domain fields; tests/data/make_stroke_checkpoint_e45be6f.py)."""
-    path = DATA / "stroke-checkpoint-e45be6f.safetensors"
-    stored, metadata = load_tensors(path)
-    assert set(json.loads(metadata["model_config"])) == {"n_layers", "d_model", "n_heads", "d_mlp", "max_len",
-                                                         "max_move", "n_classes"}
+# What main wrote at e45be6f (before ModelConfig had domain fields) for init_model(E45BE6F_CONFIG, seed=7):
+# the same safetensors layout, a model_config of only these keys, and this batch's NLL (nats, B x T)
+E45BE6F_CONFIG = {"n_layers": 1, "d_model": 8, "n_heads": 1, "d_mlp": 16, "max_len": 118, "max_move": 28,
+                  "n_classes": 10}
+E45BE6F_MOVES = [[[2, 0, 0], [1, 3, 0], [0, -2, 1], [-2, 2, 1], [-1, 1, 1], [-3, -3, 0]],
+                 [[-3, -1, 0], [-3, 3, 0], [-2, 0, 0], [2, -3, 2], [1, 2, 1], [3, 2, 1]],
+                 [[0, 2, 0], [1, -2, 1], [3, -3, 2], [2, 3, 1], [1, -3, -1], [0, 0, -1]]]
+E45BE6F_NLL = [[8.167852401733398, 9.110321044921875, 1.115009069442749, 1.036902666091919, 1.1232718229293823,
+                9.128116607666016],
+               [7.97440242767334, 9.140826225280762, 9.09614372253418, 1.038429856300354, 1.16112220287323,
+                1.106237769126892],
+               [8.142404556274414, 1.1174705028533936, 1.101177453994751, 1.1147493124008179, 0.0, 0.0]]
+
+
+def test_a_stroke_checkpoint_from_before_the_domains_still_loads(tmp_path):
+    """A checkpoint in e45be6f's format (its model_config without the later fields) loads as a stroke
+    model and scores e45be6f's batch as e45be6f did."""
+    cfg = ModelConfig.from_dict(E45BE6F_CONFIG)
+    path = tmp_path / "old.safetensors"
+    save_tensors(path, init_model(cfg, seed=7).state_dict(),
+                 {"format": "tinydot", "model_config": json.dumps(E45BE6F_CONFIG), "extra": '{"commit": "e45be6f"}'})
     model = load_model(path)
-    assert isinstance(model, TinyDOT) and model.cfg.domain == "strokes"
-    assert set(model.state_dict()) == set(stored)  # the same parameter names (the file sorts them)
-    batch = load_tensors(DATA / "stroke-checkpoint-e45be6f-batch.safetensors")[0]
+    assert isinstance(model, TinyDOT) and model.cfg.domain == "strokes" and model.cfg == cfg
+    moves = torch.tensor(E45BE6F_MOVES)
     with torch.no_grad():
-        assert torch.equal(model.nll(batch["inputs"], batch["labels"], batch["targets"]), batch["nll"])
-    # and the seeded initialisation is unchanged: the file holds init_model(cfg, seed=7)
-    fresh = init_model(model.cfg, seed=7)
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in stored.items())
+        nll = model.nll(make_inputs(moves, cfg.max_move), torch.tensor([1, 5, 9]), moves)
+    torch.testing.assert_close(nll, torch.tensor(E45BE6F_NLL), rtol=0, atol=1e-5)
 
 
 def test_hashes_of_stroke_configs_are_unchanged():
