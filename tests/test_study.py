@@ -13,7 +13,7 @@ from scipy import stats
 from tinydot.config import StudyConfig
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predictor_ranking
-from tinydot.report.html import write_study_report
+from tinydot.report.html import study_verdict, write_study_report
 from tinydot.study import TARGETS, Study, assign, predict, run_study
 
 TINY_STUDY = {
@@ -366,3 +366,23 @@ def test_clustered_p_value_matches_the_cr1_sandwich():
     assert row["clusters"] == 8
     assert row["p_cluster"] == pytest.approx(p, rel=1e-9)
     assert row["coef"] == pytest.approx(beta[1], rel=1e-9)
+
+
+@pytest.mark.parametrize("slope, caveat", [(0.004, True), (0.02, False)])
+def test_verdict_says_when_clustering_takes_a_slope_past_5_percent(slope, caveat):
+    """Seeds of a data set share its offset: 24 jobs look like 24 points to plain OLS but are 8 data
+    sets. With a weak slope the plain p is below 0.05 (0.021) and the clustered one above (0.12): the
+    verdict must say the slope is no evidence. With a strong slope both are below and it must not."""
+    offset = {"L": [0, 0.03, -0.01, 0.04], "S": [0.02, -0.02, 0.03, 0.01]}
+    jobs = pd.DataFrame([{"kind": "bin", "measure": m, "bin": b, "seed": s, "mean_L": b + 0.1 * s,
+                          "needed_fraction": 0.2 + slope * b + offset[m][b] + 0.001 * s,
+                          "needed_reached": True, "prunable": 1000}
+                         for m in ("L", "S") for b in range(4) for s in range(3)])
+    ols = ols_table(jobs, ["L"], ["needed"])
+    row = ols.iloc[0]
+    assert row["p_value"] < 0.05 and (row["p_cluster"] >= 0.05) == caveat
+    text = " ".join(study_verdict(jobs, ols, pd.DataFrame(), delta=0.01, targets={"needed": "needed fraction"}))
+    assert "Needed fraction rises with L" in text
+    assert ("None of them is once errors are clustered by data set" in text) == caveat
+    if caveat:
+        assert f"smallest p = {row['p_cluster']:.3g}" in text

@@ -59,6 +59,15 @@ def _clustered(row) -> str:
     return f" ({_fmt(p)} with errors clustered by data set, {int(row['clusters'])} clusters)" if np.isfinite(p) else ""
 
 
+def _cluster_caveat(significant: pd.DataFrame, alpha: float) -> str:
+    """' None of them is once ...' when clustering the errors by data set takes every slope past alpha."""
+    p = significant["p_cluster"] if "p_cluster" in significant else pd.Series(dtype=float)
+    if p.isna().all() or (p < alpha).any():
+        return ""
+    return (f" None of them is once errors are clustered by data set (smallest p = {_fmt(p.min())}): "
+            "treat it as no evidence.")
+
+
 def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFrame, delta: float,
                   alpha: float = 0.05, targets: dict[str, str] = TARGETS) -> list[str]:
     """Plain sentences generated from the fitted and measured numbers (not fixed text)."""
@@ -96,7 +105,7 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
                 f"{label.capitalize()} {direction} with {best['term']} (slope {_fmt(best['coef'])}, 95% CI "
                 f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], p = {_fmt(best['p_value'])}{_clustered(best)}, "
                 f"R² = {best['r2']:.2f}, n = {int(best['n'])} jobs); {len(significant)} of {len(rows)} measures are "
-                "significant at the 5% level.")
+                "significant at the 5% level." + _cluster_caveat(significant, alpha))
     parts = ols[(ols["model"] == "L") & ols["target"].isin(["untouched", "trained_to_small"])].set_index("target")
     if len(parts) == 2:
         significant = parts[parts["p_value"] < alpha]
