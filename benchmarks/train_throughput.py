@@ -11,32 +11,42 @@ Rows (all on the same length-bucketed batches except `naive`):
                 on (positions, classes) rows, fused AdamW, foreach clipping)
   step relu     the same with `activation: relu` (a different model: see README, "Training speed")
   masked rows   baseline and step training under a 50% magnitude mask (pruned lottery levels)
+Text models (`--models text-quick text`: the text study's quick-preset TextDOT, 2 layers, d_model 32,
+and the default TextDOT, 4 layers, d_model 128; batches of ~1024 positions of Penn Treebank train):
+  baseline      `training_step` with TextDOT.nll as it was before: one (positions, 10,000) logit
+                matrix per batch (~40 MB, mapped and zeroed afresh by glibc at every step)
+  step          `training_step` with TextDOT.nll now: the softmax over chunks of LOGIT_CHUNK logits
+The last column also gives minor page faults per step (the whole process, both rows interleaved).
 Throughput counts scored positions per second (padding is work but not progress). Baseline and new
 steps alternate batch by batch, so a busy machine slows both alike; the ratio is new / baseline.
 MFU: analytic training FLOPs (tinydot.flops, dense) per second over a 1024^3 matmul measured now
 at the same thread count.
 
-    python benchmarks/train_throughput.py [--steps 40] [--models quick default] [--threads 1 2]
+    python benchmarks/train_throughput.py [--steps 40] [--models quick default text-quick text] [--threads 1 2]
 """
 
 import argparse
 import dataclasses
-import statistics
+import resource
 import time
+import types
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tinydot.config import ModelConfig, TrainConfig
-from tinydot.data import load_strokes
-from tinydot.data.batching import IGNORE, OUT_DX, OUT_DY, OUT_PEN, Encoded, epoch_batches
+from tinydot.data import load_sentences, load_strokes
+from tinydot.data.batching import IGNORE, OUT_DX, OUT_DY, OUT_PEN, Encoded, EncodedText, epoch_batches
+from tinydot.domains import DOMAINS
 from tinydot.flops import train_step_flops
 from tinydot.pruning.magnitude import prune
 from tinydot.pruning.mask import full_mask, masked_pairs, prunable_names
 from tinydot.training import init_model, make_optimizer, training_step
 
 MODELS = {"quick": (ModelConfig(n_layers=2, d_model=32, d_mlp=128), 4096), "default": (ModelConfig(), 8192)}
+TEXT_MODELS = {"text-quick": (dataclasses.replace(DOMAINS["text"].model_config, n_layers=2, d_model=32, d_mlp=128), 1024),
+               "text": (DOMAINS["text"].model_config, 1024)}
 WARMUP = 3
 
 
@@ -167,16 +177,52 @@ def measure(name: str, threads: int, steps: int, encoded: Encoded) -> list[tuple
     return rows
 
 
+def baseline_text_nll(model, inputs, targets):
+    """TextDOT.nll before the chunked softmax: one (positions, vocab) logit matrix per batch."""
+    h, _ = model(inputs)
+    logits = model.logits(h)
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    return nll.view(targets.shape)
+
+
+def measure_text(name: str, threads: int, steps: int, encoded: EncodedText) -> None:
+    """Baseline and new text step, interleaved batch by batch on the same length-bucketed batches."""
+    cfg, tokens = TEXT_MODELS[name]
+    torch.set_num_threads(threads)
+    peak = matmul_peak()
+    batches = epoch_batches(encoded.lengths, tokens, seed=0, epoch=0)[: steps + WARMUP]
+    runs = {"baseline": Trainer(cfg, training_step, make_optimizer), "step": Trainer(cfg, training_step, make_optimizer)}
+    runs["baseline"].model.nll = types.MethodType(baseline_text_nll, runs["baseline"].model)
+    faults = dict.fromkeys(runs, 0)
+    for i in range(steps + WARMUP):
+        for label, run in runs.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            run.step(encoded, batches[i])
+            if i >= WARMUP:
+                faults[label] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    base = runs["baseline"].throughput
+    print(f"\n{name} model ({init_model(cfg, 0).num_params():,} parameters), {threads} thread(s), "
+          f"~{tokens} positions per batch, {steps} timed steps; matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"  {'':24s} {'positions/s':>12s} {'ms/step':>8s} {'MFU':>6s} {'vs baseline':>12s} {'faults/step':>12s}")
+    for label, run in runs.items():
+        print(f"  {label:24s} {run.throughput:12,.0f} {tokens / run.throughput * 1e3:8.1f} "
+              f"{run.flops / run.seconds / peak:6.1%} {run.throughput / base:11.2f}x {faults[label] / steps:12,.0f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=[*MODELS, *TEXT_MODELS], choices=[*MODELS, *TEXT_MODELS])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     args = parser.parse_args()
-    encoded = Encoded(load_strokes("train"))
+    strokes = Encoded(load_strokes("train")) if set(args.models) & set(MODELS) else None
+    text = EncodedText(load_sentences("train")) if set(args.models) & set(TEXT_MODELS) else None
     for name in args.models:
         for threads in args.threads:
-            measure(name, threads, args.steps, encoded)
+            if name in MODELS:
+                measure(name, threads, args.steps, strokes)
+            else:
+                measure_text(name, threads, args.steps, text)
     print("\ngoal (issue 15): step >= 1.5x baseline for the quick model at 1 thread, >= 1.3x for the default at 2")
 
 

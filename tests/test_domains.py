@@ -62,6 +62,30 @@ def test_text_nll_equals_log_softmax_by_hand():
     assert (targets == EOS).sum() == len(data)
 
 
+@pytest.mark.parametrize("chunk", [1, 27 * 5, 27 * 7 + 3, 2 ** 19])
+def test_chunked_text_nll_and_its_gradients_equal_one_softmax(chunk, monkeypatch):
+    """TextDOT.nll scores LOGIT_CHUNK logits at a time (1 row, 5 rows, 7 rows with a ragged last
+    chunk, everything at once): the NLL and every parameter's gradient equal those of one
+    log-softmax over the whole (positions, vocab) matrix, written out here."""
+    import tinydot.model as model_module
+    model = init_model(TINY_TEXT, seed=3)
+    data = toy_sentences(8, seed=2)
+    inputs, targets = EncodedText(data).batch(np.arange(8))
+    h, _ = model(inputs)
+    log_p = torch.log_softmax(h @ model.emb_token.weight.T, dim=-1)
+    valid = targets != IGNORE
+    expected = torch.where(valid, -log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1), 0.0)
+    expected.sum().backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    monkeypatch.setattr(model_module, "LOGIT_CHUNK", chunk)
+    nll = model.nll(inputs, targets)
+    nll.sum().backward()
+    assert torch.allclose(nll, expected, atol=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, reference[name], atol=1e-6), name
+
+
 def test_untrained_text_model_is_near_uniform():
     """Small initial logits: perplexity close to the vocabulary size (the logits' std is
     0.02 * sqrt(d_model) ~ 0.06, so exp of half its square above V at most)."""

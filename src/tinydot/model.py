@@ -180,6 +180,9 @@ class TinyDOT(Decoder):
         return torch.where(valid, nll_pen + torch.where(draw, nll_dx + nll_dy, 0.0), 0.0)
 
 
+LOGIT_CHUNK = 2 ** 19  # logits per cross-entropy chunk in TextDOT.nll (2 MB of float32)
+
+
 class TextDOT(Decoder):
     """tinyDOT over words (`cfg.domain == "text"`): word + position embeddings, the shared trunk,
     a softmax over the `cfg.vocab_size` words, tied to the word embeddings unless `tie_embeddings`
@@ -204,10 +207,19 @@ class TextDOT(Decoder):
         return F.linear(h, self.emb_token.weight) if self.cfg.tie_embeddings else self.head(h)
 
     def nll(self, inputs, targets):
-        """Per-position negative log-likelihood in nats (B, T); zero where targets are padding (IGNORE)."""
+        """Per-position negative log-likelihood in nats (B, T); zero where targets are padding (IGNORE).
+
+        The softmax runs over chunks of positions, at most LOGIT_CHUNK logits each: one (positions,
+        vocab) matrix for a batch of ~1,024 positions is ~40 MB, above glibc's largest mmap threshold
+        (32 MB), so it and its gradient were mapped and zeroed afresh at every step; that page
+        faulting took half of a quick text step's time (benchmarks/train_throughput.py, "text" rows).
+        Small chunks are reused from the heap. Each position's NLL comes from its own row either way.
+        """
         h, _ = self(inputs)
-        logits = self.logits(h)  # (B, T, V); rows of V contiguous: the fast layout for cross_entropy
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
+        h, flat = h.flatten(0, 1), targets.flatten()
+        rows = max(1, LOGIT_CHUNK // self.cfg.vocab_size)
+        nll = torch.cat([F.cross_entropy(self.logits(h[i:i + rows]), flat[i:i + rows], ignore_index=IGNORE,
+                                         reduction="none") for i in range(0, len(flat), rows)])
         return nll.view(targets.shape)
 
 
