@@ -55,6 +55,11 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
     assert_user_error(run("sample", "--checkpoint", str(out), "--out", str(tmp_path / "x.png")),
                       "holds a text model; this needs a strokes model")
     assert not (tmp_path / "x.png").exists()
+    # `tinydot eval` of a text checkpoint: the same test perplexity, every test prediction counted
+    evaluated = run("eval", "--checkpoint", str(out), "--out", str(tmp_path / "eval.json"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"perplexity {test['perplexity']:.1f}) on 82,430 predictions (3,761 sentences)" in evaluated.stdout
+    assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(test)
 
 
 def test_complexity_of_text(tmp_path):

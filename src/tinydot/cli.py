@@ -184,15 +184,27 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
              seed: int = typer.Option(0, help="Sampling seed (0..2**32-1)."),
              out: Optional[Path] = typer.Option(None, "--out", help="Also write the results as JSON here."),
              data_dir: Optional[Path] = DataDirOption) -> None:
-    """Test NLL (bits/step), the stroke classifier's accuracy, and recognizability of samples."""
+    """Test NLL (bits/step), the stroke classifier's accuracy, and recognizability of samples.
+
+    A text checkpoint: test NLL in bits/word and perplexity over the whole PTB test split (every
+    sentence end counted); the sampling options do not apply."""
     from tinydot.checkpoint import load_model
-    from tinydot.evaluation import evaluate
+    from tinydot.domains import get_domain
+    from tinydot.evaluation import evaluate, evaluate_nll
     from tinydot.io import atomic_write_text, check_writable_file
 
     if out is not None:
         check_writable_file(out)  # before the evaluation, which takes minutes
-    result = evaluate(load_model(checkpoint, domain="strokes"), data_dir=data_dir, per_class=per_class,
-                      temperature=temperature, seed=seed)
+    model = load_model(checkpoint)
+    if model.cfg.domain == "text":
+        text = get_domain("text")
+        result = evaluate_nll(model, text.load("test", data_dir))
+        console.print(f"test NLL {text.describe_nll(result)} on {result['steps']:,} predictions "
+                      f"({result['sequences']:,} sentences)")
+        if out is not None:
+            atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        return
+    result = evaluate(model, data_dir=data_dir, per_class=per_class, temperature=temperature, seed=seed)
     console.print(f"test NLL            {result['test_bits_per_step']:.4f} bits/step "
                   f"({result['test_steps']:,} steps; start point {result['test_start_bits']:.2f} bits)")
     console.print(f"classifier accuracy {result['classifier_test_accuracy']:.2%} on the real test split")
