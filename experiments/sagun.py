@@ -27,7 +27,7 @@ from tinydot.training import train
 def measure(data, cfg, folder, steps, seed, sequences):
     result = train(data, folder, cfg, TrainConfig(steps=steps, tokens_per_batch=4096, warmup_steps=50,
                                                   eval_every=0, seed=seed), progress=False)
-    batch = sample_batch(data, cfg.max_move, sequences, seed=0)
+    batch = sample_batch(data, cfg, sequences, seed=0)
     spectrum = HessianSpectrum(top_k=20, lanczos_steps=80, trace_samples=50, density_runs=3, density_steps=80,
                                seed=seed).fit(HessianOperator(result.model, batch))
     top = [float(v) for v in spectrum.eigenvalues_]

@@ -23,7 +23,7 @@ def setup(train):
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=generator))
     short = train.subset(np.flatnonzero(train.lengths < 25)[:200])
-    batch = sample_batch(short, SMALL.max_move, 6, seed=0)
+    batch = sample_batch(short, SMALL, 6, seed=0)
     return model, batch
 
 
@@ -141,3 +141,52 @@ def test_bad_arguments(setup):
         HessianSpectrum(top_k=10, lanczos_steps=5).fit(operator)
     with pytest.raises(ConfigError, match="top_k must be between 1"):
         HessianSpectrum(top_k=0).fit(operator)
+
+
+def test_the_hessian_of_a_text_model_matches_its_exact_hessian():
+    """The operator is domain-agnostic: on a tiny TextDOT (tied softmax over 12 words) and a batch
+    from `sample_batch` of toy sentences, H v equals the exact Hessian (autograd) times v, where the
+    loss is the mean NLL over every word and sentence end (counted here from the lengths)."""
+    from tinydot.data.text import Sentences
+
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 7, size=20).astype(np.int32)
+    vocabulary = np.array(["<eos>", *"abcdefghijk"])
+    data = Sentences(rng.integers(1, 12, size=int(lengths.sum())).astype(np.int32), lengths, vocabulary, "toy")
+    cfg = ModelConfig(domain="text", vocab_size=12, n_layers=1, d_model=4, d_mlp=8, max_len=8)
+    model = init_model(cfg, seed=0)
+    batch = sample_batch(data, cfg, 5, seed=1)
+    chosen = np.sort(np.random.default_rng(1).choice(20, size=5, replace=False))
+    scored = int(lengths[chosen].sum()) + 5  # words + sentence ends
+
+    class MeanTextNLL(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self):
+            return self.model.nll(*batch).sum() / scored
+
+    import copy
+
+    double = copy.deepcopy(model).double()
+    names = [n for n, _ in double.named_parameters()]
+    shapes = {n: p.shape for n, p in double.named_parameters()}
+    flat = torch.cat([p.detach().reshape(-1) for p in double.parameters()])
+    loss = MeanTextNLL()
+    loss.model = double
+
+    def f(x):
+        out, offset = {}, 0
+        for n in names:
+            k = int(np.prod(shapes[n]))
+            out[f"model.{n}"] = x[offset: offset + k].reshape(shapes[n])
+            offset += k
+        return functional_call(loss, out, ())
+
+    with sdpa_kernel(SDPBackend.MATH):
+        exact = torch.autograd.functional.hessian(f, flat, vectorize=True).numpy()
+    operator = HessianOperator(model, batch)
+    assert operator.dim == flat.numel() and operator.loss_value() == pytest.approx(float(f(flat)), rel=1e-12)
+    v = np.random.default_rng(2).standard_normal(operator.dim)
+    assert np.allclose(operator.matvec(v).numpy(), exact @ v, rtol=1e-8, atol=1e-10)

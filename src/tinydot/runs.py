@@ -25,7 +25,7 @@ from tinydot.cost import CostMeter
 from tinydot.data.render import rasterize_all, save_grid
 from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
 from tinydot.data.text import Sentences
-from tinydot.domains import domain_of
+from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
 from tinydot.io import atomic_path, atomic_write_text, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
@@ -107,10 +107,10 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
 def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs, seed,
              data_dir, progress) -> dict:
     checkpoint = Path(checkpoint)
-    model = load_model(checkpoint, domain="strokes")
+    model = load_model(checkpoint)  # strokes or text: the train split of the model's own domain
     mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
-    batch = sample_batch(load_strokes("train", data_dir), model.cfg.max_move, sequences, seed)
+    batch = sample_batch(get_domain(model.cfg.domain).load("train", data_dir), model.cfg, sequences, seed)
     operator = HessianOperator(model, batch, mask)
     spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
                                density_runs=density_runs, density_steps=lanczos_steps, seed=seed)

@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tinydot.data.batching import Encoded
+from tinydot.config import ModelConfig
+from tinydot.data.batching import encode, scored_positions
 from tinydot.errors import ConfigError
 
 
 class HessianOperator:
     """H restricted to the free coordinates: `matvec(v)` for v of shape (dim,), float64 numpy or torch.
 
-    model : a TinyDOT (copied; the original is untouched; its masked weights are set to zero)
-    batch : (inputs, labels, targets) tensors, e.g. `Encoded(strokes).batch(index, max_move)`
+    model : a TinyDOT or TextDOT (copied; the original is untouched; its masked weights are set to zero)
+    batch : the model's `nll` arguments, e.g. `sample_batch(data, model.cfg, n, seed)`; the loss is
+            the mean NLL over its scored (non-padding) positions
     mask  : optional {name: BoolTensor}; False entries are excluded coordinates
     """
 
@@ -50,7 +52,7 @@ class HessianOperator:
         self.dtype = dtype
         self.n_matvecs = 0
         self.on_matvec = None  # optional callback after every product (progress bars)
-        count = int((batch[2][..., 2] >= 0).sum())
+        count = scored_positions(batch)
         with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward
             self._loss = model.nll(*batch).sum() / count
             # the gradient's graph is built once; every H v is then one backward pass through it
@@ -221,9 +223,10 @@ class HessianSpectrum:
         return float(per_run.mean()), stderr
 
 
-def sample_batch(strokes, max_move: int, sequences: int, seed: int):
-    """A fixed batch of `sequences` randomly chosen (seeded) sequences as model tensors."""
-    if not 1 <= sequences <= len(strokes):
-        raise ConfigError(f"sequences must be between 1 and {len(strokes)}, got {sequences}")
-    index = np.sort(np.random.default_rng(seed).choice(len(strokes), size=sequences, replace=False))
-    return Encoded(strokes.subset(index)).batch(np.arange(sequences), max_move)
+def sample_batch(data, cfg: ModelConfig, sequences: int, seed: int):
+    """A fixed batch of `sequences` randomly chosen (seeded) strokes or sentences, encoded for a
+    model of config `cfg`: the model's `nll` arguments."""
+    if not 1 <= sequences <= len(data):
+        raise ConfigError(f"sequences must be between 1 and {len(data)}, got {sequences}")
+    index = np.sort(np.random.default_rng(seed).choice(len(data), size=sequences, replace=False))
+    return encode(data.subset(index), cfg).batch(np.arange(sequences))

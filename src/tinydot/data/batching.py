@@ -88,6 +88,13 @@ class EncodedText:
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
+def scored_positions(batch: tuple) -> int:
+    """How many positions of a batch (either encoding's `batch(...)` tensors) are scored: not padding.
+    Stroke targets (B, T, 3) mark padding in their pen channel, text targets (B, T) themselves."""
+    targets = batch[-1]
+    return int(((targets[..., OUT_PEN] if targets.dim() == 3 else targets) != IGNORE).sum())
+
+
 def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText:
     """The encoding of `data` for a model of config `cfg`; a ConfigError if they do not fit
     (the other domain's data, a vocabulary of another size, a sample longer than max_len)."""
