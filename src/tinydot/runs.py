@@ -23,7 +23,7 @@ from tinydot.complexity import bin_table, quantile_bins, summary
 from tinydot.config import check_seed
 from tinydot.cost import CostMeter
 from tinydot.data.render import rasterize_all, save_grid
-from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit, load_strokes
+from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit
 from tinydot.data.text import Sentences
 from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
@@ -158,12 +158,17 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
 def _svcca(checkpoints, out: Path, sequences: int, keep: float, seed: int, data_dir) -> dict:
     if not 1 <= len(checkpoints) <= 2:
         raise ConfigError(f"give one or two checkpoints, got {len(checkpoints)}")
-    test = load_strokes("test", data_dir)
+    models = [load_model(c) for c in checkpoints]
+    domain = models[0].cfg.domain
+    if models[-1].cfg.domain != domain:
+        raise ConfigError(f"{checkpoints[0]} is a {domain} model but {checkpoints[-1]} a {models[-1].cfg.domain} "
+                          "model; compare checkpoints of one domain")
+    test = get_domain(domain).load("test", data_dir)  # test strokes, or test sentences for text models
     if not 2 <= sequences <= len(test):
         raise ConfigError(f"sequences must be between 2 and {len(test)}, got {sequences}")
     index = np.sort(np.random.default_rng(seed).choice(len(test), size=sequences, replace=False))
     chosen = test.subset(index)
-    layers = [hidden_states(load_model(c, domain="strokes"), chosen) for c in checkpoints]
+    layers = [hidden_states(model, chosen) for model in models]
     names = [[f"{'AB'[k] if len(checkpoints) == 2 else ''}{'emb' if i == 0 else f'block{i}'}"
               for i in range(len(states))] for k, states in enumerate(layers)]
     first, second = layers[0], layers[-1]

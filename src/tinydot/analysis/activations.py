@@ -1,4 +1,5 @@
-"""Per-layer hidden states: tinyDOT on stroke data, and Hugging Face encoders/decoders on words.
+"""Per-layer hidden states: tinyDOT on its own data (strokes or words), and Hugging Face
+encoders/decoders on words.
 
 Both give arrays of shape (n_layers + 1, n_tokens, width): the input embeddings, then the output of
 every block. Large token counts stream straight into a memory-mapped .npy file on disk.
@@ -13,16 +14,17 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from tinydot.data.batching import Encoded, length_buckets
+from tinydot.data.batching import encode, length_buckets, scored_mask
 from tinydot.data.strokes import Strokes
+from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.io import atomic_path
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder, TinyDOT
 
 
-def _stroke_batches(model: TinyDOT, strokes: Strokes, tokens_per_batch: int):
+def _batches(model: Decoder, data: Strokes | Sentences, tokens_per_batch: int):
     """Yield (per-layer states, sequence index, targets) for every real position, batch by batch."""
-    encoded = Encoded(strokes)
+    encoded = encode(data, model.cfg)
     captured: list[torch.Tensor] = []
 
     def keep(layer):
@@ -35,26 +37,29 @@ def _stroke_batches(model: TinyDOT, strokes: Strokes, tokens_per_batch: int):
     try:
         for index in length_buckets(encoded.lengths, tokens_per_batch, np.random.default_rng(0)):
             index = np.sort(index)
-            inputs, labels, targets = encoded.batch(index, model.cfg.max_move)
-            valid = targets[..., 2] >= 0
+            batch = encoded.batch(index)
+            valid = scored_mask(batch)
             captured.clear()
-            model(inputs, labels)
+            model(*batch[:-1])  # the inputs (strokes: and the class labels); the targets are last
             rows = np.broadcast_to(index[:, None], valid.shape)[valid.numpy()]
-            yield [x[valid] for x in captured], rows, targets[valid]
+            yield [x[valid] for x in captured], rows, batch[-1][valid]
     finally:
         for handle in handles:
             handle.remove()
 
 
 @torch.no_grad()
-def hidden_states(model: TinyDOT, strokes: Strokes, tokens_per_batch: int = 8192) -> list[np.ndarray]:
-    """Hidden states at every real position of `strokes` (padding excluded).
+def hidden_states(model: Decoder, data: Strokes | Sentences, tokens_per_batch: int = 8192) -> list[np.ndarray]:
+    """Hidden states at every real position of `data` (padding excluded): strokes for a TinyDOT,
+    sentences for a TextDOT (every word and sentence end).
 
     Returns n_layers + 1 float32 arrays of shape (n_positions, d_model): the summed input
     embeddings, then the residual stream after each block. Positions are in a fixed order (by
     length bucket), the same for every model, so layers of different checkpoints line up.
     """
-    return stroke_states(model, strokes, tokens_per_batch)[0]
+    model.eval()
+    parts = list(_batches(model, data, tokens_per_batch))
+    return [torch.cat([states[i] for states, _, _ in parts]).numpy() for i in range(len(model.blocks) + 1)]
 
 
 @torch.no_grad()
@@ -68,7 +73,7 @@ def stroke_states(model: TinyDOT, strokes: Strokes, tokens_per_batch: int = 8192
                something it was given
     """
     model.eval()
-    parts = list(_stroke_batches(model, strokes, tokens_per_batch))
+    parts = list(_batches(model, strokes, tokens_per_batch))
     layers = [torch.cat([states[i] for states, _, _ in parts]).numpy() for i in range(len(model.blocks) + 1)]
     rows = np.concatenate([r for _, r, _ in parts])
     pen = torch.cat([t[:, 2] for _, _, t in parts]).numpy()

@@ -88,11 +88,16 @@ class EncodedText:
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
-def scored_positions(batch: tuple) -> int:
-    """How many positions of a batch (either encoding's `batch(...)` tensors) are scored: not padding.
-    Stroke targets (B, T, 3) mark padding in their pen channel, text targets (B, T) themselves."""
+def scored_mask(batch: tuple) -> torch.Tensor:
+    """Bool (B, T): the positions of a batch (either encoding's `batch(...)` tensors) that are scored,
+    not padding. Stroke targets (B, T, 3) mark padding in their pen channel, text targets (B, T) themselves."""
     targets = batch[-1]
-    return int(((targets[..., OUT_PEN] if targets.dim() == 3 else targets) != IGNORE).sum())
+    return (targets[..., OUT_PEN] if targets.dim() == 3 else targets) != IGNORE
+
+
+def scored_positions(batch: tuple) -> int:
+    """How many positions of a batch are scored (`scored_mask`)."""
+    return int(scored_mask(batch).sum())
 
 
 def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText:
