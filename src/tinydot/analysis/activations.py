@@ -16,7 +16,7 @@ from rich.progress import track
 
 from tinydot.data.batching import encode, length_buckets, scored_mask
 from tinydot.data.strokes import Strokes
-from tinydot.data.text import Sentences
+from tinydot.data.text import UNK_WORD, Sentences
 from tinydot.errors import ConfigError
 from tinydot.io import atomic_path
 from tinydot.model import Decoder, TinyDOT
@@ -78,6 +78,51 @@ def stroke_states(model: TinyDOT, strokes: Strokes, tokens_per_batch: int = 8192
     rows = np.concatenate([r for _, r, _ in parts])
     pen = torch.cat([t[:, 2] for _, _, t in parts]).numpy()
     return layers, rows.astype(np.int64), pen.astype(np.int64)
+
+
+def ptb_ids(sentences: list[list[str]], vocabulary: np.ndarray) -> tuple[Sentences, float]:
+    """Word lists as ids of a Penn Treebank vocabulary (lower-cased, numbers as "N", other unknown words
+    as "<unk>", as Mikolov's text writes them), and the share of words that became "<unk>"."""
+    index = {word: i for i, word in enumerate(vocabulary)}
+    unknown = index[UNK_WORD]
+    number = index.get("N", unknown)
+    ids = [index.get(w.lower(), number if any(c.isdigit() for c in w) else unknown)
+           for sentence in sentences for w in sentence]
+    tokens = np.asarray(ids, dtype=np.int32)
+    lengths = np.array([len(s) for s in sentences], dtype=np.int32)
+    return Sentences(tokens, lengths, vocabulary, "probe"), float(np.mean(tokens == unknown)) if len(tokens) else 0.0
+
+
+@torch.no_grad()
+def textdot_word_states(model: Decoder, sentences: Sentences, batch_size: int = 64) -> np.ndarray:
+    """Hidden states of every word of `sentences` in a TextDOT, in word order, for every layer:
+    float32 (n_layers + 1, n_words, d_model). Word j of a sentence is the model's input at position
+    j (position 0 holds the sentence start), so its state is the one at that position: the model has
+    read the words up to and including it."""
+    model.eval()
+    encoded = encode(sentences, model.cfg)
+    captured: list[torch.Tensor] = []
+
+    def keep(layer):
+        def hook(module, args, output):
+            captured.append(args[0] if layer == 0 else output[0])
+        return hook
+
+    handles = [model.blocks[0].register_forward_hook(keep(0))]
+    handles += [block.register_forward_hook(keep(i + 1)) for i, block in enumerate(model.blocks)]
+    parts = []
+    try:
+        for start in range(0, len(encoded), batch_size):
+            index = np.arange(start, min(start + batch_size, len(encoded)))
+            inputs, _ = encoded.batch(index)
+            captured.clear()
+            model(inputs)
+            stacked = torch.stack(captured)  # (layers + 1, B, T, d)
+            parts += [stacked[:, b, 1:int(sentences.lengths[i]) + 1] for b, i in enumerate(index)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(parts, dim=1).numpy()
 
 
 # --- Hugging Face models -----------------------------------------------------------------------
