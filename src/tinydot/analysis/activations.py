@@ -8,6 +8,7 @@ every block. Large token counts stream straight into a memory-mapped .npy file o
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,10 @@ from tinydot.io import atomic_path
 from tinydot.model import Decoder, TinyDOT
 
 
-def _batches(model: Decoder, data: Strokes | Sentences, tokens_per_batch: int):
-    """Yield (per-layer states, sequence index, targets) for every real position, batch by batch."""
-    encoded = encode(data, model.cfg)
+@contextmanager
+def _layer_states(model: Decoder):
+    """Within the block, every forward of `model` fills the yielded list (cleared first by the
+    caller) with n_layers + 1 tensors (B, T, d): the summed input embeddings, then each block's output."""
     captured: list[torch.Tensor] = []
 
     def keep(layer):
@@ -35,6 +37,16 @@ def _batches(model: Decoder, data: Strokes | Sentences, tokens_per_batch: int):
     handles = [model.blocks[0].register_forward_hook(keep(0))]
     handles += [block.register_forward_hook(keep(i + 1)) for i, block in enumerate(model.blocks)]
     try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batches(model: Decoder, data: Strokes | Sentences, tokens_per_batch: int):
+    """Yield (per-layer states, sequence index, targets) for every real position, batch by batch."""
+    encoded = encode(data, model.cfg)
+    with _layer_states(model) as captured:
         for index in length_buckets(encoded.lengths, tokens_per_batch, np.random.default_rng(0)):
             index = np.sort(index)
             batch = encoded.batch(index)
@@ -43,9 +55,6 @@ def _batches(model: Decoder, data: Strokes | Sentences, tokens_per_batch: int):
             model(*batch[:-1])  # the inputs (strokes: and the class labels); the targets are last
             rows = np.broadcast_to(index[:, None], valid.shape)[valid.numpy()]
             yield [x[valid] for x in captured], rows, batch[-1][valid]
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
@@ -101,17 +110,8 @@ def textdot_word_states(model: Decoder, sentences: Sentences, batch_size: int = 
     read the words up to and including it."""
     model.eval()
     encoded = encode(sentences, model.cfg)
-    captured: list[torch.Tensor] = []
-
-    def keep(layer):
-        def hook(module, args, output):
-            captured.append(args[0] if layer == 0 else output[0])
-        return hook
-
-    handles = [model.blocks[0].register_forward_hook(keep(0))]
-    handles += [block.register_forward_hook(keep(i + 1)) for i, block in enumerate(model.blocks)]
     parts = []
-    try:
+    with _layer_states(model) as captured:
         for start in range(0, len(encoded), batch_size):
             index = np.arange(start, min(start + batch_size, len(encoded)))
             inputs, _ = encoded.batch(index)
@@ -119,9 +119,6 @@ def textdot_word_states(model: Decoder, sentences: Sentences, batch_size: int = 
             model(inputs)
             stacked = torch.stack(captured)  # (layers + 1, B, T, d)
             parts += [stacked[:, b, 1:int(sentences.lengths[i]) + 1] for b, i in enumerate(index)]
-    finally:
-        for handle in handles:
-            handle.remove()
     return torch.cat(parts, dim=1).numpy()
 
 
