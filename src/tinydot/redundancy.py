@@ -41,7 +41,7 @@ from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, s
 from tinydot.checkpoint import is_tinydot_checkpoint, load_model
 from tinydot.config import check_seed
 from tinydot.data.strokes import load_strokes
-from tinydot.data.text import load_sentences
+from tinydot.data.text import UNK_WORD, load_sentences
 from tinydot.cost import CostMeter
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
@@ -109,10 +109,10 @@ def _textdot_activations(config: RedundancyConfig, data_dir, progress: bool):
     """A TextDOT on a text task's sentences, their words looked up in the Penn Treebank vocabulary."""
     task = text_task(config.task, config.tokens, config.seed)
     check_split(task.labels, task.split)  # before anything is written
-    sentences, unknown = ptb_ids(task.sentences, load_sentences("train", data_dir).vocabulary)
+    sentences, _ = ptb_ids(task.sentences, load_sentences("train", data_dir).vocabulary)
     states = textdot_word_states(load_model(config.model, domain="text"), sentences)
     return states, task, {"word": [w for sentence in task.sentences for w in sentence],
-                          "unknown": sentences.tokens == sentences.vocabulary.tolist().index("<unk>")}
+                          "unknown": sentences.vocabulary[sentences.tokens] == UNK_WORD}
 
 
 def checkpoint_domain(model: str) -> str:
