@@ -11,6 +11,9 @@ Rows (all on the same length-bucketed batches except `naive`):
                 on (positions, classes) rows, fused AdamW, foreach clipping)
   step relu     the same with `activation: relu` (a different model: see README, "Training speed")
   masked rows   baseline and step training under a 50% magnitude mask (pruned lottery levels)
+  step, torch.compile   with --compile: the step with `torch.compile(model.nll, dynamic=True)` (one
+                graph for every batch shape); its compile time (the warm-up steps' time above
+                the timed mean) is printed apart and left out of its throughput
 Text models (`--models text-quick text`: the text study's quick-preset TextDOT, 2 layers, d_model 32,
 and the default TextDOT, 4 layers, d_model 128; batches of ~1024 positions of Penn Treebank train):
   baseline      `training_step` with TextDOT.nll as it was before: one (positions, 10,000) logit
@@ -23,6 +26,7 @@ MFU: analytic training FLOPs (tinydot.flops, dense) per second over a 1024^3 mat
 at the same thread count.
 
     python benchmarks/train_throughput.py [--steps 40] [--models quick default text-quick text] [--threads 1 2]
+                                          [--compile]
 """
 
 import argparse
@@ -108,15 +112,17 @@ def baseline_step(model, optimizer, batch, n_positions, *, lr, grad_clip, masked
 class Trainer:
     """One model + optimizer + step function, stepping through the given batches."""
 
-    def __init__(self, cfg, step, optimizer, mask=None):
+    def __init__(self, cfg, step, optimizer, mask=None, compile=False):
         self.cfg, self.step_fn = cfg, step
         self.model = init_model(cfg, 0)
+        if compile:
+            self.model.nll = torch.compile(self.model.nll, dynamic=True)
         self.masked = masked_pairs(self.model, mask) if mask is not None else []
         for param, keep in self.masked:
             param.data.mul_(keep)
         self.optimizer = optimizer(self.model, TrainConfig())
         self.touched = [(p, torch.zeros_like(p, dtype=torch.bool)) for p in self.model.parameters() if p.dim() >= 2]
-        self.seconds, self.positions, self.flops, self.calls = 0.0, 0, 0, 0
+        self.seconds, self.positions, self.flops, self.calls, self.warmup_seconds = 0.0, 0, 0, 0, 0.0
 
     def step(self, encoded, index, pad_to=None):
         start = time.perf_counter()  # building the batch is part of the step
@@ -126,7 +132,9 @@ class Trainer:
                      touched=self.touched)
         elapsed = time.perf_counter() - start
         self.calls += 1
-        if self.calls > WARMUP:
+        if self.calls <= WARMUP:
+            self.warmup_seconds += elapsed
+        else:
             self.seconds += elapsed
             self.positions += n
             self.flops += train_step_flops(self.cfg, len(index), batch[0].shape[1])
@@ -135,6 +143,11 @@ class Trainer:
     def throughput(self) -> float:
         return self.positions / self.seconds
 
+    @property
+    def compile_seconds(self) -> float:
+        """The warm-up steps' time above what as many timed steps took on average."""
+        return self.warmup_seconds - WARMUP * self.seconds / (self.calls - WARMUP)
+
 
 def magnitude_mask(cfg: ModelConfig):
     """Half of the prunable weights removed by magnitude from the initial weights (a pruned level's shape)."""
@@ -142,7 +155,7 @@ def magnitude_mask(cfg: ModelConfig):
     return prune(model, full_mask(model, prunable_names(model)), 0.5)
 
 
-def measure(name: str, threads: int, steps: int, encoded: Encoded) -> list[tuple[str, float, float]]:
+def measure(name: str, threads: int, steps: int, encoded: Encoded, compile: bool = False) -> list[tuple[str, float, float]]:
     cfg, tokens = MODELS[name]
     torch.set_num_threads(threads)
     peak = matmul_peak()
@@ -159,6 +172,8 @@ def measure(name: str, threads: int, steps: int, encoded: Encoded) -> list[tuple
         "baseline, 50% masked": Trainer(cfg, baseline_step, baseline_optimizer, mask),
         "step, 50% masked": Trainer(cfg, training_step, make_optimizer, mask),
     }
+    if compile:
+        runs["step, torch.compile"] = Trainer(cfg, training_step, make_optimizer, compile=True)
     naive = Trainer(cfg, baseline_step, baseline_optimizer)
     for i in range(steps + WARMUP):  # interleaved: every variant sees the machine in the same state
         for run in runs.values():
@@ -174,6 +189,8 @@ def measure(name: str, threads: int, steps: int, encoded: Encoded) -> list[tuple
     print(f"  {'':24s} {'positions/s':>12s} {'ms/step':>8s} {'MFU':>6s} {'vs baseline':>12s}")
     for label, throughput, mfu, ratio in rows:
         print(f"  {label:24s} {throughput:12,.0f} {tokens / throughput * 1e3:8.1f} {mfu:6.1%} {ratio:11.2f}x")
+    if compile:
+        print(f"  torch.compile: {runs['step, torch.compile'].compile_seconds:.1f} s of compiling in the warm-up steps")
     return rows
 
 
@@ -214,13 +231,17 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--models", nargs="+", default=[*MODELS, *TEXT_MODELS], choices=[*MODELS, *TEXT_MODELS])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row to the stroke models")
     args = parser.parse_args()
+    if args.compile:
+        from torch._inductor import config as inductor_config
+        inductor_config.compile_threads = 1  # no pool of compiling processes competing with the timed steps
     strokes = Encoded(load_strokes("train")) if set(args.models) & set(MODELS) else None
     text = EncodedText(load_sentences("train")) if set(args.models) & set(TEXT_MODELS) else None
     for name in args.models:
         for threads in args.threads:
             if name in MODELS:
-                measure(name, threads, args.steps, strokes)
+                measure(name, threads, args.steps, strokes, args.compile)
             else:
                 measure_text(name, threads, args.steps, text)
     print("\ngoal (issue 15): step >= 1.5x baseline for the quick model at 1 thread, >= 1.3x for the default at 2")
