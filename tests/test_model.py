@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinydot.checkpoint import CheckpointError, load_model, save_model
+from tinydot.checkpoint import CheckpointError, load_config, load_model, save_model
 from tinydot.config import ModelConfig, TrainConfig
 from tinydot.data.batching import Encoded, length_buckets, make_inputs
 from tinydot.errors import ConfigError
@@ -116,6 +116,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, few):
     save_model(tmp_path / "m.safetensors", model)
     loaded = load_model(tmp_path / "m.safetensors")
     assert loaded.cfg == model.cfg
+    assert load_config(tmp_path / "m.safetensors") == model.cfg  # from the metadata alone
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     inputs, labels, targets = Encoded(few).batch(np.arange(8), TINY.max_move)
@@ -133,6 +134,10 @@ def test_bad_checkpoints(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not a tinydot checkpoint"):
         load_model(tmp_path / "other.safetensors")
+    for name, message in [("missing", "does not exist"), ("junk", "not a readable safetensors file"),
+                          ("other", "not a tinydot checkpoint")]:
+        with pytest.raises(CheckpointError, match=message):
+            load_config(tmp_path / f"{name}.safetensors")
     model = init_model(TINY, seed=0)
     save_model(tmp_path / "m.safetensors", model)
     data = (tmp_path / "m.safetensors").read_bytes()

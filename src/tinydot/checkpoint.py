@@ -66,6 +66,28 @@ def is_tinydot_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
+def _model_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
+    if metadata.get("format") != "tinydot" or "model_config" not in metadata:
+        raise CheckpointError(f"{path} is not a tinydot checkpoint (no model config in its metadata)")
+    try:
+        return ModelConfig.from_dict(json.loads(metadata["model_config"]))
+    except (ConfigError, json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path} has an invalid model config ({err})") from None
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config of a checkpoint file or run folder, read from its metadata alone (no weights)."""
+    path = resolve(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+    return _model_config(path, metadata)
+
+
 def load_model(path: str | os.PathLike, *, domain: str | None = None) -> Decoder:
     """Rebuild the model (TinyDOT or TextDOT, as its config says) from a checkpoint file or a run
     folder, in eval mode. A config written before a field existed gets that field's default.
@@ -75,12 +97,7 @@ def load_model(path: str | os.PathLike, *, domain: str | None = None) -> Decoder
     """
     path = resolve(path)
     tensors, metadata = load_tensors(path)
-    if metadata.get("format") != "tinydot" or "model_config" not in metadata:
-        raise CheckpointError(f"{path} is not a tinydot checkpoint (no model config in its metadata)")
-    try:
-        cfg = ModelConfig.from_dict(json.loads(metadata["model_config"]))
-    except (ConfigError, json.JSONDecodeError, TypeError) as err:
-        raise CheckpointError(f"{path} has an invalid model config ({err})") from None
+    cfg = _model_config(path, metadata)
     if domain is not None and cfg.domain != domain:
         raise CheckpointError(f"{path} holds a {cfg.domain} model; this needs a {domain} model")
     model = build_model(cfg)

@@ -38,7 +38,7 @@ from tinydot.analysis.neurons import (
 )
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
-from tinydot.checkpoint import is_tinydot_checkpoint, load_model
+from tinydot.checkpoint import is_tinydot_checkpoint, load_config, load_model
 from tinydot.config import check_seed
 from tinydot.data.strokes import load_strokes
 from tinydot.data.text import UNK_WORD, load_sentences
@@ -115,16 +115,11 @@ def _textdot_activations(config: RedundancyConfig, data_dir, progress: bool):
                           "unknown": sentences.vocabulary[sentences.tokens] == UNK_WORD}
 
 
-def checkpoint_domain(model: str) -> str:
-    """'strokes' or 'text': the domain of a tinyDOT checkpoint."""
-    return load_model(model).cfg.domain
-
-
 def check_model_task(config: RedundancyConfig) -> str:
     """The model's kind ('tinydot' strokes, 'textdot', 'hf'), after checking that it exists and
     that the task fits it."""
     kind = model_kind(config.model)
-    if kind == "tinydot" and checkpoint_domain(config.model) == "text":
+    if kind == "tinydot" and load_config(config.model).domain == "text":  # the metadata only
         if config.task not in TEXT_TASKS:
             raise ConfigError(f"task {config.task!r} is a stroke task; a text tinyDOT checkpoint takes "
                               f"{' or '.join(TEXT_TASKS)}")
