@@ -115,14 +115,30 @@ def test_lottery_cli(data_dir, tmp_path):
     assert_user_error(bad, "--rewind must be 'init' or 'step:K'")
 
 
+def finished_stroke_study(folder):
+    """The files `load_study` reads of a finished stroke study (one job): enough for predict to
+    know the study's domain and to reach the checks of its --data."""
+    import json
+
+    import pandas as pd
+
+    from tinydot.study import STUDY_EDITION, Study
+
+    (folder / "jobs" / "L-bin0-seed0").mkdir(parents=True)
+    row = {"measure": "L", "bin": 0, "seed": 0, "complexity": 20.0, "prunable": 100}
+    (folder / "jobs" / "L-bin0-seed0" / "job.json").write_text(json.dumps(row))
+    (folder / "config.json").write_text(json.dumps({**Study().to_dict(), "edition": STUDY_EDITION}))
+    pd.DataFrame([row]).to_csv(folder / "jobs.csv", index=False)
+
+
 @pytest.mark.parametrize("args,message", [
     (["study", "--preset", "huge"], "unknown preset 'huge'"),
     (["study", "--config", "missing.json"], "cannot read config file missing.json"),
     (["study", "--workers", "0", "--config", "bins.json"], "study bins must be an integer >= 3"),
     (["study", "--executor", "spark", "--config", "ok.json"], "unknown executor 'spark'"),
     (["predict", "--study", "."], "is not a finished study run"),
-    (["predict", "--study", ".", "--data", "valid"], "unknown split 'valid'"),
-    (["predict", "--study", ".", "--data", "test:x"], "--data test:x: the digit after ':' must be 0..9"),
+    (["predict", "--study", "done", "--data", "valid"], "unknown split 'valid'"),
+    (["predict", "--study", "done", "--data", "test:x"], "--data test:x: the digit after ':' must be 0..9"),
     (["study", "--config", "list.json"], "must be a JSON object whose keys are among"),
 ])
 def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
@@ -131,6 +147,7 @@ def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
     (tmp_path / "bins.json").write_text(json.dumps({"study": {"bins": 2}}))
     (tmp_path / "ok.json").write_text(json.dumps({"study": {"bins": 3, "max_train_per_bin": 10}}))
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
+    finished_stroke_study(tmp_path / "done")
     result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert_user_error(result, message)

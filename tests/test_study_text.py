@@ -237,9 +237,7 @@ def test_killed_text_study_resumes_to_the_same_table(tiny_text_study, tmp_path):
     pd.testing.assert_frame_equal(resumed.jobs.drop(columns=drop), result.jobs.drop(columns=drop))
 
 
-def test_the_command_prints_the_text_study_and_predict_refuses_it(tiny_text_study, tmp_path):
-    from tinydot.study import predict
-
+def test_the_command_prints_the_text_study(tiny_text_study, tmp_path):
     study, result = tiny_text_study
     # the quick text preset under the tiny config is the tiny study itself: the command resumes it
     assert Study.preset("quick", TINY_TEXT, domain="text").hash() == study.hash()
@@ -248,5 +246,92 @@ def test_the_command_prints_the_text_study_and_predict_refuses_it(tiny_text_stud
               "--out", str(result.run_dir.parent), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "OLS of each target" in out.stdout and f"{len(result.jobs)} jobs" in out.stdout
-    with pytest.raises(ConfigError, match="is a text study; predicting for it is not implemented"):
-        predict(result.run_dir, None)
+
+
+def test_predict_for_text_from_complexity_alone(tiny_text_study, ptb):
+    from tinydot.sizing import smallest_config
+    from tinydot.study import predict
+
+    study, result = tiny_text_study
+    train, valid = ptb
+    frame = predict(result.run_dir, valid, train=train)
+    # the L line's prediction is the line at the valid split's mean sentence length
+    row = frame[(frame.model == "L") & (frame.target == "unused")].iloc[0]
+    ols = result.ols[(result.ols.model == "L") & (result.ols.target == "unused")].iloc[0]
+    assert row.complexity == pytest.approx(valid.lengths.mean())
+    assert row["mean"] == pytest.approx(ols.intercept + ols.coef * row.complexity)
+    # surprisal is measured with train's unigrams, as in the study (not valid's own)
+    surprisal = frame[(frame.model == "surprisal") & (frame.target == "unused")].iloc[0]
+    from tinydot.domains import DOMAINS
+    assert surprisal.complexity == pytest.approx(
+        DOMAINS["text"].measure(valid, ("surprisal",), train=train)["surprisal"].mean())
+    # the trunk's prunable weights, by hand: positions 118 x 16, qkv 48 x 16, proj 16 x 16, MLP 2 x 32 x 16
+    assert 118 * 16 + 48 * 16 + 16 * 16 + 2 * 32 * 16 == 3936
+    assert (frame.prunable_parameters == 3936).all()
+    # the smallest text model holding 1,000 trunk weights: 1 layer of width 8 (118 x 8 + 24 x 8 + 8 x 8 + 2 x 16 x 8)
+    cfg, count = smallest_config(1000, study.model, study.prune.prunable)
+    assert (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.domain, count) == (1, 8, 16, "text", 1456)
+    for r in frame[frame.target == "needed"].itertuples():
+        assert r.needed_parameters_mean == round(min(max(r.mean, 0), 1) * 3936)
+        assert r.recommended_model.count("x") == 3
+    with pytest.raises(ConfigError, match="needs the train sentences"):
+        predict(result.run_dir, valid)
+    with pytest.raises(ConfigError, match="is a text study; predict for text data \\(Sentences\\), not NoneType"):
+        predict(result.run_dir, None, train=train)
+
+
+def test_predict_command_on_a_text_study(tiny_text_study, tmp_path):
+    _, result = tiny_text_study
+    out = run("predict", "--study", str(result.run_dir), "--data", "valid", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "needed fraction of 3,936 prunable weights for valid (3,370 sentences)" in out.stdout
+    assert "unused" in out.stdout
+    bad = run("predict", "--study", str(result.run_dir), "--data", "valid:1", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--data valid:1: a text study predicts for a whole split; give one of train, valid, test" in bad.stderr
+    bad = run("predict", "--study", str(result.run_dir), "--data", "dev", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown text split 'dev'; choose one of train, valid, test" in bad.stderr
+
+
+def test_rightsize_a_text_study(tiny_text_study, tmp_path):
+    import shutil
+
+    from tinydot.checkpoint import load_model
+    from tinydot.data.text import load_sentences
+    from tinydot.evaluation import evaluate_nll
+    from tinydot.report.html import write_study_report
+    from tinydot.rightsize import run_rightsize
+    from tinydot.training import init_model
+
+    study, result = tiny_text_study
+    copy = tmp_path / result.run_dir.name  # the rightsize folder would change the shared study's report
+    shutil.copytree(result.run_dir, copy)
+    with pytest.raises(ConfigError, match="--data train:1: a text study has no classes; give train"):
+        run_rightsize(copy, "train:1", progress=False)
+    with pytest.raises(ConfigError, match="give train$"):
+        run_rightsize(copy, "valid", progress=False)
+    with pytest.raises(ConfigError, match="has no needed-fraction line to size a model by"):
+        run_rightsize(copy, "train", progress=False)  # the tiny study never pruned past delta
+    # a constructed input from here on: the bin jobs' needed fractions set to 0.1 + 0.005 x their
+    # mean length, so that the line, its prediction and the model it sizes are known in advance
+    jobs = pd.read_csv(copy / "jobs.csv")
+    bins = jobs["kind"] == "bin"
+    jobs.loc[bins, "needed_fraction"] = 0.1 + 0.005 * jobs.loc[bins, "mean_L"]
+    jobs.to_csv(copy / "jobs.csv", index=False)
+    out = run_rightsize(copy, "train", predictor="L", progress=False)
+    table, summary = out["table"].set_index("model"), out["summary"]
+    reference, small = table.loc["reference"], table.loc["rightsized"]
+    assert (reference.n_layers, reference.d_model, reference.prunable) == (1, 16, 3936)
+    train = load_sentences("train")
+    assert summary["predicted_needed_fraction"] == pytest.approx(0.1 + 0.005 * train.lengths.mean())
+    # ~0.2 x 3,936 weights fit the smallest text model: 1 layer of width 8, 1,456 trunk weights
+    assert (small.n_layers, small.d_model, small.d_mlp, small.prunable) == (1, 8, 16, 1456)
+    assert small.parameters <= reference.parameters and small.train_flops <= reference.train_flops
+    assert summary["unit"] == "bits/word" and summary["test_sequences"] == 3761 and summary["train_sequences"] == 42068
+    assert reference.recognizability is None or reference.recognizability != reference.recognizability  # no classes
+    # the reported NLL is the trained model's on the test split, in bits per word
+    model = load_model(out["run_dir"] / "reference" / "model.safetensors")
+    assert reference.test_bits_per_step == pytest.approx(evaluate_nll(model, load_sentences("test"))["bits_per_word"])
+    assert init_model(study.model, 0).num_params() == reference.parameters
+    html = write_study_report(copy).read_text()
+    assert "what right-sizing saves" in html and "test NLL (bits/word)" in html and "n/a" in html

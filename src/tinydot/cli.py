@@ -338,23 +338,33 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
 
 @app.command("predict")
 def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished study run folder."),
-                data: str = typer.Option("test", "--data", help="SPLIT or SPLIT:DIGIT, e.g. test or train:7."),
+                data: str = typer.Option("test", "--data", help="SPLIT or SPLIT:DIGIT, e.g. test or train:7; "
+                                         "for a text study a split: train, valid or test."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Predict how many parameters a dataset needs from its complexity alone (no training)."""
-    from tinydot.data import load_strokes
     from tinydot.data.strokes import digit_subset
-    from tinydot.study import predict
+    from tinydot.study import load_study, predict
 
-    split, _, digit = data.partition(":")
-    if digit and not digit.isdigit():
-        raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
-    strokes = digit_subset(load_strokes(split, data_dir), int(digit) if digit else None)
-    frame = predict(study, strokes)
+    domain = load_study(study)[0].domain
+    split, colon, digit = data.partition(":")
+    train = None
+    if domain.name == "strokes":
+        if digit and not digit.isdigit():
+            raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
+        selection = digit_subset(domain.load(split, data_dir), int(digit) if digit else None)
+    else:
+        if colon:
+            raise ConfigError(f"--data {data}: a {domain.name} study predicts for a whole split; "
+                              f"give one of {', '.join(domain.splits)}")
+        selection = domain.load(split, data_dir)
+        train = selection if split == "train" else domain.load("train", data_dir)  # surprisal's unigrams
+    frame = predict(study, selection, train=train)
+    samples = "sequences" if domain.name == "strokes" else "sentences"
     needed = frame[frame["target"] == "needed"]
     prunable = int(frame["prunable_parameters"].iloc[0])
-    table = Table(title=f"needed fraction of {prunable:,} prunable weights for {data} ({len(strokes):,} sequences), "
+    table = Table(title=f"needed fraction of {prunable:,} prunable weights for {data} ({len(selection):,} {samples}), "
                         "from complexity alone")
-    for column in ("measure", "needed", "95% PI", "needed weights (PI)", "smallest tinyDOT: layers x d_model "
+    for column in ("measure", "needed", "95% PI", "needed weights (PI)", "smallest model: layers x d_model "
                    "(prunable), at the prediction / PI ends", "in range"):
         table.add_column(column, justify="left" if column.startswith(("measure", "smallest")) else "right")
     for r in needed.itertuples():
@@ -387,12 +397,13 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
     table = Table(title=f"right-sizing for {data}: predicted needed fraction {summary['predicted_needed_fraction']:.3f} "
                         f"(95% PI [{summary['pi'][0]:.3f}, {summary['pi'][1]:.3f}], by {summary['predictor']})")
     for column in ("model", "layers x d_model", "parameters", "train FLOPs", "CPU s", "energy (Wh)",
-                   "test NLL (bits/step)", "recognizable"):
+                   f"test NLL ({summary['unit']})", "recognizable"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in result["table"].itertuples():
         energy = "n/a" if r.energy_kwh is None or r.energy_kwh != r.energy_kwh else f"{1000 * r.energy_kwh:.3f}"
+        recognizable = "n/a" if r.recognizability is None else f"{r.recognizability:.0%}"  # text: no classes
         table.add_row(r.model, f"{r.n_layers} x {r.d_model}", f"{r.parameters:,}", f"{r.train_flops:.3g}",
-                      f"{r.cpu_seconds:.1f}", energy, f"{r.test_bits_per_step:.4f}", f"{r.recognizability:.0%}")
+                      f"{r.cpu_seconds:.1f}", energy, f"{r.test_bits_per_step:.4f}", recognizable)
     console.print(table)
     verdict = "stays within {:g}% of" if summary["within_delta"] else "is more than {:g}% worse than"
     console.print(f"the right-sized model {verdict.format(100 * summary['delta'])} the reference's test NLL, with "

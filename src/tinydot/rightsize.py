@@ -2,16 +2,20 @@
 compare what each costs and how well each models the data.
 
 `run_rightsize(study_dir, "train:1")` predicts the needed fraction of the selection from its
-complexity alone (the predictor that did best on the study's held-out classes), builds the
-smallest default-shaped tinyDOT holding that many weights (tinydot.sizing), and trains it and the
-study's model on the selection with the study's training config (the same token budget, seed 0).
-Both are scored on the matching test sequences: NLL in bits per step, and recognizability of
-samples of the selection's classes. Written into `<study>/rightsize/<split>-<digit|all>/`:
+complexity alone (the predictor that did best on the study's held-out data), builds the smallest
+default-shaped model holding that many of the study's prunable weights (tinydot.sizing), and
+trains it and the study's model on the selection with the study's training config (the same token
+budget, seed 0). Both are scored on the matching test data: NLL in bits per step (strokes) or per
+word (text), and for strokes the recognizability of samples of the selection's classes. A stroke
+study takes `train` or `train:DIGIT`; a text study `train` (all of Penn Treebank's train split,
+scored on its test split; there are no classes, so no recognizability).
+Written into `<study>/rightsize/<split>-<digit|all>/`:
   reference/, rightsized/   the two training runs (resumable; each with its cost.json)
   rightsize.csv             one row per model: shape, parameters, training FLOPs, CPU seconds,
-                            energy, CO2, test NLL, recognizability
-  summary.json              the prediction it acted on, and whether the right-sized model stayed
-                            within delta of the reference's NLL
+                            energy, CO2, test NLL (`test_bits_per_step`: bits per word for text),
+                            recognizability (empty for text)
+  summary.json              the prediction it acted on, the NLL's unit, and whether the right-sized
+                            model stayed within delta of the reference's NLL
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tinydot.cost import read_cost
-from tinydot.data.strokes import digit_subset, load_strokes
+from tinydot.data.strokes import digit_subset
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll, load_or_train_classifier, recognizability
 from tinydot.fits import predictor_ranking
@@ -71,29 +75,44 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     summary and the run folder."""
     study_dir = Path(study_dir)
     study, jobs = load_study(study_dir)
+    domain = study.domain
     split, digit = parse_selection(data)
     if split != "train":
         raise ConfigError(f"--data {data}: right-sizing trains on the selection and scores on the test split; "
-                          "give train or train:DIGIT")
-    selection = digit_subset(load_strokes(split, data_dir), digit)
-    test = digit_subset(load_strokes("test", data_dir), digit)
+                          f"give {'train or train:DIGIT' if domain.name == 'strokes' else 'train'}")
+    if domain.name == "strokes":
+        selection = digit_subset(domain.load(split, data_dir), digit)
+        test = digit_subset(domain.load("test", data_dir), digit)
+        frame = predict(study_dir, selection)
+    else:
+        if digit is not None:
+            raise ConfigError(f"--data {data}: a {domain.name} study has no classes; give train")
+        selection, test = domain.load("train", data_dir), domain.load("test", data_dir)
+        frame = predict(study_dir, selection, train=selection)
     predictor = predictor or best_predictor(study_dir)
-    frame = predict(study_dir, selection)
+    if not (frame["target"] == "needed").any():
+        raise ConfigError(f"{study_dir} has no needed-fraction line to size a model by: fewer than 3 of its bin "
+                          "jobs reached a pruning level past delta; run a study with more or larger pruning levels")
     row = frame[(frame["target"] == "needed") & (frame["model"] == predictor)]
     if row.empty:
         raise ConfigError(f"the study has no needed-fraction line for predictor {predictor!r}; "
                           f"choose one of {', '.join(study.study.predictors)}")
     row = row.iloc[0]
     needed = float(np.clip(row["mean"], 0, 1)) * int(row["prunable_parameters"])
-    small, small_prunable = smallest_config(needed, study.model)
+    small, small_prunable = smallest_config(needed, study.model, study.prune.prunable)
     out = study_dir / "rightsize" / f"{split}-{'all' if digit is None else digit}"
-    classifier = load_or_train_classifier(load_strokes("train", data_dir))
-    digits = [digit] if digit is not None else list(range(10))
+    if domain.name == "strokes":
+        classifier = load_or_train_classifier(domain.load("train", data_dir))
+        digits = [digit] if digit is not None else list(range(10))
     rows = []
     for name, cfg in (("reference", study.model), ("rightsized", small)):
         model = train(selection, out / name, cfg, study.train, progress=progress).model
         cost = read_cost(out / name) or {}
-        quality = recognizability(model, classifier, per_class=RECOGNIZABILITY_SAMPLES, seed=0)
+        if domain.name == "strokes":
+            quality = recognizability(model, classifier, per_class=RECOGNIZABILITY_SAMPLES, seed=0)
+            recognizable = float(np.mean([quality["per_class"][d] for d in digits]))
+        else:
+            recognizable = None
         rows.append({"model": name, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp,
                      "parameters": model.num_params(), "prunable": small_prunable if name == "rightsized"
                      else int(row["prunable_parameters"]),
@@ -101,13 +120,14 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
                      "wall_seconds": cost.get("wall_seconds"), "energy_kwh": cost.get("energy_kwh"),
                      "co2_kg": cost.get("co2_kg"), "energy_mode": cost.get("energy_mode"),
                      "test_bits_per_step": evaluate_nll(model, test)["bits_per_step"],
-                     "recognizability": float(np.mean([quality["per_class"][d] for d in digits]))})
+                     "recognizability": recognizable})
     table = pd.DataFrame(rows)
     with atomic_path(out / "rightsize.csv") as tmp:
         table.to_csv(tmp, index=False)
     reference, rightsized = rows
     summary = {
-        "data": data, "predictor": predictor, "predicted_needed_fraction": float(row["mean"]),
+        "data": data, "domain": domain.name, "unit": domain.unit, "predictor": predictor,
+        "predicted_needed_fraction": float(row["mean"]),
         "pi": [float(row["pi_low"]), float(row["pi_high"])], "needed_weights": needed,
         "delta": study.prune.delta, "test_sequences": len(test), "train_sequences": len(selection),
         "study_train_sequences": int(jobs.loc[jobs["kind"] == "bin", "n_train"].max()),

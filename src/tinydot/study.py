@@ -615,18 +615,28 @@ def read_study_config(values: dict, run_dir: Path) -> Study:
     return Study.from_dict(values)
 
 
-def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:
-    """Every target of `strokes` predicted from its mean complexity alone (95% CI of the line and
+def predict(run_dir: str | os.PathLike, data: Strokes | Sentences, *, train: Sentences | None = None) -> pd.DataFrame:
+    """Every target of `data` predicted from its mean complexity alone (95% CI of the line and
     95% prediction interval) by each predictor's OLS line and the joint model; for the needed
-    fraction also the implied number of needed parameters of the study's tinyDOT and the smallest
-    default-shaped tinyDOT that holds them (for the prediction and both ends of its interval)."""
+    fraction also the implied number of needed parameters of the study's model and the smallest
+    default-shaped model of its domain that holds them (for the prediction and both ends of its
+    interval), counted over the study's prunable weights (`tinydot.sizing`).
+
+    data  : Strokes for a stroke study, Sentences for a text study.
+    train : text only, required: the sentences whose unigram distribution `surprisal` uses; the
+            study measured with the Penn Treebank train split, so pass that split.
+    """
     study, jobs = load_study(run_dir)
-    if study.study.domain != "strokes":
-        raise ConfigError(f"{run_dir} is a {study.study.domain} study; predicting for it is not implemented "
-                          "(predict reads strokes)")
-    if len(strokes) == 0:
+    domain = study.domain
+    if not isinstance(data, domain.data_type):
+        raise ConfigError(f"{run_dir} is a {domain.name} study; predict for {domain.name} data "
+                          f"({domain.data_type.__name__}), not {type(data).__name__}")
+    if len(data) == 0:
         raise ConfigError("the selection to predict for is empty")
-    means = measure_all(strokes, study.recorded_measures).mean().to_dict()
+    if domain.name == "text" and train is None:
+        raise ConfigError("predicting for a text study needs the train sentences (surprisal's unigram "
+                          "distribution, as the study measured it)")
+    means = domain.measure(data, tuple(study.recorded_measures), train=train).mean().to_dict()
     frame = predict_targets(jobs, list(study.study.predictors), study.targets, means)
     prunable = int(jobs["prunable"].iloc[0])
     frame["prunable_parameters"] = prunable
@@ -638,7 +648,8 @@ def predict(run_dir: str | os.PathLike, strokes: Strokes) -> pd.DataFrame:
         if r.target != "needed":
             recommended.append("")
             continue
-        shapes = [smallest_config(getattr(r, f"needed_parameters_{c}"), study.model) for c in ("mean", "pi_low", "pi_high")]
+        shapes = [smallest_config(getattr(r, f"needed_parameters_{c}"), study.model, study.prune.prunable)
+                  for c in ("mean", "pi_low", "pi_high")]
         recommended.append(" / ".join(f"{cfg.n_layers}x{cfg.d_model} ({count:,})" for cfg, count in shapes))
     frame["recommended_model"] = recommended
     return frame
