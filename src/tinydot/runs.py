@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from scipy.integrate import trapezoid
 
 from tinydot.analysis.activations import hidden_states
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
@@ -133,6 +132,8 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
         sigma = max((high - low) / 200, 1e-12)
         grid = np.linspace(low - 10 * sigma, high + 10 * sigma, 1000)
         values = spectrum.density(grid, sigma)
+        from scipy.integrate import trapezoid  # here: scipy's import is a second that other commands need not pay
+
         estimate, stderr = spectrum.density_trace()
         summary.update(density_trace=estimate, density_trace_stderr=stderr, density_sigma=sigma,
                        density_integral=float(trapezoid(values, grid)))

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from tinydot.config import check_seed
 from tinydot.data.strokes import FRAME, PEN_END_STROKE, Strokes, check_digit, load_strokes
@@ -47,6 +46,8 @@ def rasterize_all(strokes: Strokes, scale: int = 1) -> np.ndarray:
     inside = ((pixels >= 0) & (pixels < size)).all(axis=1)
     images[seq[which][inside], pixels[inside, 1], pixels[inside, 0]] = 1.0
     if scale >= 4:
+        from scipy import ndimage  # here: every command that loads data imports this module
+
         images = ndimage.grey_dilation(images, size=(1, scale // 2 + 1, scale // 2 + 1))
     return images
 
