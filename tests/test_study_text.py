@@ -64,7 +64,6 @@ def test_text_defaults_presets_and_hashes():
     ({"study": {"held_out_measure": "L"}}, "held_out_measure is a text option"),
     ({"study": {"domain": "text"}, "model": {"domain": "strokes", "vocab_size": 0}},
      "the study's domain is text but its model section's domain is strokes"),
-    ({"study": {"domain": "text", "compression_targets": True}}, "compression_targets are not implemented"),
 ])
 def test_bad_text_study_config(values, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -578,8 +578,9 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
     table = run_compress(checkpoint, out, heads=heads, neurons=neurons, layers=layers, importance=importance,
                          rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
-    figure = write_compress_figures(out)
-    result = Table(title=f"structured pruning ({importance}): test NLL in bits/step on {eval_sequences:,} sequences")
+    unit = _unit_of(checkpoint)
+    figure = write_compress_figures(out, unit)
+    result = Table(title=f"structured pruning ({importance}): test NLL in {unit} on {eval_sequences:,} sequences")
     for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
@@ -608,8 +609,9 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
     table = run_quantize(checkpoint, out, bits=tuple(bits), method=method,
                          calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
                          data_dir=data_dir)
-    figure = write_compress_figures(out)
-    result = Table(title=f"quantization: test NLL in bits/step on {eval_sequences:,} sequences")
+    unit = _unit_of(checkpoint)
+    figure = write_compress_figures(out, unit)
+    result = Table(title=f"quantization: test NLL in {unit} on {eval_sequences:,} sequences")
     for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
@@ -623,6 +625,14 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
 # rest, e.g. a disk that fills up mid-run); others, such as a missing internal file, stay tracebacks
 _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
                    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+
+
+def _unit_of(checkpoint: Path) -> str:
+    """The NLL unit of a checkpoint's domain (bits/step or bits/word), from its metadata alone."""
+    from tinydot.checkpoint import load_config
+    from tinydot.domains import get_domain
+
+    return get_domain(load_config(checkpoint).domain).unit
 
 
 def _print_error(message: str) -> None:

@@ -1,4 +1,6 @@
 """Compressing a trained tinyDOT: structured pruning (`run_compress`) and quantization (`run_quantize`).
+Either domain: the checkpoint's config says which (strokes: MNIST test / train sequences; text: Penn
+Treebank test / train sentences, and every NLL below is then in bits per word).
 
 A compress run folder:
   config.json                   the source checkpoint (path, sha256) and the compress settings
@@ -16,7 +18,7 @@ A quantize run folder:
   bits_<b>/results.json         that bit width's row; skipped on re-runs
   results.csv                   one row per bit width (first: the float32 model)
 
-NLL is the exact test NLL (bits/step) on the first `eval_sequences` test sequences. Taylor scores
+NLL is the exact test NLL (bits/step; text: bits/word) on the first `eval_sequences` test sequences. Taylor scores
 use the last `score_sequences` test sequences (held out, disjoint from the evaluated ones); GPFQ's
 calibration uses `calibration_sequences` training sequences drawn with `seed`. Figures are drawn
 from results.csv by tinydot.report.compression.
@@ -34,12 +36,14 @@ import pandas as pd
 
 from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, resolve, save_model, save_tensors
 from tinydot.config import TrainConfig
-from tinydot.data.batching import Encoded
-from tinydot.data.strokes import Strokes, load_strokes
+from tinydot.data.batching import Encoded, EncodedText, encode
+from tinydot.data.strokes import Strokes
+from tinydot.data.text import Sentences
+from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.io import atomic_path, atomic_write_text, sha256_file
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder
 from tinydot.pruning.structured import KINDS, check_importance, remove_units, removal_count, removal_schedule, unit_shape
 from tinydot.quantization import bits_per_weight, check_bits, check_method, pack_model, quantize_model, unpack_model
 from tinydot.training import train
@@ -119,24 +123,26 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def _test_slices(test: Strokes, eval_sequences: int, score_sequences: int = 0) -> tuple[Encoded, Encoded | None]:
-    """The evaluated test sequences (the first ones) and the scoring ones (the last, disjoint)."""
+def _test_slices(test: Strokes | Sentences, cfg, eval_sequences: int,
+                 score_sequences: int = 0) -> tuple[Encoded | EncodedText, Encoded | EncodedText | None]:
+    """The evaluated test sequences (the first ones) and the scoring ones (the last, disjoint),
+    encoded for a model of config `cfg`."""
     if eval_sequences + score_sequences > len(test):
         raise ConfigError(f"eval_sequences + score_sequences ({eval_sequences} + {score_sequences}) exceed the "
                           f"{len(test)} test sequences")
-    evaluated = Encoded(test.subset(np.arange(eval_sequences)))
-    scored = Encoded(test.subset(np.arange(len(test) - score_sequences, len(test)))) if score_sequences else None
+    evaluated = encode(test.subset(np.arange(eval_sequences)), cfg)
+    scored = encode(test.subset(np.arange(len(test) - score_sequences, len(test))), cfg) if score_sequences else None
     return evaluated, scored
 
 
 # --------------------------------------------------------------------------- structured pruning
 
-def _shape_row(model: TinyDOT) -> dict:
+def _shape_row(model: Decoder) -> dict:
     cfg = model.cfg
     return {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp, "params": model.num_params()}
 
 
-def _finetune(model: TinyDOT, folder: Path, train_data: Strokes, cfg: CompressConfig, progress: bool) -> TinyDOT:
+def _finetune(model: Decoder, folder: Path, train_data: Strokes | Sentences, cfg: CompressConfig, progress: bool) -> Decoder:
     train_config = TrainConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr, warmup_steps=cfg.finetune_steps // 10,
                                eval_every=0, checkpoint_every=max(1, cfg.finetune_steps // 4), seed=cfg.seed)
     return train(train_data, folder, model.cfg, train_config, init_state=model.state_dict(), progress=progress).model
@@ -157,9 +163,10 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
     counts = {kind: removal_count(dense.cfg, kind, f) for kind, f in cfg.fractions().items()}
     totals = {kind: dense.cfg.n_layers if kind == "layers" else unit_shape(dense.cfg, kind)[1] for kind in KINDS}
     schedules = {kind: removal_schedule(totals[kind], counts[kind], rounds) for kind in KINDS}
-    test = load_strokes("test", data_dir)
-    evaluated, scored = _test_slices(test, eval_sequences, score_sequences if importance == "taylor" else 0)
-    train_data = load_strokes("train", data_dir) if finetune_steps else None
+    domain = get_domain(dense.cfg.domain)
+    test = domain.load("test", data_dir)
+    evaluated, scored = _test_slices(test, dense.cfg, eval_sequences, score_sequences if importance == "taylor" else 0)
+    train_data = domain.load("train", data_dir) if finetune_steps else None
     out = Path(out)
     _start_run(out, checkpoint, "compress", asdict(cfg))
 
@@ -201,7 +208,7 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
 
 # --------------------------------------------------------------------------- quantization
 
-def load_packed(path) -> TinyDOT:
+def load_packed(path) -> Decoder:
     """The dequantized model from a packed quantized file (a `run_quantize` bits_<b> folder or file)."""
     path = Path(path)
     tensors, metadata = load_tensors(path / PACKED_FILE if path.is_dir() else path)
@@ -216,15 +223,16 @@ def run_quantize(checkpoint, out, *, bits=(8, 4, 3, 2), method: str = "gpfq", ca
     cfg = QuantizeConfig(tuple(bits), method, calibration_sequences, eval_sequences, seed)
     cfg.check()
     model = load_model(checkpoint)
-    evaluated, _ = _test_slices(load_strokes("test", data_dir), eval_sequences)
+    domain = get_domain(model.cfg.domain)
+    evaluated, _ = _test_slices(domain.load("test", data_dir), model.cfg, eval_sequences)
     calibration = None
     if method == "gpfq":
-        train_data = load_strokes("train", data_dir)
+        train_data = domain.load("train", data_dir)
         if calibration_sequences > len(train_data):
             raise ConfigError(f"calibration_sequences {calibration_sequences} exceeds the {len(train_data)} "
                               "training sequences")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(train_data))[:calibration_sequences])
-        calibration = Encoded(train_data.subset(chosen))
+        calibration = encode(train_data.subset(chosen), model.cfg)
     out = Path(out)
     _start_run(out, checkpoint, "quantize", {**asdict(cfg), "bits": list(cfg.bits)})
 

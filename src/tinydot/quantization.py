@@ -1,10 +1,12 @@
-"""Post-training quantization of tinyDOT's weights: round-to-nearest (RTN) and GPFQ.
+"""Post-training quantization of tinyDOT's weights (either domain): round-to-nearest (RTN) and GPFQ.
 
 What is quantized. The weight of every nn.Linear and every nn.Embedding (the same tensors that
 magnitude pruning treats as prunable), one scale per output channel: a Linear weight's row (one
 output neuron) or an Embedding's row (one token's vector, the "output" of a lookup). Biases and
 LayerNorm parameters stay float32: they are about 2% of the default model's parameters, and the
-output of every layer depends on them additively, so a few bytes buy exactness there.
+output of every layer depends on them additively, so a few bytes buy exactness there. A text model
+with a tied softmax (`TextDOT`, the default) holds one word matrix for both ends: quantizing its
+embedding quantizes the softmax with it, as deploying the model would.
 
 Alphabet. Symmetric, per channel: step s = max|w_row| / K with K = 2^(b-1) - 1, codes -K..K, so
 2^b - 1 levels (0 among them) that fit in b bits; the code -2^(b-1) stays unused to keep the grid
@@ -38,10 +40,10 @@ import torch
 from torch import nn
 
 from tinydot.config import ModelConfig
-from tinydot.data.batching import Encoded, length_buckets
+from tinydot.data.batching import Encoded, EncodedText, length_buckets, model_batch, scored_mask
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.model import IGNORE, OUT_PEN, TinyDOT
+from tinydot.model import Decoder, build_model
 from tinydot.pruning.mask import prunable_names
 
 METHODS = ("rtn", "gpfq")
@@ -122,41 +124,43 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, x: torch.Tensor,
 
 @dataclass
 class QuantizedModel:
-    model: TinyDOT  # the dequantized model (float32 weights on the quantization grid)
+    model: Decoder  # the dequantized model (float32 weights on the quantization grid)
     tensors: dict[str, QuantizedTensor]  # parameter name -> codes and scales
     bits: int
     method: str
 
 
-def _copy(model: TinyDOT) -> TinyDOT:
+def _copy(model: Decoder) -> Decoder:
     with torch.device("meta"):  # no random numbers drawn for an initialisation we overwrite
-        copy = TinyDOT(model.cfg)
+        copy = build_model(model.cfg)
     copy.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()}, assign=True)
     return copy.eval()
 
 
 @torch.no_grad()
-def layer_inputs(model: TinyDOT, module_name: str, calibration: Encoded, tokens_per_batch: int = 16384) -> torch.Tensor:
+def layer_inputs(model: Decoder, module_name: str, calibration: Encoded | EncodedText,
+                 tokens_per_batch: int = 16384) -> torch.Tensor:
     """The inputs (m, in) that module `module_name` receives at the m real (non-padding) positions
-    of the calibration sequences while the model scores them (`model.nll`, teacher-forced dx)."""
+    of the calibration sequences while the model scores them (`model.nll`; strokes: teacher-forced dx)."""
     module = dict(model.named_modules())[module_name]
-    rows, valid = [], []
+    rows, calls = [], []
 
-    def capture(mod, args):  # inputs (B, T, in) in the trunk, (B * T, in) in the heads: same row order
-        rows.append(args[0].reshape(-1, args[0].shape[-1])[valid[-1].reshape(-1)])
+    def capture(mod, args):  # (B, T, in) in the trunk, (B * T, in) in the heads, or the
+        calls.append(args[0].reshape(-1, args[0].shape[-1]))  # consecutive chunks of those rows (text softmax)
 
     handle = module.register_forward_pre_hook(capture)
     try:
         for index in length_buckets(calibration.lengths, tokens_per_batch, np.random.default_rng(0)):
-            inputs, labels, targets = calibration.batch(index, model.cfg.max_move)
-            valid.append(targets[..., OUT_PEN] != IGNORE)
-            model.nll(inputs, labels, targets)
+            batch = model_batch(calibration, index, model.cfg)
+            calls.clear()
+            model.nll(*batch)
+            rows.append(torch.cat(calls)[scored_mask(batch).reshape(-1)])
     finally:
         handle.remove()
     return torch.cat(rows)
 
 
-def quantize_model(model: TinyDOT, bits: int, method: str = "gpfq", calibration: Encoded | None = None) -> QuantizedModel:
+def quantize_model(model: Decoder, bits: int, method: str = "gpfq", calibration: Encoded | EncodedText | None = None) -> QuantizedModel:
     """Quantize every Linear and Embedding weight of `model` to `bits` bits (see the module docstring).
 
     calibration : training sequences for GPFQ (ignored by RTN). Pure: `model` is not modified.
@@ -227,8 +231,8 @@ def pack_model(quantized: QuantizedModel) -> tuple[dict[str, torch.Tensor], dict
     return tensors, metadata
 
 
-def unpack_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> TinyDOT:
-    """The dequantized TinyDOT from `pack_model`'s tensors and metadata."""
+def unpack_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Decoder:
+    """The dequantized model from `pack_model`'s tensors and metadata."""
     if metadata.get("format") != PACKED_FORMAT:
         raise ConfigError("not a packed tinydot quantized model (its metadata has no 'tinydot-quantized' format)")
     cfg, bits = ModelConfig.from_dict(json.loads(metadata["model_config"])), int(metadata["bits"])
@@ -237,15 +241,15 @@ def unpack_model(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
         codes = unpack_codes(tensors[f"{name}.codes"], bits, tuple(shape))
         state[name] = QuantizedTensor(codes, tensors[f"{name}.scales"], bits).dequantize()
     with torch.device("meta"):
-        model = TinyDOT(cfg)
+        model = build_model(cfg)
     model.load_state_dict(state, assign=True)
     return model.eval()
 
 
 # --------------------------------------------------------------------------- for a study
 
-def fewest_bits_within(model: TinyDOT, eval_data: Encoded, delta: float = 0.02, method: str = "gpfq",
-                       calibration: Encoded | None = None, bits=(8, 7, 6, 5, 4, 3, 2)) -> dict:
+def fewest_bits_within(model: Decoder, eval_data: Encoded | EncodedText, delta: float = 0.02, method: str = "gpfq",
+                       calibration: Encoded | EncodedText | None = None, bits=(8, 7, 6, 5, 4, 3, 2)) -> dict:
     """The fewest bits (among `bits`) whose quantized model's NLL on `eval_data` stays within
     `delta` (relative) of the float model's. Returns {"bits", "bits_per_step",
     "dense_bits_per_step"}; bits 32 (no quantization) when none does."""

@@ -59,7 +59,7 @@ from tinydot.checkpoint import load_model
 from tinydot.complexity import measure_all, quantile_bins
 from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
 from tinydot.cost import total_cost
-from tinydot.data.batching import Encoded
+from tinydot.data.batching import encode
 from tinydot.data.strokes import Strokes, load_strokes
 from tinydot.data.text import Sentences
 from tinydot.domains import DOMAINS, Domain, get_domain
@@ -178,8 +178,6 @@ class Study:
         if self.model.domain != domain.name:
             raise ConfigError(f"the study's domain is {domain.name} but its model section's domain is "
                               f"{self.model.domain}; leave model domain out (the study sets it)")
-        if self.study.compression_targets and domain.name != "strokes":
-            raise ConfigError("study compression_targets are not implemented for the text domain; leave them out")
         if self.prune.rewind_step >= self.train.steps:
             raise ConfigError(f"prune rewind_step ({self.prune.rewind_step}) must be smaller than the training "
                               f"steps ({self.train.steps})")
@@ -388,11 +386,12 @@ def job_row(table: pd.DataFrame, study: Study, spec: dict, train_index, test_ind
             "dense_zeroed_bits_per_step": float(dense["zeroed_bits_per_step"])}
 
 
-def compression_row(folder: Path, train: Strokes, held_out: Strokes, study: Study) -> dict:
-    """The dense model's fewest MLP neurons and fewest bits whose held-out NLL stays within delta."""
+def compression_row(folder: Path, train: Strokes | Sentences, held_out: Strokes | Sentences, study: Study) -> dict:
+    """The dense model's fewest MLP neurons and fewest bits whose held-out NLL stays within delta
+    (either domain: for text the bits quantize every matrix and embedding, the tied word matrix too)."""
     model = load_model(folder / "level_0")
-    calibration = Encoded(train.subset(np.arange(min(CALIBRATION_SEQUENCES, len(train)))))
-    data, delta = Encoded(held_out), study.prune.delta
+    calibration = encode(train.subset(np.arange(min(CALIBRATION_SEQUENCES, len(train)))), study.model)
+    data, delta = encode(held_out, study.model), study.prune.delta
     neurons = fewest_units_within(model, "neurons", data, delta, "taylor", calibration)
     bits = fewest_bits_within(model, data, delta, "gpfq", calibration, bits=(8, 6, 5, 4, 3, 2))
     return {"neurons_fraction": neurons["kept"] / (neurons["kept"] + neurons["removed"]),

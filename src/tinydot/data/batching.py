@@ -88,6 +88,12 @@ class EncodedText:
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
+def model_batch(encoded: Encoded | EncodedText, index, cfg: ModelConfig) -> tuple:
+    """The `model.nll` arguments for the samples `index`, as a model of config `cfg` reads them
+    (strokes: encoded with the model's max_move, whatever the encoding was built with)."""
+    return encoded.batch(index, cfg.max_move) if isinstance(encoded, Encoded) else encoded.batch(index)
+
+
 def scored_mask(batch: tuple) -> torch.Tensor:
     """Bool (B, T): the positions of a batch (either encoding's `batch(...)` tensors) that are scored,
     not padding. Stroke targets (B, T, 3) mark padding in their pen channel, text targets (B, T) themselves."""

@@ -1,5 +1,7 @@
 """Structured pruning: score and remove whole attention heads, MLP neurons or blocks, and rebuild a
-smaller TinyDOT (a new ModelConfig, fewer parameters, a checkpoint `load_model` reads as any other).
+smaller model (a new ModelConfig, fewer parameters, a checkpoint `load_model` reads as any other).
+Units live in the trunk both domains share (`tinydot.model.Decoder`), so everything here works on
+tinyDOT and TextDOT alike; the data are either encoding (`tinydot.data.batching.encode`).
 
 Units, and what removing one means
   heads    head h of block l: its q, k and v rows of attn.qkv and its columns of attn.proj.
@@ -32,7 +34,7 @@ the attention output; a correct head removal still needs the q, k and v slices o
 by hand and tinyDOT's n_heads / d_head updated by hand (its `num_heads` support targets HF and timm
 attention modules); (2) it cannot remove whole blocks; (3) the residual stream (d_model, shared by
 seven embeddings and three output heads) is never pruned here, so the only couplings are the two
-above; and (4) a rebuilt TinyDOT needs a new ModelConfig for `load_model` anyway. The slicing is a
+above; and (4) a rebuilt model needs a new ModelConfig for `load_model` anyway. The slicing is a
 few lines per unit kind and is checked against the masked original to float tolerance; the tests
 also compare it with Torch-Pruning's result where that package is installed.
 """
@@ -48,10 +50,10 @@ import numpy as np
 import torch
 
 from tinydot.config import ModelConfig
-from tinydot.data.batching import Encoded, length_buckets
+from tinydot.data.batching import Encoded, EncodedText, length_buckets, model_batch
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.model import TinyDOT
+from tinydot.model import Decoder, build_model
 
 KINDS = ("layers", "heads", "neurons")  # also the order in which a combined removal applies them
 IMPORTANCES = ("magnitude", "taylor")
@@ -107,7 +109,7 @@ def removal_schedule(total: int, count: int, rounds: int) -> list[int]:
 # --------------------------------------------------------------------------- masks and scores
 
 @contextlib.contextmanager
-def unit_mask(model: TinyDOT, kind: str, xi: torch.Tensor) -> Iterator[None]:
+def unit_mask(model: Decoder, kind: str, xi: torch.Tensor) -> Iterator[None]:
     """Multiply every unit's output by `xi` while inside the block (forward hooks).
 
     xi : (n_layers, units) -- one mask for all sequences -- or (B, n_layers, units), one per
@@ -147,7 +149,7 @@ def unit_mask(model: TinyDOT, kind: str, xi: torch.Tensor) -> Iterator[None]:
 
 
 @torch.no_grad()
-def magnitude_scores(model: TinyDOT, kind: str) -> torch.Tensor:
+def magnitude_scores(model: Decoder, kind: str) -> torch.Tensor:
     """L2 norm of each unit's Linear weights and biases -> (n_layers, units)."""
     cfg = model.cfg
     d, nh, hs = cfg.d_model, cfg.n_heads, cfg.head_width
@@ -168,7 +170,7 @@ def magnitude_scores(model: TinyDOT, kind: str) -> torch.Tensor:
     return torch.stack(rows).reshape(groups, units)
 
 
-def taylor_scores(model: TinyDOT, kind: str, data: Encoded, tokens_per_batch: int = 8192) -> torch.Tensor:
+def taylor_scores(model: Decoder, kind: str, data: Encoded | EncodedText, tokens_per_batch: int = 8192) -> torch.Tensor:
     """Mean over the sequences of `data` of |d NLL_seq / d xi_u| at xi = 1 -> (n_layers, units).
 
     NLL_seq is the sequence's summed NLL in nats (start point included). Deterministic: the batches
@@ -181,17 +183,16 @@ def taylor_scores(model: TinyDOT, kind: str, data: Encoded, tokens_per_batch: in
     was_training = model.training
     model.eval()
     for index in length_buckets(data.lengths, tokens_per_batch, np.random.default_rng(0)):
-        inputs, labels, targets = data.batch(index, model.cfg.max_move)
         xi = torch.ones(len(index), groups, units, requires_grad=True)
         with unit_mask(model, kind, xi):
-            nll = model.nll(inputs, labels, targets).sum()  # sequences are independent: d/d xi[b] is sequence b's
+            nll = model.nll(*model_batch(data, index, model.cfg)).sum()  # sequences are independent: d/d xi[b] is sequence b's
         (grad,) = torch.autograd.grad(nll, xi)
         total += grad.abs().sum(0).double()
     model.train(was_training)
     return (total / len(data)).float()
 
 
-def importance_scores(model: TinyDOT, kind: str, importance: str, data: Encoded | None = None) -> torch.Tensor:
+def importance_scores(model: Decoder, kind: str, importance: str, data: Encoded | EncodedText | None = None) -> torch.Tensor:
     """Scores (n_layers, units) by `importance` ("magnitude" or "taylor", the latter on `data`)."""
     check_importance(importance)
     if importance == "magnitude":
@@ -224,8 +225,8 @@ def _head_width_field(cfg: ModelConfig, n_heads: int) -> int:
     return 0 if cfg.d_model % n_heads == 0 and cfg.d_model // n_heads == width else width
 
 
-def shrink(model: TinyDOT, kind: str, keep: torch.Tensor) -> TinyDOT:
-    """A new, smaller TinyDOT holding only the kept units (keep: bool (n_layers, units)).
+def shrink(model: Decoder, kind: str, keep: torch.Tensor) -> Decoder:
+    """A new, smaller model of the same domain holding only the kept units (keep: bool (n_layers, units)).
 
     Its forward pass equals `model` under `unit_mask(model, kind, keep.float())`. Pure: `model`
     is not modified, and no random numbers are drawn (the new model is built on the meta device
@@ -263,7 +264,7 @@ def shrink(model: TinyDOT, kind: str, keep: torch.Tensor) -> TinyDOT:
             state[prefix + "0.bias"] = state[prefix + "0.bias"][k]
             state[prefix + "2.weight"] = state[prefix + "2.weight"][:, k]
     with torch.device("meta"):
-        smaller = TinyDOT(new_cfg)
+        smaller = build_model(new_cfg)
     smaller.load_state_dict({name: t.contiguous() for name, t in state.items()}, assign=True)
     return smaller.train(model.training)
 
@@ -280,14 +281,14 @@ def _renumber(name: str, kept: list[int]) -> str:
 class Removal:
     """One removal step: the rebuilt model, which units of the input model it kept, and their scores."""
 
-    model: TinyDOT
+    model: Decoder
     kind: str
     keep: torch.Tensor  # bool (n_layers, units) over the input model's units
     scores: torch.Tensor  # (n_layers, units)
 
 
-def remove_units(model: TinyDOT, kind: str, count: int, importance: str = "taylor",
-                 data: Encoded | None = None) -> Removal:
+def remove_units(model: Decoder, kind: str, count: int, importance: str = "taylor",
+                 data: Encoded | EncodedText | None = None) -> Removal:
     """Score the units of `kind`, remove the `count` lowest (per block for heads and neurons) and
     rebuild. `data`: held-out sequences for the taylor importance."""
     total = model.cfg.n_layers if kind == "layers" else unit_shape(model.cfg, kind)[1]
@@ -301,9 +302,9 @@ def remove_units(model: TinyDOT, kind: str, count: int, importance: str = "taylo
     return Removal(shrink(model, kind, keep) if count else model, kind, keep, scores)
 
 
-def iterative_removal(model: TinyDOT, kind: str, fraction: float, rounds: int, importance: str = "taylor",
-                      data: Encoded | None = None,
-                      finetune: Callable[[TinyDOT, int], TinyDOT] | None = None) -> list[Removal]:
+def iterative_removal(model: Decoder, kind: str, fraction: float, rounds: int, importance: str = "taylor",
+                      data: Encoded | EncodedText | None = None,
+                      finetune: Callable[[Decoder, int], Decoder] | None = None) -> list[Removal]:
     """Remove `fraction` of the units of `kind` in `rounds` steps, like IMP: each round re-scores the
     current model, removes the next share, and (if given) calls `finetune(model, round) -> model`,
     whose result the next round starts from. Returns one Removal per round (its model fine-tuned)."""
@@ -322,8 +323,8 @@ def iterative_removal(model: TinyDOT, kind: str, fraction: float, rounds: int, i
 
 # --------------------------------------------------------------------------- for a study
 
-def fewest_units_within(model: TinyDOT, kind: str, eval_data: Encoded, delta: float = 0.02,
-                        importance: str = "taylor", score_data: Encoded | None = None,
+def fewest_units_within(model: Decoder, kind: str, eval_data: Encoded | EncodedText, delta: float = 0.02,
+                        importance: str = "taylor", score_data: Encoded | EncodedText | None = None,
                         fractions=tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))) -> dict:
     """The largest one-shot removal (no fine-tuning) whose NLL on `eval_data` stays within `delta`
     (relative) of the dense NLL, among `fractions`.

@@ -18,7 +18,7 @@ REMOVAL_FIGURE = "nll_vs_removed.png"
 BITS_FIGURE = "nll_vs_bits.png"
 
 
-def removal_curve(table: pd.DataFrame) -> Figure:
+def removal_curve(table: pd.DataFrame, unit: str = "bits/step") -> Figure:
     """Test NLL against the fraction of parameters removed, right after removal and after fine-tuning."""
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -33,13 +33,13 @@ def removal_curve(table: pd.DataFrame) -> Figure:
         ax.annotate(f"L{row.n_layers} H{row.n_heads} M{row.d_mlp}", (x, row.bits_per_step), fontsize=7,
                     textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("fraction of parameters removed")
-    ax.set_ylabel("test NLL (bits / step)")
+    ax.set_ylabel(f"test NLL ({unit})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
-def bits_curve(table: pd.DataFrame) -> Figure:
+def bits_curve(table: pd.DataFrame, unit: str = "bits/step") -> Figure:
     """Test NLL against stored bits per quantized weight (scales included), one line per method."""
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -53,18 +53,19 @@ def bits_curve(table: pd.DataFrame) -> Figure:
             ax.annotate(f"{row.bits} b", (row.bits_per_weight, row.bits_per_step), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("stored bits per quantized weight (scales included)")
-    ax.set_ylabel("test NLL (bits / step)")
+    ax.set_ylabel(f"test NLL ({unit})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
-def write_compress_figures(run_dir: str | os.PathLike) -> Path:
-    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path."""
+def write_compress_figures(run_dir: str | os.PathLike, unit: str = "bits/step") -> Path:
+    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path.
+    unit: the NLL's (the source model's domain: bits/step for strokes, bits/word for text)."""
     run_dir = Path(run_dir)
     table = pd.read_csv(run_dir / "results.csv")
     quantize = "method" in table.columns
-    fig = bits_curve(table) if quantize else removal_curve(table)
+    fig = bits_curve(table, unit) if quantize else removal_curve(table, unit)
     path = run_dir / (BITS_FIGURE if quantize else REMOVAL_FIGURE)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
