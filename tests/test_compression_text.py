@@ -125,9 +125,25 @@ def test_a_text_study_job_gets_its_compression_targets(tmp_path, ptb):
     train(data, tmp_path / "level_0", study.model, study.train, progress=False)
     row = compression_row(tmp_path, data, held, study)
     assert 1 <= row["neurons_kept"] <= 32 and row["neurons_fraction"] == row["neurons_kept"] / 32
-    assert row["bits_needed"] in (2, 3, 4, 5, 6, 8, 32)
-    if row["bits_needed"] <= 8:
-        assert row["bits_fraction"] == row["bits_needed"] / 32
+    # rebuilt from the parts: the chosen removal and bit width stay within delta of the dense held-out
+    # NLL, every larger removal tried and every narrower width tried do not
+    from tinydot.checkpoint import load_model
+    from tinydot.data.batching import encode
+
+    model = load_model(tmp_path / "level_0")
+    calibration, evaluated = encode(data.subset(np.arange(128)), study.model), encode(held, study.model)
+    limit = evaluate_nll(model, evaluated)["bits_per_word"] * (1 + study.prune.delta)
+    scores = taylor_scores(model, "neurons", calibration)
+    for removed in sorted({round(f * 32) for f in np.arange(0.05, 1.0, 0.05)} - {0}):
+        if removed >= 32 - row["neurons_kept"]:
+            nll = evaluate_nll(shrink(model, "neurons", lowest_removed(scores, "neurons", removed)),
+                               evaluated)["bits_per_word"]
+            assert (nll <= limit) == (removed == 32 - row["neurons_kept"]), (removed, nll, limit)
+    for b in (8, 6, 5, 4, 3, 2):
+        if b <= row["bits_needed"]:
+            nll = evaluate_nll(quantize_model(model, b, "gpfq", calibration).model, evaluated)["bits_per_word"]
+            assert (nll <= limit) == (b == row["bits_needed"]), (b, nll, limit)
+    assert row["bits_fraction"] == row["bits_needed"] / 32 if row["bits_needed"] <= 8 else np.isnan(row["bits_fraction"])
 
 
 def test_compress_and_quantize_commands_on_a_text_checkpoint(tmp_path, ptb):

@@ -385,9 +385,11 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
 
 @app.command("rightsize")
 def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished study run folder."),
-                  data: str = typer.Option("train", "--data", help="SPLIT or SPLIT:DIGIT to train on, e.g. train:1."),
+                  data: str = typer.Option("train", "--data", help="SPLIT or SPLIT:DIGIT to train on, e.g. "
+                                           "train:1; for a text study: train."),
                   predictor: Optional[str] = typer.Option(None, help="Complexity measure whose line predicts "
-                                                          "(default: the best on the study's held-out classes)."),
+                                                          "(default: the best on the study's held-out classes "
+                                                          "or groups)."),
                   data_dir: Optional[Path] = DataDirOption) -> None:
     """Train the model the study predicts is enough beside the study's own; compare cost and quality."""
     from tinydot.report.html import write_study_report

@@ -1,7 +1,8 @@
 """Post-training quantization of tinyDOT's weights (either domain): round-to-nearest (RTN) and GPFQ.
 
-What is quantized. The weight of every nn.Linear and every nn.Embedding (the same tensors that
-magnitude pruning treats as prunable), one scale per output channel: a Linear weight's row (one
+What is quantized. The weight of every nn.Linear and every nn.Embedding (the tensors magnitude
+pruning treats as prunable by default; the text study prunes only the trunk, but quantization
+covers the word embedding too, as deploying the model would), one scale per output channel: a Linear weight's row (one
 output neuron) or an Embedding's row (one token's vector, the "output" of a lookup). Biases and
 LayerNorm parameters stay float32: they are about 2% of the default model's parameters, and the
 output of every layer depends on them additively, so a few bytes buy exactness there. A text model

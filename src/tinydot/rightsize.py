@@ -49,7 +49,8 @@ def parse_selection(data: str) -> tuple[str, int | None]:
 
 
 def best_predictor(study_dir: Path) -> str:
-    """The predictor with the lowest held-out-class error on the needed fraction (else L)."""
+    """The predictor with the lowest error on the needed fraction of the study's held-out classes
+    (text: valid groups), else L."""
     path = study_dir / "validation.csv"
     try:
         ranking = predictor_ranking(pd.read_csv(path))
@@ -60,7 +61,7 @@ def best_predictor(study_dir: Path) -> str:
 
 
 def predictor_beats_baseline(study_dir: Path, predictor: str) -> bool | None:
-    """Did `predictor` beat ignoring complexity on the study's held-out classes (None: not known)?"""
+    """Did `predictor` beat ignoring complexity on the study's held-out classes or groups (None: not known)?"""
     try:
         ranking = predictor_ranking(pd.read_csv(study_dir / "validation.csv"))
     except (FileNotFoundError, pd.errors.EmptyDataError):

@@ -637,6 +637,9 @@ def predict(run_dir: str | os.PathLike, data: Strokes | Sentences, *, train: Sen
                           "distribution, as the study measured it)")
     means = domain.measure(data, tuple(study.recorded_measures), train=train).mean().to_dict()
     frame = predict_targets(jobs, list(study.study.predictors), study.targets, means)
+    if frame.empty:
+        raise ConfigError(f"{run_dir} has no line to predict with: fewer than 3 of its bin jobs have a value for "
+                          "any target; run a study with more bins or seeds")
     prunable = int(jobs["prunable"].iloc[0])
     frame["prunable_parameters"] = prunable
     needed = frame["target"] == "needed"

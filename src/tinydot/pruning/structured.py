@@ -33,8 +33,8 @@ scaled_dot_product_attention as an element-wise op, so pruning q channels maps t
 the attention output; a correct head removal still needs the q, k and v slices of the head chosen
 by hand and tinyDOT's n_heads / d_head updated by hand (its `num_heads` support targets HF and timm
 attention modules); (2) it cannot remove whole blocks; (3) the residual stream (d_model, shared by
-seven embeddings and three output heads) is never pruned here, so the only couplings are the two
-above; and (4) a rebuilt model needs a new ModelConfig for `load_model` anyway. The slicing is a
+every embedding and output head: seven and three in tinyDOT) is never pruned here, so the only
+couplings are the two above; and (4) a rebuilt model needs a new ModelConfig for `load_model` anyway. The slicing is a
 few lines per unit kind and is checked against the masked original to float tolerance; the tests
 also compare it with Torch-Pruning's result where that package is installed.
 """
