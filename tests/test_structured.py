@@ -28,20 +28,15 @@ from tinydot.pruning.structured import (
     taylor_scores,
     unit_mask,
 )
-from tinydot.training import init_model
 from tinydot.training import train as train_model
+
+from helpers import perturbed_model
 
 HEADS4 = ModelConfig(n_layers=3, d_model=32, n_heads=4, d_mlp=48)
 
 
 def perturbed(cfg=HEADS4, seed=0) -> TinyDOT:
-    """A model whose units have distinct magnitudes, as after training."""
-    model = init_model(cfg, seed)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
-    return model.eval()
+    return perturbed_model(cfg, seed)
 
 
 def batch(n=6, T=25, seed=0, cfg=HEADS4):
