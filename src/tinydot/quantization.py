@@ -2,8 +2,8 @@
 
 What is quantized. The weight of every nn.Linear and every nn.Embedding (the tensors magnitude
 pruning treats as prunable by default; the text study prunes only the trunk, but quantization
-covers the word embedding too, as deploying the model would), one scale per output channel: a Linear weight's row (one
-output neuron) or an Embedding's row (one token's vector, the "output" of a lookup). Biases and
+covers the word embedding too), one scale per output channel: a Linear weight's row (one output
+neuron) or an Embedding's row (one token's vector, the "output" of a lookup). Biases and
 LayerNorm parameters stay float32: they are about 2% of the default model's parameters, and the
 output of every layer depends on them additively, so a few bytes buy exactness there. A text model
 with a tied softmax (`TextDOT`, the default) holds one word matrix for both ends: quantizing its

@@ -84,12 +84,11 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     if domain.name == "strokes":
         selection = digit_subset(domain.load(split, data_dir), digit)
         test = digit_subset(domain.load("test", data_dir), digit)
-        frame = predict(study_dir, selection)
     else:
         if digit is not None:
             raise ConfigError(f"--data {data}: a {domain.name} study has no classes; give train")
         selection, test = domain.load("train", data_dir), domain.load("test", data_dir)
-        frame = predict(study_dir, selection, train=selection)
+    frame = predict(study_dir, selection, train=selection)  # train: text's surprisal unigrams (strokes ignore it)
     predictor = predictor or best_predictor(study_dir)
     if not (frame["target"] == "needed").any():
         raise ConfigError(f"{study_dir} has no needed-fraction line to size a model by: fewer than 3 of its bin "
@@ -105,15 +104,17 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     if domain.name == "strokes":
         classifier = load_or_train_classifier(domain.load("train", data_dir))
         digits = [digit] if digit is not None else list(range(10))
+
+        def recognizable(model) -> float:
+            quality = recognizability(model, classifier, per_class=RECOGNIZABILITY_SAMPLES, seed=0)
+            return float(np.mean([quality["per_class"][d] for d in digits]))
+    else:
+        def recognizable(model) -> None:  # text has no classes to recognise
+            return None
     rows = []
     for name, cfg in (("reference", study.model), ("rightsized", small)):
         model = train(selection, out / name, cfg, study.train, progress=progress).model
         cost = read_cost(out / name) or {}
-        if domain.name == "strokes":
-            quality = recognizability(model, classifier, per_class=RECOGNIZABILITY_SAMPLES, seed=0)
-            recognizable = float(np.mean([quality["per_class"][d] for d in digits]))
-        else:
-            recognizable = None
         rows.append({"model": name, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp,
                      "parameters": model.num_params(), "prunable": small_prunable if name == "rightsized"
                      else int(row["prunable_parameters"]),
@@ -121,7 +122,7 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
                      "wall_seconds": cost.get("wall_seconds"), "energy_kwh": cost.get("energy_kwh"),
                      "co2_kg": cost.get("co2_kg"), "energy_mode": cost.get("energy_mode"),
                      "test_bits_per_step": evaluate_nll(model, test)["bits_per_step"],
-                     "recognizability": recognizable})
+                     "recognizability": recognizable(model)})
     table = pd.DataFrame(rows)
     with atomic_path(out / "rightsize.csv") as tmp:
         table.to_csv(tmp, index=False)

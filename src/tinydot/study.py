@@ -622,8 +622,8 @@ def predict(run_dir: str | os.PathLike, data: Strokes | Sentences, *, train: Sen
     interval), counted over the study's prunable weights (`tinydot.sizing`).
 
     data  : Strokes for a stroke study, Sentences for a text study.
-    train : text only, required: the sentences whose unigram distribution `surprisal` uses; the
-            study measured with the Penn Treebank train split, so pass that split.
+    train : required for text (strokes ignore it): the sentences whose unigram distribution
+            `surprisal` uses; the study measured with the Penn Treebank train split, so pass that.
     """
     study, jobs = load_study(run_dir)
     domain = study.domain

@@ -34,9 +34,10 @@ the attention output; a correct head removal still needs the q, k and v slices o
 by hand and tinyDOT's n_heads / d_head updated by hand (its `num_heads` support targets HF and timm
 attention modules); (2) it cannot remove whole blocks; (3) the residual stream (d_model, shared by
 every embedding and output head: seven and three in tinyDOT) is never pruned here, so the only
-couplings are the two above; and (4) a rebuilt model needs a new ModelConfig for `load_model` anyway. The slicing is a
-few lines per unit kind and is checked against the masked original to float tolerance; the tests
-also compare it with Torch-Pruning's result where that package is installed.
+couplings are the two above; and (4) a rebuilt model needs a new ModelConfig for `load_model`
+anyway. The slicing is a few lines per unit kind and is checked against the masked original to
+float tolerance; the tests also compare it with Torch-Pruning's result where that package is
+installed.
 """
 
 from __future__ import annotations
