@@ -28,14 +28,18 @@ _API = {
     "DOMAINS": "tinydot.domains", "get_domain": "tinydot.domains", "domain_of": "tinydot.domains",
     "measure_all": "tinydot.complexity", "quantile_bins": "tinydot.complexity", "prune": "tinydot.pruning",
     "random_mask": "tinydot.pruning", "sample": "tinydot.sampling", "evaluate_nll": "tinydot.evaluation",
-    "evaluate": "tinydot.evaluation", "fit_ols": "tinydot.fits",
+    "evaluate": "tinydot.evaluation", "fit_ols": "tinydot.fits", "cross_domain_predictions": "tinydot.fits",
+    "prunable_count": "tinydot.sizing", "quantize_model": "tinydot.quantization",
+    "remove_units": "tinydot.pruning.structured", "iterative_removal": "tinydot.pruning.structured",
     # stages
     "train": "tinydot.training", "run_lottery": "tinydot.lottery", "Study": "tinydot.study",
     "run_study": "tinydot.study", "predict": "tinydot.study", "RedundancyConfig": "tinydot.redundancy",
     "run_redundancy": "tinydot.redundancy", "write_complexity": "tinydot.runs", "write_hessian": "tinydot.runs",
-    "write_svcca": "tinydot.runs", "save_samples": "tinydot.runs",
+    "write_svcca": "tinydot.runs", "save_samples": "tinydot.runs", "run_rightsize": "tinydot.rightsize",
+    "run_compress": "tinydot.compress", "run_quantize": "tinydot.compress", "load_packed": "tinydot.compress",
     # report
     "write_report": "tinydot.report.pages", "write_study_report": "tinydot.report.html",
+    "write_comparison": "tinydot.report.html",
 }
 
 __all__ = ["ConfigError", "DataError", "TinydotError", *sorted(_API)]
