@@ -61,6 +61,11 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"perplexity {test['perplexity']:.1f}) on 82,430 predictions (3,761 sentences)" in evaluated.stdout
     assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(test)
+    # a text checkpoint draws no samples: sampling options are refused, not silently ignored
+    assert_user_error(run("eval", "--checkpoint", str(out), "--temperature", "0.8", "--seed", "3",
+                          "--out", str(tmp_path / "refused.json")),
+                      "--temperature, --seed only apply to a strokes checkpoint")
+    assert not (tmp_path / "refused.json").exists()
     # the Hessian of a text checkpoint, on its own train sentences
     hessian = run("hessian", "--checkpoint", str(out), "--out", str(tmp_path / "h"), "--top-k", "2",
                   "--sequences", "4", "--lanczos-steps", "8", "--trace-samples", "2")

@@ -179,15 +179,17 @@ def sample_cmd(checkpoint: Path = CheckpointOption,
 
 @app.command("eval")
 def eval_cmd(checkpoint: Path = CheckpointOption,
-             per_class: int = typer.Option(100, help="Samples per digit for recognizability."),
-             temperature: float = typer.Option(0.8, help="Sampling temperature (0.05..10)."),
-             seed: int = typer.Option(0, help="Sampling seed (0..2**32-1)."),
+             per_class: Optional[int] = typer.Option(None, help="Samples per digit for recognizability "
+                                                     "(strokes; default 100)."),
+             temperature: Optional[float] = typer.Option(None, help="Sampling temperature, 0.05..10 (strokes; "
+                                                         "default 0.8)."),
+             seed: Optional[int] = typer.Option(None, help="Sampling seed, 0..2**32-1 (strokes; default 0)."),
              out: Optional[Path] = typer.Option(None, "--out", help="Also write the results as JSON here."),
              data_dir: Optional[Path] = DataDirOption) -> None:
     """Test NLL (bits/step), the stroke classifier's accuracy, and recognizability of samples.
 
     A text checkpoint: test NLL in bits/word and perplexity over the whole PTB test split (every
-    sentence end counted); the sampling options do not apply."""
+    sentence end counted); it draws no samples, so the sampling options are refused."""
     from tinydot.checkpoint import load_model
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate, evaluate_nll
@@ -196,7 +198,13 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     if out is not None:
         check_writable_file(out)  # before the evaluation, which takes minutes
     model = load_model(checkpoint)
+    sampling = {"per_class": per_class, "temperature": temperature, "seed": seed}
+    given = {name: value for name, value in sampling.items() if value is not None}  # the rest: evaluate's defaults
     if model.cfg.domain == "text":
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{options} only apply to a strokes checkpoint (samples and their recognizability); "
+                              "a text checkpoint is scored on PTB test alone: drop them")
         text = get_domain("text")
         result = evaluate_nll(model, text.load("test", data_dir))
         console.print(f"test NLL {text.describe_nll(result)} on {result['steps']:,} predictions "
@@ -204,12 +212,12 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
         if out is not None:
             atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         return
-    result = evaluate(model, data_dir=data_dir, per_class=per_class, temperature=temperature, seed=seed)
+    result = evaluate(model, data_dir=data_dir, **given)
     console.print(f"test NLL            {result['test_bits_per_step']:.4f} bits/step "
                   f"({result['test_steps']:,} steps; start point {result['test_start_bits']:.2f} bits)")
     console.print(f"classifier accuracy {result['classifier_test_accuracy']:.2%} on the real test split")
     console.print(f"recognizability     {result['recognizability']:.2%} of {result['samples']:,} samples "
-                  f"at temperature {temperature}")
+                  f"at temperature {result['temperature']}")
     console.print("per digit           " + "  ".join(f"{d}:{p:.0%}" for d, p in enumerate(result["per_class"])))
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
