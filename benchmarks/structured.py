@@ -67,7 +67,7 @@ def main():
     sampling = {name: [] for name, _ in models}
     positions = {}
     with torch.no_grad():
-        for name, model in models:  # warm-up
+        for _, model in models:  # warm-up
             model(inputs, labels)
         for _ in range(args.repeats):
             for name, model in models:

@@ -49,7 +49,8 @@ from tinydot.pruning.mask import full_mask, masked_pairs, prunable_names
 from tinydot.training import init_model, make_optimizer, training_step
 
 MODELS = {"quick": (ModelConfig(n_layers=2, d_model=32, d_mlp=128), 4096), "default": (ModelConfig(), 8192)}
-TEXT_MODELS = {"text-quick": (dataclasses.replace(DOMAINS["text"].model_config, n_layers=2, d_model=32, d_mlp=128), 1024),
+TEXT_MODELS = {"text-quick": (dataclasses.replace(DOMAINS["text"].model_config, n_layers=2, d_model=32,
+                                                  d_mlp=128), 1024),
                "text": (DOMAINS["text"].model_config, 1024)}
 WARMUP = 3
 
@@ -155,7 +156,8 @@ def magnitude_mask(cfg: ModelConfig):
     return prune(model, full_mask(model, prunable_names(model)), 0.5)
 
 
-def measure(name: str, threads: int, steps: int, encoded: Encoded, compile: bool = False) -> list[tuple[str, float, float]]:
+def measure(name: str, threads: int, steps: int, encoded: Encoded,
+            compile: bool = False) -> list[tuple[str, float, float]]:
     cfg, tokens = MODELS[name]
     torch.set_num_threads(threads)
     peak = matmul_peak()
@@ -208,7 +210,8 @@ def measure_text(name: str, threads: int, steps: int, encoded: EncodedText) -> N
     torch.set_num_threads(threads)
     peak = matmul_peak()
     batches = epoch_batches(encoded.lengths, tokens, seed=0, epoch=0)[: steps + WARMUP]
-    runs = {"baseline": Trainer(cfg, training_step, make_optimizer), "step": Trainer(cfg, training_step, make_optimizer)}
+    runs = {"baseline": Trainer(cfg, training_step, make_optimizer),
+            "step": Trainer(cfg, training_step, make_optimizer)}
     runs["baseline"].model.nll = types.MethodType(baseline_text_nll, runs["baseline"].model)
     faults = dict.fromkeys(runs, 0)
     for i in range(steps + WARMUP):

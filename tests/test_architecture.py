@@ -48,6 +48,15 @@ def test_the_layer_contracts_hold():
     assert "2 kept, 0 broken" in result.stdout
 
 
+def test_the_code_passes_ruff():
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    result = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", "."], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
 def test_no_import_cycles_counting_imports_inside_functions():
     assert import_cycles() == []
 

@@ -176,7 +176,8 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "h" / "summary.json").read_text())
     assert len(summary["top_eigenvalues"]) == 3 and summary["density_integral"] == pytest.approx(1.0, abs=0.01)
-    assert {"eigenvalues.csv", "spectrum.png", "density.png", "density.csv"} <= {p.name for p in (tmp_path / "h").iterdir()}
+    assert {"eigenvalues.csv", "spectrum.png", "density.png",
+            "density.csv"} <= {p.name for p in (tmp_path / "h").iterdir()}
     result = run("svcca", "--checkpoint", str(run_dir), "--checkpoint", str(run_dir), "--out", str(tmp_path / "s"),
                  "--sequences", "20")
     assert result.returncode == 0, result.stderr

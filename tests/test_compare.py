@@ -20,7 +20,8 @@ def jobs_table(xs, ys, kinds=None, cb=None, held_key="digit") -> pd.DataFrame:
     kinds = kinds or ["bin"] * len(xs)
     rows = []
     for i, (x, y, kind) in enumerate(zip(xs, ys, kinds)):
-        rows.append({"kind": kind, "measure": "L" if kind == "bin" else ("digit" if held_key == "digit" else "valid-ttr"),
+        rows.append({"kind": kind,
+                     "measure": "L" if kind == "bin" else ("digit" if held_key == "digit" else "valid-ttr"),
                      "bin": i if kind == "bin" else -1, held_key: i if kind != "bin" else -1, "seed": 0,
                      "mean_L": x, "mean_compressed_bytes": (cb or xs)[i] if cb else 1.0 + 0.01 * x,
                      "needed_fraction": y, "untouched_fraction": 0.1, "trained_to_small_fraction": 0.2,

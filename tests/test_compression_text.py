@@ -138,7 +138,8 @@ def test_a_text_study_job_gets_its_compression_targets(tmp_path, ptb):
         if b <= row["bits_needed"]:
             nll = evaluate_nll(quantize_model(model, b, "gpfq", calibration).model, evaluated)["bits_per_word"]
             assert (nll <= limit) == (b == row["bits_needed"]), (b, nll, limit)
-    assert row["bits_fraction"] == row["bits_needed"] / 32 if row["bits_needed"] <= 8 else np.isnan(row["bits_fraction"])
+    assert (row["bits_fraction"] == row["bits_needed"] / 32 if row["bits_needed"] <= 8
+            else np.isnan(row["bits_fraction"]))
 
 
 def test_compress_and_quantize_commands_on_a_text_checkpoint(tmp_path, ptb):

@@ -103,7 +103,8 @@ def test_concurrent_meters_in_two_processes(tmp_path, monkeypatch):
               f"    deadline = time.time() + 60\n"
               f"    while not pathlib.Path({str(release)!r}).exists() and time.time() < deadline:\n"
               f"        time.sleep(0.05)\n")
-    other = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    other = subprocess.Popen([sys.executable, "-c", script],
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         deadline = time.time() + 60
         while not ready.exists() and time.time() < deadline and other.poll() is None:

@@ -59,7 +59,8 @@ def flip(data: bytes, draw) -> bytes:
 def reshape(array: np.ndarray, how: str) -> np.ndarray:
     return {"as is": lambda a: a, "2-d": lambda a: a.reshape(len(a), -1), "4-d": lambda a: a[None],
             "3 columns": lambda a: a[..., :3], "5 columns": lambda a: np.concatenate([a, a[..., :1]], axis=-1),
-            "1 row wide": lambda a: a[:, :1], "no sequences": lambda a: a[:0], "scalar": lambda a: a[0, 0, 0]}[how](array)
+            "1 row wide": lambda a: a[:, :1], "no sequences": lambda a: a[:0],
+            "scalar": lambda a: a[0, 0, 0]}[how](array)
 
 
 def cast(array: np.ndarray, dtype: str) -> np.ndarray:

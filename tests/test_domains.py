@@ -331,7 +331,8 @@ def test_the_lottery_runs_on_text(tmp_path):
     assert "emb_token.weight" in names and not any(n.startswith("head") for n in names)  # tied: one matrix
     total = sum(p.numel() for n, p in skeleton.named_parameters() if n in names)
     assert table["prunable"].tolist() == [total] * 3
-    assert table["kept"].tolist() == [total, total - round(0.2 * total), table["kept"][1] - round(0.2 * table["kept"][1])]
+    assert table["kept"].tolist() == [total, total - round(0.2 * total),
+                                      table["kept"][1] - round(0.2 * table["kept"][1])]
     for column in ("bits_per_step", "zeroed_bits_per_step"):
         assert table[column].between(0.5, math.log2(len(VOCAB)) + 0.1).all()
     assert table.loc[1:, ["reinit_bits_per_step", "random_bits_per_step"]].notna().all().all()

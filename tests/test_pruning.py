@@ -119,7 +119,8 @@ def test_usage_counts_by_hand():
     assert row.used_relative == int((w.abs() > 0.5 * std).sum()) == 1
     fractions = usage_fractions(counts)
     assert fractions["unused_fraction"] == pytest.approx(47 / 48)
-    assert sum(fractions[f"{p}_fraction"] for p in ("pruned", "untouched", "trained_to_small", "used")) == pytest.approx(1)
+    assert sum(fractions[f"{p}_fraction"]
+               for p in ("pruned", "untouched", "trained_to_small", "used")) == pytest.approx(1)
 
 
 def short_strokes(n=40, length=8, digit=3, seed=0):

@@ -73,7 +73,8 @@ def test_gpfq_follows_the_papers_recursion():
     w, x = torch.randn(5, 12, generator=g), torch.randn(200, 12, generator=g)
     x_quant = x + 0.1 * torch.randn(200, 12, generator=g)
     for bits in (4, 2):
-        assert torch.equal(gpfq(w, x, x_quant, bits).codes.long(), torch.from_numpy(gpfq_by_the_formula(w, x, x_quant, bits)))
+        assert torch.equal(gpfq(w, x, x_quant, bits).codes.long(),
+                           torch.from_numpy(gpfq_by_the_formula(w, x, x_quant, bits)))
 
 
 @pytest.mark.parametrize("bits", ALL_BITS)
@@ -117,7 +118,8 @@ def test_quantization_is_deterministic_and_pure(trained, calibration):
         first, second = (quantize_model(model, 3, method, calibration) for _ in range(2))
         assert first.tensors.keys() == second.tensors.keys()
         for name, q in first.tensors.items():
-            assert torch.equal(q.codes, second.tensors[name].codes) and torch.equal(q.scales, second.tensors[name].scales)
+            assert (torch.equal(q.codes, second.tensors[name].codes)
+                    and torch.equal(q.scales, second.tensors[name].scales))
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name])
 

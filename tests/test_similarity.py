@@ -40,7 +40,8 @@ def test_cca_by_hand():
 
 def test_intrinsic_dimension_counts_variance_directions():
     rng = np.random.default_rng(2)
-    X = np.column_stack([10 * rng.standard_normal(1000), 10 * rng.standard_normal(1000), 0.01 * rng.standard_normal(1000)])
+    X = np.column_stack([10 * rng.standard_normal(1000), 10 * rng.standard_normal(1000),
+                         0.01 * rng.standard_normal(1000)])
     assert intrinsic_dimension(X, 0.99) == 2 and intrinsic_dimension(X, 1.0) == 3
 
 

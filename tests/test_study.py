@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tinydot.config import StudyConfig
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predictor_ranking
 from tinydot.report.html import study_verdict, write_study_report
@@ -45,7 +44,8 @@ def test_presets_and_pinned_hashes():
     ({"model": {"d_model": -1}}, "d_model must be a positive integer"),
     ({"prune": {"delta": 0}}, "prune delta must be in"),
     ({"prune": {"delta": -0.01}}, "prune delta must be in"),
-    ({"train": {"steps": 50}, "prune": {"rewind_step": 50}}, "rewind_step .50. must be smaller than the training steps"),
+    ({"train": {"steps": 50}, "prune": {"rewind_step": 50}},
+     "rewind_step .50. must be smaller than the training steps"),
 ])
 def test_bad_study_config(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -279,7 +279,8 @@ def test_rightsize_trains_the_predicted_model_beside_the_reference(tiny_study, t
     predicted = summary["predicted_needed_fraction"]
     assert small.prunable >= min(max(predicted, 0), 1) * reference.prunable  # holds the predicted weights
     assert small.train_flops <= reference.train_flops and small.parameters <= reference.parameters
-    assert summary["within_delta"] == bool(small.test_bits_per_step <= reference.test_bits_per_step * (1 + study.prune.delta))
+    assert summary["within_delta"] == bool(small.test_bits_per_step
+                                           <= reference.test_bits_per_step * (1 + study.prune.delta))
     assert summary["flops_saved"] == pytest.approx(1 - small.train_flops / reference.train_flops)
     assert summary["test_sequences"] == int((load_strokes_test(data_dir).labels == 1).sum())
     html = write_study_report(result.run_dir).read_text()

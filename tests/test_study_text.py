@@ -199,12 +199,14 @@ def run(*args, cwd):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["study", "--domain", "txt", "--out", "runs"], "unknown domain 'txt' (did you mean text?); choose strokes or text"),
+    (["study", "--domain", "txt", "--out", "runs"],
+     "unknown domain 'txt' (did you mean text?); choose strokes or text"),
     (["study", "--domain", "text", "--config", "stroke_measure.json", "--out", "runs"],
      "study measure 'S' is not defined for the text domain; choose from L, compressed_bytes, surprisal, "
      "type_token_ratio"),
     (["study", "--domain", "text", "--data-dir", "empty", "--out", "runs"], "ptb.train.txt holds no tokens"),
-    (["study", "--domain", "text", "--preset", "fast", "--out", "runs"], "unknown preset 'fast'; choose one of quick, paper"),
+    (["study", "--domain", "text", "--preset", "fast", "--out", "runs"],
+     "unknown preset 'fast'; choose one of quick, paper"),
 ])
 def test_bad_study_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     empty = tmp_path / "empty"

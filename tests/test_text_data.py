@@ -54,7 +54,8 @@ def test_package_text_is_the_standard_files():
 def test_first_sentences_and_closed_vocabulary(ptb):
     # the first lines of ptb.train.txt and ptb.test.txt
     assert ptb["train"].words(0)[:4] == ["aer", "banknote", "berlitz", "calloway"]
-    assert " ".join(ptb["train"].words(1)) == "pierre <unk> N years old will join the board as a nonexecutive director nov. N"
+    assert " ".join(ptb["train"].words(1)) == ("pierre <unk> N years old will join the board as a nonexecutive "
+                                               "director nov. N")
     assert " ".join(ptb["test"].words(0)) == "no it was n't black monday"
     assert np.array_equal(ptb["valid"].vocabulary, ptb["train"].vocabulary)
 

@@ -25,7 +25,8 @@ class CheckpointError(TinydotError):
     """A checkpoint that is missing, corrupt or not tinydot's."""
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 

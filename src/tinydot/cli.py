@@ -405,8 +405,9 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
 
     result = run_rightsize(study, data, data_dir=data_dir, predictor=predictor)
     summary = result["summary"]
-    table = Table(title=f"right-sizing for {data}: predicted needed fraction {summary['predicted_needed_fraction']:.3f} "
-                        f"(95% PI [{summary['pi'][0]:.3f}, {summary['pi'][1]:.3f}], by {summary['predictor']})")
+    table = Table(title=f"right-sizing for {data}: predicted needed fraction "
+                        f"{summary['predicted_needed_fraction']:.3f} (95% PI [{summary['pi'][0]:.3f}, "
+                        f"{summary['pi'][1]:.3f}], by {summary['predictor']})")
     for column in ("model", "layers x d_model", "parameters", "train FLOPs", "CPU s", "energy (Wh)",
                    f"test NLL ({summary['unit']})", "recognizable"):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -417,10 +418,10 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
                       f"{r.cpu_seconds:.1f}", energy, f"{r.test_bits_per_step:.4f}", recognizable)
     console.print(table)
     verdict = "stays within {:g}% of" if summary["within_delta"] else "is more than {:g}% worse than"
+    measured = str(result["table"]["energy_mode"].iloc[0]).startswith("measured")
     console.print(f"the right-sized model {verdict.format(100 * summary['delta'])} the reference's test NLL, with "
                   f"{100 * summary['flops_saved']:.0f}% fewer training FLOPs; energy is "
-                  f"{'measured' if str(result['table']['energy_mode'].iloc[0]).startswith('measured') else 'an estimate'} "
-                  f"(see cost.json); wrote {result['run_dir']}")
+                  f"{'measured' if measured else 'an estimate'} (see cost.json); wrote {result['run_dir']}")
     write_study_report(study)
 
 
@@ -473,7 +474,8 @@ def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="O
 def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a Hugging Face model folder, or a "
                                               "tinyDOT checkpoint (file or run folder)."),
                    task: str = typer.Option(..., "--task", help="ner or pos (text models); digit or pen (tinyDOT)."),
-                   out: Path = typer.Option(..., "--out", help="Folder for activations, tables, figures, section.html."),
+                   out: Path = typer.Option(..., "--out", help="Folder for activations, tables, figures, "
+                                            "section.html."),
                    tokens: int = typer.Option(10_000, help="Tokens (words or pen positions) to analyse, split 80/10/10 "
                                               "by sentence or sequence."),
                    seed: int = typer.Option(0, help="Seed for the token sample and the split."),

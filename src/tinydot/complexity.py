@@ -138,7 +138,8 @@ def measure_all(strokes: Strokes, measures=MEASURES) -> pd.DataFrame:
         elif m == "pen_up_travel":
             jump = np.zeros_like(real)
             jump[:, 1:] = (pen[:, :-1] >= PEN_END_STROKE) & real[:, 1:]
-            table[m] = np.where(jump, np.hypot(strokes.steps[:, :, 0].astype(float), strokes.steps[:, :, 1]), 0.0).sum(axis=1)
+            length = np.hypot(strokes.steps[:, :, 0].astype(float), strokes.steps[:, :, 1])
+            table[m] = np.where(jump, length, 0.0).sum(axis=1)
         elif m == "compressed_bytes":
             table[m] = _compressed_bytes(strokes)
     return pd.DataFrame(table)

@@ -44,7 +44,8 @@ from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.io import atomic_path, atomic_write_text, sha256_file
 from tinydot.model import Decoder
-from tinydot.pruning.structured import KINDS, check_importance, remove_units, removal_count, removal_schedule, unit_shape
+from tinydot.pruning.structured import (KINDS, check_importance, remove_units, removal_count, removal_schedule,
+                                        unit_shape)
 from tinydot.quantization import bits_per_weight, check_bits, check_method, pack_model, quantize_model, unpack_model
 from tinydot.training import train
 
@@ -142,7 +143,8 @@ def _shape_row(model: Decoder) -> dict:
     return {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp, "params": model.num_params()}
 
 
-def _finetune(model: Decoder, folder: Path, train_data: Strokes | Sentences, cfg: CompressConfig, progress: bool) -> Decoder:
+def _finetune(model: Decoder, folder: Path, train_data: Strokes | Sentences, cfg: CompressConfig,
+              progress: bool) -> Decoder:
     train_config = TrainConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr, warmup_steps=cfg.finetune_steps // 10,
                                eval_every=0, checkpoint_every=max(1, cfg.finetune_steps // 4), seed=cfg.seed)
     return train(train_data, folder, model.cfg, train_config, init_state=model.state_dict(), progress=progress).model

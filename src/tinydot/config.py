@@ -230,7 +230,8 @@ class PruneConfig(_Config):
         self._check_ints("prune", ("rewind_step",), 0)
         _check(self.epsilon >= 0, f"prune epsilon must be >= 0, got {self.epsilon}")
         _check(self.relative_epsilon >= 0, f"prune relative_epsilon must be >= 0, got {self.relative_epsilon}")
-        _check(0 < self.delta < 1, f"prune delta must be in (0, 1) (a relative NLL tolerance, e.g. 0.01), got {self.delta}")
+        _check(0 < self.delta < 1,
+               f"prune delta must be in (0, 1) (a relative NLL tolerance, e.g. 0.01), got {self.delta}")
 
 
 @dataclass(frozen=True)

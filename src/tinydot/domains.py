@@ -68,7 +68,8 @@ class Domain:
                 f"unknown measure {measure!r}"
             raise ConfigError(f"{what}{_did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
 
-    def measure(self, data: Data, measures: tuple[str, ...] | None = None, *, train: Data | None = None) -> pd.DataFrame:
+    def measure(self, data: Data, measures: tuple[str, ...] | None = None, *,
+                train: Data | None = None) -> pd.DataFrame:
         """One row per sample of `data`, one column per measure (default: all of them).
 
         train : text only, the split whose unigram distribution `surprisal` uses (default: `data`

@@ -57,7 +57,8 @@ def check_writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """Refuse, before any work starts, an output file that is a folder or whose folder cannot be written."""
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{what} {path} is a folder; give a file path (e.g. {path / ('result' + (path.suffix or '.json'))})")
+        example = path / ("result" + (path.suffix or ".json"))
+        raise ConfigError(f"{what} {path} is a folder; give a file path (e.g. {example})")
     _check_folder(path.parent, what, path)
     return path
 

@@ -108,7 +108,8 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
 
     rows = []
     for level in range(last + 1):
-        if stop_above_delta and level > 1 and not rows[-1]["bits_per_step"] <= rows[0]["bits_per_step"] * (1 + cfg.delta):
+        lost = level > 1 and not rows[-1]["bits_per_step"] <= rows[0]["bits_per_step"] * (1 + cfg.delta)
+        if stop_above_delta and lost:
             break  # the previous ticket already lost more than delta: the needed density is bracketed
         level_dir = run_dir / f"level_{level}"
         results = level_dir / "results.json"

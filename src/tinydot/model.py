@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinydot.config import ACTIVATIONS, ModelConfig
-from tinydot.data.batching import FRAME_SLOTS, IGNORE, IN_DX, IN_DY, IN_PEN, IN_X, IN_Y, OUT_DX, OUT_DY, OUT_PEN, PEN_STATES
+from tinydot.data.batching import (FRAME_SLOTS, IGNORE, IN_DX, IN_DY, IN_PEN, IN_X, IN_Y, OUT_DX, OUT_DY, OUT_PEN,
+                                   PEN_STATES)
 
 
 # cfg.activation -> (module, function). Exact GELU is the default; ReLU is ~8x cheaper on CPU

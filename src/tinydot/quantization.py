@@ -161,7 +161,8 @@ def layer_inputs(model: Decoder, module_name: str, calibration: Encoded | Encode
     return torch.cat(rows)
 
 
-def quantize_model(model: Decoder, bits: int, method: str = "gpfq", calibration: Encoded | EncodedText | None = None) -> QuantizedModel:
+def quantize_model(model: Decoder, bits: int, method: str = "gpfq",
+                   calibration: Encoded | EncodedText | None = None) -> QuantizedModel:
     """Quantize every Linear and Embedding weight of `model` to `bits` bits (see the module docstring).
 
     calibration : training sequences for GPFQ (ignored by RTN). Pure: `model` is not modified.

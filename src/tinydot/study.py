@@ -562,7 +562,8 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
         assignments = assign(train, study, held_out=held_out)
         check_bins(assignments, study)  # before the run folder exists
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps({**study.to_dict(), "edition": STUDY_EDITION}, indent=2) + "\n")
+    atomic_write_text(run_dir / "config.json",
+                      json.dumps({**study.to_dict(), "edition": STUDY_EDITION}, indent=2) + "\n")
     if not assignments_path.exists():
         with atomic_path(assignments_path) as tmp:
             assignments.to_csv(tmp, index=False)
@@ -570,8 +571,8 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
                     ray_address=ray_address, progress=progress, description="study jobs", status=cost_status)
     jobs = pd.DataFrame(rows)
     tables = analyse(jobs, study)
-    tables["costs"] = jobs[["kind", "measure", "bin", held_out_column(jobs), "seed", *[f"cost_{k}" for k in COST_COLUMNS],
-                            "energy_mode"]]
+    tables["costs"] = jobs[["kind", "measure", "bin", held_out_column(jobs), "seed",
+                            *[f"cost_{k}" for k in COST_COLUMNS], "energy_mode"]]
     for name, frame in {"jobs": jobs, **tables}.items():
         with atomic_path(run_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)

@@ -80,7 +80,8 @@ class BatchStream:
 
     def __init__(self, encoded: Encoded | EncodedText, cfg: TrainConfig, start_step: int = 0):
         self.encoded, self.cfg = encoded, cfg
-        self.epoch, self.batches, self.position = 0, epoch_batches(encoded.lengths, cfg.tokens_per_batch, cfg.seed, 0), 0
+        self.epoch, self.position = 0, 0
+        self.batches = epoch_batches(encoded.lengths, cfg.tokens_per_batch, cfg.seed, 0)
         for _ in range(start_step):
             self._advance()
 
@@ -234,7 +235,8 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     stream = BatchStream(encoded, cfg, start_step=step)
 
     def save_checkpoint():
-        save_tensors(checkpoint, {**_state_tensors(model, optimizer), **{f"touched.{k}": v for k, v in touched.items()}},
+        touched_tensors = {f"touched.{k}": v for k, v in touched.items()}
+        save_tensors(checkpoint, {**_state_tensors(model, optimizer), **touched_tensors},
                      {"step": str(step), "history": json.dumps(history), "window": json.dumps(window)})
 
     def snapshot():

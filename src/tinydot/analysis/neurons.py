@@ -188,7 +188,7 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
         step = 1.0 / (0.5 * 1.05 * float(lam) + l2)
         W, b = torch.zeros(d, k, dtype=Z.dtype), torch.zeros(k, dtype=Z.dtype)
         W_look, b_look, t = W.clone(), b.clone(), 1.0
-        for iteration in range(1, self.max_iter + 1):
+        for iteration in range(1, self.max_iter + 1):  # noqa: B007 - n_iter_ reads it after the loop
             G = (torch.softmax(Z @ W_look + b_look, dim=1) - Y) / n
             W_new = W_look - step * (Z.T @ G + l2 * W_look)
             W_new = torch.sign(W_new) * torch.clamp(W_new.abs() - step * l1, min=0.0)
@@ -315,10 +315,10 @@ class TaskRedundancy(BaseEstimator):
         self.alpha_, oracle = max(tried, key=lambda pair: pair[1]["dev"])  # ties: the first (strongest)
         self.oracle_ = dict(oracle, neurons=total)
         rows = []
-        for l in range(len(widths)):
-            _, alone = self._probe(np.arange(bounds[l], bounds[l + 1]))
-            _, upto = self._probe(np.arange(bounds[l + 1]))
-            rows.append({"layer": l, "width": widths[l], "dev": alone["dev"], "test": alone["test"],
+        for layer in range(len(widths)):
+            _, alone = self._probe(np.arange(bounds[layer], bounds[layer + 1]))
+            _, upto = self._probe(np.arange(bounds[layer + 1]))
+            rows.append({"layer": layer, "width": widths[layer], "dev": alone["dev"], "test": alone["test"],
                          "cumulative_dev": upto["dev"], "cumulative_test": upto["test"]})
         self.layers_ = pd.DataFrame(rows)
 

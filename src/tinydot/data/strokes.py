@@ -110,7 +110,8 @@ def cache_dir() -> Path:
     """
     chosen = os.environ.get("TINYDOT_CACHE")
     folder = Path(chosen or platformdirs.user_cache_dir("tinydot"))
-    return check_writable_dir(folder, "TINYDOT_CACHE" if chosen else "the cache folder (set TINYDOT_CACHE to choose one)")
+    what = "TINYDOT_CACHE" if chosen else "the cache folder (set TINYDOT_CACHE to choose one)"
+    return check_writable_dir(folder, what)
 
 
 # what a truncated, overwritten or bit-flipped .npz raises on reading (zipfile checks every member's CRC)

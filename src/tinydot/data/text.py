@@ -285,7 +285,8 @@ def load_all_sentences(data_dir: str | os.PathLike | None = None, *, verify: boo
         for split, (_, source) in texts.items():
             if hashes[split] != SHA256[split]:
                 raise DataError(f"{source}: sha256 {hashes[split]} does not match the pinned Penn Treebank "
-                                f"{split} text {SHA256[split]}; use an unmodified copy, or verify=False for another corpus")
+                                f"{split} text {SHA256[split]}; use an unmodified copy, or verify=False for "
+                                "another corpus")
     cached = _cache_path(hashes)
     if cache and (splits := _read_cache(cached)) is not None:
         return splits

@@ -186,14 +186,16 @@ def taylor_scores(model: Decoder, kind: str, data: Encoded | EncodedText, tokens
     for index in length_buckets(data.lengths, tokens_per_batch, np.random.default_rng(0)):
         xi = torch.ones(len(index), groups, units, requires_grad=True)
         with unit_mask(model, kind, xi):
-            nll = model.nll(*model_batch(data, index, model.cfg)).sum()  # sequences are independent: d/d xi[b] is sequence b's
+            # sequences are independent: d/d xi[b] is sequence b's
+            nll = model.nll(*model_batch(data, index, model.cfg)).sum()
         (grad,) = torch.autograd.grad(nll, xi)
         total += grad.abs().sum(0).double()
     model.train(was_training)
     return (total / len(data)).float()
 
 
-def importance_scores(model: Decoder, kind: str, importance: str, data: Encoded | EncodedText | None = None) -> torch.Tensor:
+def importance_scores(model: Decoder, kind: str, importance: str,
+                      data: Encoded | EncodedText | None = None) -> torch.Tensor:
     """Scores (n_layers, units) by `importance` ("magnitude" or "taylor", the latter on `data`)."""
     check_importance(importance)
     if importance == "magnitude":

@@ -215,7 +215,8 @@ def similarity_heatmap(frame: pd.DataFrame, title: str) -> Figure:
     for i in range(frame.shape[0]):
         for j in range(frame.shape[1]):
             value = frame.iat[i, j]
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.6 else "black")
     ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig

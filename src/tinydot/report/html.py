@@ -184,7 +184,8 @@ def write_study_report(run_dir: str | Path) -> Path:
     """Build figures and report.html in `run_dir` from its config, assignments and tables."""
     run_dir = Path(run_dir)
     study = read_study_config(json.loads((run_dir / "config.json").read_text()), run_dir)
-    tables = {name: _read_table(run_dir / f"{name}.csv") for name in ("jobs", "ols", "loo", "validation", "seed_slopes")}
+    tables = {name: _read_table(run_dir / f"{name}.csv")
+              for name in ("jobs", "ols", "loo", "validation", "seed_slopes")}
     if not tables["ols"].empty and "p_cluster" not in tables["ols"]:  # written before clustered errors existed
         tables["ols"] = tables["ols"].assign(p_cluster=np.nan, clusters=0)
     jobs = tables["jobs"].assign(job=lambda frame: _job_names(frame))
@@ -192,7 +193,8 @@ def write_study_report(run_dir: str | Path) -> Path:
     measures, predictors = list(study.study.measures), list(study.study.predictors)
     fig_dir = run_dir / "figures"
     images = {
-        "histograms": _png(figures.study_histograms(assignments, measures, study.study.bins), fig_dir / "histograms.png"),
+        "histograms": _png(figures.study_histograms(assignments, measures, study.study.bins),
+                           fig_dir / "histograms.png"),
         "per_bin": _png(figures.per_bin(jobs, measures), fig_dir / "per_bin.png"),
         "curves": _png(figures.nll_vs_density(study_curves(run_dir, jobs), jobs, study.prune.delta),
                        fig_dir / "nll_vs_density.png"),
@@ -344,7 +346,7 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     labels = [d if domains.count(d) == 1 else f"{d} ({run.name})" for d, run in zip(domains, runs)]
     if runs[0].resolve() == runs[1].resolve():
         raise ConfigError(f"{runs[0]} is given twice; compare two different study run folders")
-    for (study, jobs), run in zip(loaded, runs):
+    for (_, jobs), run in zip(loaded, runs):
         missing = [m for m in SHARED_PREDICTORS if f"mean_{m}" not in jobs]
         if missing:
             raise ConfigError(f"{run} records no job means of {', '.join(missing)}; re-run it with them among "
