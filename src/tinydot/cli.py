@@ -240,6 +240,8 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                 epsilon: float = typer.Option(1e-3, help="A weight is used when |w| > epsilon."),
                 relative_epsilon: float = typer.Option(0.05, help="Relative variant: |w| > this x tensor std."),
                 controls: bool = typer.Option(True, help="Train the reinit and random-mask controls."),
+                delta: float = typer.Option(0.01, help="Tolerance of the summary line: the sparsest ticket whose "
+                                            "test NLL stays within (1 + delta) x dense (the study's needed density)."),
                 config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
                 steps: Optional[int] = typer.Option(None, help="Optimizer steps per training run."),
                 eval_sequences: int = typer.Option(10_000, help="Test sequences for each level's NLL."),
@@ -258,7 +260,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     if steps is not None:
         train_values["steps"] = steps
     prune_config = PruneConfig(levels=levels, fraction=fraction, scope=scope, rewind_step=_parse_rewind(rewind),
-                               epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls)
+                               epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls, delta=delta)
     model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
     test = load_strokes("test", data_dir)
     held_out = test.subset(np.arange(min(max(eval_sequences, 1), len(test))))
@@ -273,9 +275,10 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     for row in result.table[list(columns)].itertuples(index=False):
         table.add_row(str(row.level), *(f"{v:.4f}" for v in row[1:]))
     console.print(table)
-    best = result.stays_within(0.02)
-    console.print(f"the ticket stays within 2% of dense test NLL up to sparsity {best['sparsity']:.3f} "
-                  f"(level {int(best['level'])}); wrote {out}/results.csv and nll_vs_sparsity.png")
+    best = result.stays_within(prune_config.delta)
+    console.print(f"the ticket stays within {100 * prune_config.delta:g}% of dense test NLL up to sparsity "
+                  f"{best['sparsity']:.3f} (level {int(best['level'])}); wrote {out}/results.csv and "
+                  "nll_vs_sparsity.png")
 
 
 @app.command("study")

@@ -54,7 +54,7 @@ class LotteryResult:
     table: pd.DataFrame
     run_dir: Path
 
-    def stays_within(self, tolerance: float = 0.02) -> pd.Series:
+    def stays_within(self, tolerance: float) -> pd.Series:
         """The sparsest level whose ticket NLL is within `tolerance` (relative) of the dense NLL."""
         dense = self.table.iloc[0]["bits_per_step"]
         ok = self.table[self.table["bits_per_step"] <= dense * (1 + tolerance)]
