@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from tinydot.config import ModelConfig
 from tinydot.data.batching import EncodedText, scored_mask
+from tinydot.errors import TinydotError
 from tinydot.evaluation import evaluate_nll
 from tinydot.model import TextDOT
 from tinydot.pruning.structured import lowest_removed, magnitude_scores, shrink, taylor_scores, unit_mask
@@ -175,3 +176,19 @@ def test_compress_and_quantize_commands_on_a_text_checkpoint(tmp_path, ptb):
     assert isinstance(smaller, TextDOT) and smaller.cfg.d_mlp == 16
     table = pd.read_csv(out / "results.csv")
     assert table.bits_per_step.iloc[-1] == pytest.approx(evaluate_nll(smaller, test)["bits_per_word"])
+    # `tinydot report` redraws both folders; their unit comes from the source checkpoint, or from a model
+    # the folder holds once the source is gone, and a folder with neither is refused in one line
+    from tinydot.report.compression import compression_unit
+    from tinydot.report.pages import write_report
+
+    (tmp_path / "run").rename(tmp_path / "moved")
+    for folder, figure in ((tmp_path / "quantized", "nll_vs_bits.png"), (out, "nll_vs_removed.png")):
+        (folder / figure).unlink()
+        assert compression_unit(folder) == "bits/word"
+        result = CliRunner().invoke(app, ["report", str(folder)])
+        assert result.exit_code == 0, result.output
+        assert (folder / figure).stat().st_size > 0
+    for model_file in out.rglob("model.safetensors"):
+        model_file.unlink()
+    with pytest.raises(TinydotError, match="cannot tell which domain its model is"):
+        write_report(out)

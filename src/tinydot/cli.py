@@ -558,7 +558,7 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
 
 @app.command("report")
 def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (study, redundancy, lottery, "
-                                                  "hessian, svcca or complexity).")) -> None:
+                                                  "hessian, svcca, complexity, compress or quantize).")) -> None:
     """(Re)write the figures and HTML pages of a finished run folder from its tables."""
     from tinydot.report.pages import write_report
 
@@ -587,14 +587,14 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
 
     from tinydot.compress import run_compress
     from tinydot.io import check_writable_dir
-    from tinydot.report.compression import write_compress_figures
+    from tinydot.report.compression import compression_unit, write_compress_figures
 
     check_writable_dir(out)
     table = run_compress(checkpoint, out, heads=heads, neurons=neurons, layers=layers, importance=importance,
                          rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
-    unit = _unit_of(checkpoint)
-    figure = write_compress_figures(out, unit)
+    unit = compression_unit(out)
+    figure = write_compress_figures(out)
     result = Table(title=f"structured pruning ({importance}): test NLL in {unit} on {eval_sequences:,} sequences")
     for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
         result.add_column(column, justify="right")
@@ -618,14 +618,14 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
     """Post-training quantization of every Linear and Embedding weight (per-channel, symmetric)."""
     from tinydot.compress import run_quantize
     from tinydot.io import check_writable_dir
-    from tinydot.report.compression import write_compress_figures
+    from tinydot.report.compression import compression_unit, write_compress_figures
 
     check_writable_dir(out)
     table = run_quantize(checkpoint, out, bits=tuple(bits), method=method,
                          calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
                          data_dir=data_dir)
-    unit = _unit_of(checkpoint)
-    figure = write_compress_figures(out, unit)
+    unit = compression_unit(out)
+    figure = write_compress_figures(out)
     result = Table(title=f"quantization: test NLL in {unit} on {eval_sequences:,} sequences")
     for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
         result.add_column(column, justify="right")
@@ -640,14 +640,6 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
 # rest, e.g. a disk that fills up mid-run); others, such as a missing internal file, stay tracebacks
 _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
                    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
-
-
-def _unit_of(checkpoint: Path) -> str:
-    """The NLL unit of a checkpoint's domain (bits/step or bits/word), from its metadata alone."""
-    from tinydot.checkpoint import load_config
-    from tinydot.domains import get_domain
-
-    return get_domain(load_config(checkpoint).domain).unit
 
 
 def _print_error(message: str) -> None:

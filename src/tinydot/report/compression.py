@@ -1,17 +1,21 @@
 """Figures of a compress or quantize run folder, drawn from its results.csv.
 
 `removal_curve` and `bits_curve` are pure (a table in, a Figure out); `write_compress_figures`
-reads a run folder and writes its PNG.
+reads a run folder and writes its PNG (`tinydot report` redraws it too).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tinydot.checkpoint import MODEL_FILE, load_config
+from tinydot.domains import get_domain
+from tinydot.errors import TinydotError
 from tinydot.io import atomic_path
 
 REMOVAL_FIGURE = "nll_vs_removed.png"
@@ -59,10 +63,22 @@ def bits_curve(table: pd.DataFrame, unit: str = "bits/step") -> Figure:
     return fig
 
 
-def write_compress_figures(run_dir: str | os.PathLike, unit: str = "bits/step") -> Path:
-    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path.
-    unit: the NLL's (the source model's domain: bits/step for strokes, bits/word for text)."""
+def compression_unit(run_dir: str | os.PathLike) -> str:
+    """The NLL unit of a compress or quantize run folder (bits/step or bits/word): the domain of the
+    checkpoint it was made from (config.json's source), or, if that file is gone, of a model it wrote."""
     run_dir = Path(run_dir)
+    source = json.loads((run_dir / "config.json").read_text()).get("source", "")
+    for path in ([Path(source)] if source else []) + [run_dir / MODEL_FILE, *sorted(run_dir.glob(f"*/{MODEL_FILE}"))]:
+        if path.is_file():
+            return get_domain(load_config(path).domain).unit
+    raise TinydotError(f"{run_dir}: cannot tell which domain its model is: the source checkpoint {source} is "
+                       "gone and the folder holds no model file")
+
+
+def write_compress_figures(run_dir: str | os.PathLike) -> Path:
+    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path."""
+    run_dir = Path(run_dir)
+    unit = compression_unit(run_dir)
     table = pd.read_csv(run_dir / "results.csv")
     quantize = "method" in table.columns
     fig = bits_curve(table, unit) if quantize else removal_curve(table, unit)

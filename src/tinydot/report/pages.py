@@ -13,6 +13,7 @@ import pandas as pd
 from tinydot.errors import TinydotError
 from tinydot.io import save_figure
 from tinydot.report import figures
+from tinydot.report.compression import write_compress_figures
 from tinydot.report.html import write_redundancy_report, write_study_report
 
 
@@ -68,6 +69,7 @@ KINDS = (
     (("summary.json", "eigenvalues.csv"), write_hessian_figures),
     (("svcca.json", "similarity.csv"), write_svcca_figures),
     (("measures.csv", "bins.csv"), write_complexity_figures),
+    (("results.csv", "config.json"), write_compress_figures),  # compress or quantize (a lottery has level_0)
 )
 
 
@@ -79,4 +81,4 @@ def write_report(run_dir: str | Path) -> list[Path]:
             written = writer(run_dir)
             return [written] if isinstance(written, Path) else written
     raise TinydotError(f"{run_dir} is not a finished tinydot run folder (study, redundancy, lottery, hessian, "
-                       "svcca or complexity); run the stage first")
+                       "svcca, complexity, compress or quantize); run the stage first")
