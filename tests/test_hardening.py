@@ -143,6 +143,25 @@ def test_cache_folder_that_is_a_file(data_dir, places, tmp_path):
     assert_one_line_exit_2(result, "TINYDOT_CACHE")
 
 
+@pytest.mark.parametrize("args,message", [
+    (["train"], "Missing option '--out'. (see `"),
+    (["data", "show", "--n", "abc", "--out", "x.png"], "Invalid value for '--n'"),
+    (["trian", "--out", "x"], "No such command 'trian'. Did you mean 'train'?"),
+    (["train", "--bogus", "3", "--out", "x"], "No such option: --bogus"),
+    (["eval", "--checkpoint"], "Option '--checkpoint' requires an argument."),
+])
+def test_parser_errors_are_one_line_too(args, message, tmp_path):
+    assert_one_line_exit_2(run_cli(*args, cwd=tmp_path), message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_still_exits_0_and_a_bare_command_group_prints_its_help():
+    helped = run_cli("train", "--help")
+    assert helped.returncode == 0 and "--out" in helped.stdout and helped.stderr == ""
+    bare = run_cli("data")
+    assert bare.returncode == 2 and "show" in bare.stdout + bare.stderr and "Traceback" not in bare.stderr
+
+
 def test_real_commands_print_one_line(places, tmp_path):
     file, folder = places
     assert_one_line_exit_2(run_cli("lottery", "--out", file), "is an existing file, not a folder")
@@ -379,7 +398,7 @@ def test_a_study_refused_for_bins_versus_samples_leaves_no_folder(data_dir, tmp_
 def test_an_os_error_on_a_users_path_is_one_line_too():
     # the CLI's last line of defence, e.g. for a disk that fills up mid-run; a missing file stays a traceback
     code = ("import tinydot.cli as cli\n"
-            "def app():\n    raise OSError({errno}, 'message', 'x.csv')\n"
+            "def app(**options):\n    raise OSError({errno}, 'message', 'x.csv')\n"
             "cli.app = app\ncli.main()\n")
     run = lambda errno: subprocess.run([sys.executable, "-c", code.format(errno=errno)], capture_output=True,  # noqa: E731
                                        text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=60)

@@ -20,6 +20,11 @@ from rich.table import Table
 
 from tinydot.errors import ConfigError, TinydotError
 
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # older typer runs on click
+    from click.exceptions import UsageError
+
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Inspect the data: MNIST pen strokes or Penn Treebank text.", no_args_is_help=True)
@@ -648,7 +653,15 @@ def _print_error(message: str) -> None:
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # so that parser errors reach the handlers below
+    except UsageError as err:  # a missing option, a value of the wrong type, an unknown command ...
+        if type(err).__name__ != "NoArgsIsHelpError":  # bare `tinydot` / `tinydot data`: the help is printed
+            hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+            _print_error(err.format_message() + hint)
+        sys.exit(2)
+    except typer.Abort:
+        _print_error("aborted")
+        sys.exit(1)
     except TinydotError as err:
         _print_error(str(err))
         sys.exit(2)
@@ -657,6 +670,8 @@ def main() -> None:
             raise
         _print_error(f"{err.filename}: {err.strerror}")
         sys.exit(2)
+    if isinstance(code, int) and code:  # --help and interrupts end in an exit code (Ctrl-C: 130)
+        sys.exit(code)
 
 
 if __name__ == "__main__":
