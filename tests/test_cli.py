@@ -145,6 +145,8 @@ def finished_stroke_study(folder):
     (["predict", "--study", "."], "is not a finished study run"),
     (["predict", "--study", "done", "--data", "valid"], "unknown split 'valid'"),
     (["predict", "--study", "done", "--data", "test:x"], "--data test:x: the digit after ':' must be 0..9"),
+    (["predict", "--study", "done", "--data", "test:11"], "--data test:11: the digit after ':' must be 0..9"),
+    (["predict", "--study", "nowhere"], "study run folder nowhere does not exist"),
     (["study", "--config", "list.json"], "must be a JSON object whose keys are among"),
 ])
 def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):

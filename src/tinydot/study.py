@@ -586,6 +586,8 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     """A finished study's configuration and job table; a damaged folder (a truncated or unreadable
     jobs.csv or config.json) is refused with one line."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise TinydotError(f"study run folder {run_dir} does not exist")
     if not (run_dir / "jobs.csv").exists() or not (run_dir / "config.json").exists():
         raise TinydotError(f"{run_dir} is not a finished study run (no jobs.csv / config.json); "
                            "run `tinydot study` first")
