@@ -120,6 +120,19 @@ def test_compare_page_and_command(tmp_path):
     assert "no" in result.stdout and "compare.html" in result.stdout
 
 
+def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path):
+    # every text job "not reached": neither direction has a line, and the command says why
+    fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))
+    fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [np.nan] * 3, held_key="group"))
+    result = run("compare", "study-s", "study-t", "--out", "cmp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "No line could be fitted: a study needs at least 3 bin jobs with a finite target" in result.stdout
+    assert "beats baseline" not in result.stdout  # no empty table
+    for name, column in (("predictions", "predicted"), ("summary", "beats_baseline")):
+        table = pd.read_csv(tmp_path / "cmp" / f"{name}.csv")
+        assert table.empty and column in table.columns
+
+
 @pytest.mark.parametrize("args,message", [
     (["compare", "study-s", "missing", "--out", "cmp"], "study run folder missing does not exist"),
     (["compare", "study-s", "cmp-in", "--out", "cmp"], "cmp-in is not a finished study run"),

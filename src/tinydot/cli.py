@@ -340,17 +340,20 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
                 out: Path = typer.Option(..., "--out", help="Folder for compare.html and its tables.")) -> None:
     """Two studies side by side: does one domain's line predict the other's needed fraction (L, compressed_bytes)?"""
     from tinydot.io import check_writable_dir
-    from tinydot.report.html import write_comparison
+    from tinydot.report.html import comparison_verdict, write_comparison
 
     check_writable_dir(out)
     path, summary = write_comparison(first, second, out)
-    table = Table(title="one study's line predicting the other's needed fraction")
-    for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "beats baseline"):
-        table.add_column(column, justify="left" if column in ("direction", "measure") else "right")
-    for r in summary.itertuples():
-        table.add_row(r.direction, r.predictor, f"{r.mae:.4f}", f"{r.baseline_mae:.4f}", f"{r.coverage:.0%}",
-                      "yes" if r.beats_baseline else "no")
-    console.print(table)
+    if not summary.empty:
+        table = Table(title="one study's line predicting the other's needed fraction")
+        for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "beats baseline"):
+            table.add_column(column, justify="left" if column in ("direction", "measure") else "right")
+        for r in summary.itertuples():
+            table.add_row(r.direction, r.predictor, f"{r.mae:.4f}", f"{r.baseline_mae:.4f}", f"{r.coverage:.0%}",
+                          "yes" if r.beats_baseline else "no")
+        console.print(table)
+    for sentence in comparison_verdict(summary, [first.name, second.name])[len(summary):]:  # the overall answer
+        console.print(sentence)
     console.print(f"wrote {path}")
 
 

@@ -205,6 +205,15 @@ def predictor_ranking(validation: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- across domains
 
+# the columns of the two cross-domain tables (kept when a table is empty, so its CSV still has a header)
+CROSS_DOMAIN_COLUMNS = ("direction", "predictor", "target", "kind", "measure", "bin", "seed", "x", "actual",
+                        "predicted", "pi_low", "pi_high", "covered", "within_range", "error", "baseline",
+                        "baseline_error", "source_mean_error", "slope", "intercept", "n_fit")
+CROSS_DOMAIN_SUMMARY_COLUMNS = ("direction", "predictor", "target", "slope", "intercept", "n_fit", "n_predicted",
+                                "mae", "rmse", "baseline_mae", "source_mean_mae", "coverage", "within_range",
+                                "beats_baseline")
+
+
 def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predictors, target_name: str = "needed",
                              direction: str = "") -> pd.DataFrame:
     """One study's line predicting another study's jobs (e.g. strokes -> text).
@@ -221,7 +230,7 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     fit_jobs = fit_jobs[np.isfinite(fit_jobs[y_col])]
     predicted = target[np.isfinite(target[y_col])]
     if len(fit_jobs) < 3 or predicted.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(CROSS_DOMAIN_COLUMNS))
     baseline = float(predicted[y_col].mean())
     for m in predictors:
         x = fit_jobs[[f"mean_{m}"]]
@@ -238,7 +247,7 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
                          "baseline": baseline, "baseline_error": baseline - actual,
                          "source_mean_error": float(fit_jobs[y_col].mean()) - actual,
                          "slope": fit.params[1], "intercept": fit.params[0], "n_fit": int(fit.nobs)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(CROSS_DOMAIN_COLUMNS))
 
 
 def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +255,7 @@ def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     study's jobs, the two baselines' mean absolute errors, PI coverage, the share of jobs inside
     the fitted range of x, and whether the line beats the other study's own mean."""
     if predictions.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(CROSS_DOMAIN_SUMMARY_COLUMNS))
     table = predictions.groupby(["direction", "predictor", "target"], sort=False).agg(
         slope=("slope", "first"), intercept=("intercept", "first"), n_fit=("n_fit", "first"),
         n_predicted=("error", "size"), mae=("error", lambda e: float(np.abs(e).mean())),
@@ -255,4 +264,4 @@ def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
         source_mean_mae=("source_mean_error", lambda e: float(np.abs(e).mean())),
         coverage=("covered", "mean"), within_range=("within_range", "mean")).reset_index()
     table["beats_baseline"] = table["mae"] < table["baseline_mae"]
-    return table
+    return table[list(CROSS_DOMAIN_SUMMARY_COLUMNS)]
