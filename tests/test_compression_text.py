@@ -192,3 +192,5 @@ def test_compress_and_quantize_commands_on_a_text_checkpoint(tmp_path, ptb):
         model_file.unlink()
     with pytest.raises(TinydotError, match="cannot tell which domain its model is"):
         write_report(out)
+    with pytest.raises(TinydotError, match=r"holds no report to draw: .* \(a training run has none; see `tinydot"):
+        write_report(tmp_path / "moved")  # the training run

@@ -247,6 +247,9 @@ def test_the_command_prints_the_text_study(tiny_text_study, tmp_path):
               "--out", str(result.run_dir.parent), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "OLS of each target" in out.stdout and f"{len(result.jobs)} jobs" in out.stdout
+    # the tiny study never pruned past delta: the held-out check says why it has nothing to show
+    assert not np.isfinite(result.jobs["needed_fraction"]).any()
+    assert "held-out data: no needed fraction to check" in out.stdout and "held-out valid groups" not in out.stdout
 
 
 def test_predict_for_text_from_complexity_alone(tiny_text_study, ptb, tmp_path):
@@ -295,11 +298,24 @@ def test_predict_for_text_from_complexity_alone(tiny_text_study, ptb, tmp_path):
 
 
 def test_predict_command_on_a_text_study(tiny_text_study, tmp_path):
+    import shutil
+
     _, result = tiny_text_study
     out = run("predict", "--study", str(result.run_dir), "--data", "valid", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    # the tiny study never pruned past delta: said in a line, not shown as an empty table
+    printed = " ".join(out.stdout.split())
+    assert "no needed-fraction line to predict with: fewer than 3 of its bin jobs reached" in printed
+    assert "needed fraction of" not in out.stdout and "unused" in out.stdout
+    copy = tmp_path / result.run_dir.name  # with a needed line (as in test_predict_for_text_from_complexity_alone)
+    shutil.copytree(result.run_dir, copy)
+    jobs = pd.read_csv(copy / "jobs.csv")
+    jobs.loc[jobs["kind"] == "bin", "needed_fraction"] = 0.1 + 0.005 * jobs.loc[jobs["kind"] == "bin", "mean_L"]
+    jobs.to_csv(copy / "jobs.csv", index=False)
+    out = run("predict", "--study", str(copy), "--data", "valid", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
     assert "needed fraction of 3,936 prunable weights for valid (3,370 sentences)" in out.stdout
-    assert "unused" in out.stdout
+    assert "no needed-fraction line" not in out.stdout
     bad = run("predict", "--study", str(result.run_dir), "--data", "valid:1", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--data valid:1: a text study predicts for a whole split; give one of train, valid, test" in bad.stderr

@@ -320,8 +320,11 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
         table.add_row(r.target, r.term, f"{r.coef:.4g}", f"[{r.ci_low:.3g}, {r.ci_high:.3g}]", f"{r.p_value:.3g}",
                       f"{r.r2:.3f}", str(r.n))
     console.print(table)
-    if not result.validation.empty:
-        held = result.validation[result.validation["target"] == "needed"]
+    held = result.validation[result.validation["target"] == "needed"] if not result.validation.empty else None
+    if held is None or held.empty:
+        console.print("held-out data: no needed fraction to check (fewer than 3 bin jobs, or none of the held-out "
+                      "jobs, reached a pruning level past delta; see the report)")
+    else:
         key = "digit" if "digit" in held else "group"
         table = Table(title=f"held-out {'classes' if key == 'digit' else 'valid groups'}: needed fraction "
                             "predicted from complexity vs measured")
@@ -365,7 +368,7 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
     """Predict how many parameters a dataset needs from its complexity alone (no training)."""
     from tinydot.data.strokes import digit_subset
     from tinydot.rightsize import parse_selection
-    from tinydot.study import load_study, predict
+    from tinydot.study import NO_NEEDED_LINE, load_study, predict
 
     domain = load_study(study)[0].domain
     train = None
@@ -383,16 +386,20 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
     samples = "sequences" if domain.name == "strokes" else "sentences"
     needed = frame[frame["target"] == "needed"]
     prunable = int(frame["prunable_parameters"].iloc[0])
-    table = Table(title=f"needed fraction of {prunable:,} prunable weights for {data} ({len(selection):,} {samples}), "
-                        "from complexity alone")
-    for column in ("measure", "needed", "95% PI", "needed weights (PI)", "smallest model: layers x d_model "
-                   "(prunable), at the prediction / PI ends", "in range"):
-        table.add_column(column, justify="left" if column.startswith(("measure", "smallest")) else "right")
-    for r in needed.itertuples():
-        table.add_row(r.model, f"{r.mean:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
-                      f"{r.needed_parameters_mean:,.0f} [{r.needed_parameters_pi_low:,.0f}, "
-                      f"{r.needed_parameters_pi_high:,.0f}]", r.recommended_model, "yes" if r.within_range else "no")
-    console.print(table)
+    if needed.empty:
+        console.print(f"no needed-fraction line to predict with: {NO_NEEDED_LINE}")
+    else:
+        table = Table(title=f"needed fraction of {prunable:,} prunable weights for {data} ({len(selection):,} "
+                            f"{samples}), from complexity alone")
+        for column in ("measure", "needed", "95% PI", "needed weights (PI)", "smallest model: layers x d_model "
+                       "(prunable), at the prediction / PI ends", "in range"):
+            table.add_column(column, justify="left" if column.startswith(("measure", "smallest")) else "right")
+        for r in needed.itertuples():
+            table.add_row(r.model, f"{r.mean:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
+                          f"{r.needed_parameters_mean:,.0f} [{r.needed_parameters_pi_low:,.0f}, "
+                          f"{r.needed_parameters_pi_high:,.0f}]", r.recommended_model,
+                          "yes" if r.within_range else "no")
+        console.print(table)
     others = frame[frame["target"] != "needed"]
     table = Table(title="the dense network's unused weights, predicted")
     for column in ("target", "measure", "predicted", "95% CI", "95% PI"):

@@ -34,7 +34,7 @@ from tinydot.evaluation import evaluate_nll, load_or_train_classifier, recogniza
 from tinydot.fits import predictor_ranking
 from tinydot.io import atomic_path, atomic_write_text
 from tinydot.sizing import smallest_config
-from tinydot.study import load_study, predict
+from tinydot.study import NO_NEEDED_LINE, load_study, predict
 from tinydot.training import train
 
 RECOGNIZABILITY_SAMPLES = 50  # per class
@@ -91,8 +91,7 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     frame = predict(study_dir, selection, train=selection)  # train: text's surprisal unigrams (strokes ignore it)
     predictor = predictor or best_predictor(study_dir)
     if not (frame["target"] == "needed").any():
-        raise ConfigError(f"{study_dir} has no needed-fraction line to size a model by: fewer than 3 of its bin "
-                          "jobs reached a pruning level past delta; run a study with more or larger pruning levels")
+        raise ConfigError(f"{study_dir} has no needed-fraction line to size a model by: {NO_NEEDED_LINE}")
     row = frame[(frame["target"] == "needed") & (frame["model"] == predictor)]
     if row.empty:
         raise ConfigError(f"the study has no needed-fraction line for predictor {predictor!r}; "

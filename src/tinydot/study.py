@@ -617,6 +617,11 @@ def read_study_config(values: dict, run_dir: Path) -> Study:
     return Study.from_dict(values)
 
 
+# why a finished study can have no needed-fraction line (predict then returns only the other targets)
+NO_NEEDED_LINE = ("fewer than 3 of its bin jobs reached a pruning level past delta; run a study with more or larger "
+                  "pruning levels")
+
+
 def predict(run_dir: str | os.PathLike, data: Strokes | Sentences, *, train: Sentences | None = None) -> pd.DataFrame:
     """Every target of `data` predicted from its mean complexity alone (95% CI of the line and
     95% prediction interval) by each predictor's OLS line and the joint model; for the needed

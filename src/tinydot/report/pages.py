@@ -80,5 +80,5 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if all((run_dir / name).exists() for name in markers):
             written = writer(run_dir)
             return [written] if isinstance(written, Path) else written
-    raise TinydotError(f"{run_dir} is not a finished tinydot run folder (study, redundancy, lottery, hessian, "
-                       "svcca, complexity, compress or quantize); run the stage first")
+    raise TinydotError(f"{run_dir} holds no report to draw: give a finished study, redundancy, lottery, hessian, "
+                       "svcca, complexity, compress or quantize folder (a training run has none; see `tinydot eval`)")
