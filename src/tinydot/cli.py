@@ -610,7 +610,7 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
                          rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
     unit = compression_unit(out)
-    figure = write_compress_figures(out)
+    figure = write_compress_figures(out, unit)
     result = Table(title=f"structured pruning ({importance}): test NLL in {unit} on {eval_sequences:,} sequences")
     for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
         result.add_column(column, justify="right")
@@ -641,7 +641,7 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
                          calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
                          data_dir=data_dir)
     unit = compression_unit(out)
-    figure = write_compress_figures(out)
+    figure = write_compress_figures(out, unit)
     result = Table(title=f"quantization: test NLL in {unit} on {eval_sequences:,} sequences")
     for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
         result.add_column(column, justify="right")

@@ -75,10 +75,11 @@ def compression_unit(run_dir: str | os.PathLike) -> str:
                        "gone and the folder holds no model file")
 
 
-def write_compress_figures(run_dir: str | os.PathLike) -> Path:
-    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path."""
+def write_compress_figures(run_dir: str | os.PathLike, unit: str | None = None) -> Path:
+    """Draw the figure of a compress or quantize run folder from its results.csv; returns its path.
+    unit: the NLL's, if the caller knows it already (else `compression_unit` reads it)."""
     run_dir = Path(run_dir)
-    unit = compression_unit(run_dir)
+    unit = unit or compression_unit(run_dir)
     table = pd.read_csv(run_dir / "results.csv")
     quantize = "method" in table.columns
     fig = bits_curve(table, unit) if quantize else removal_curve(table, unit)
