@@ -220,6 +220,13 @@ def wrong_arrays(path: Path) -> None:  # a readable .npz that does not describe 
                  labels=np.zeros(3, np.int8), starts=np.zeros((3, 2), np.int8))
 
 
+def flag_encrypted(path: Path) -> None:  # one flipped bit in the central directory: zipfile raises RuntimeError
+    content = bytearray(path.read_bytes())
+    at = content.index(b"PK\x01\x02") + 8  # the first member's general-purpose flags
+    content[at] |= 1  # bit 0: "encrypted"
+    path.write_bytes(bytes(content))
+
+
 @pytest.mark.parametrize("damage", [
     lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated: zipfile.BadZipFile
     lambda p: p.write_bytes(b""),  # empty: EOFError
@@ -227,7 +234,8 @@ def wrong_arrays(path: Path) -> None:  # a readable .npz that does not describe 
     lambda p: p.write_bytes(b"\x93NUMPY garbage"),  # not a zip
     flip_middle_byte,  # inside an array: the member's CRC fails
     wrong_arrays,
-], ids=["truncated", "empty", "zip-header", "garbage", "flipped-byte", "wrong-arrays"])
+    flag_encrypted,
+], ids=["truncated", "empty", "zip-header", "garbage", "flipped-byte", "wrong-arrays", "encrypted-flag"])
 def test_a_damaged_parsed_cache_is_rebuilt(damage, tmp_path, monkeypatch):
     monkeypatch.setenv("TINYDOT_CACHE", str(tmp_path / "cache"))
     data = write_data_folder(tmp_path / "data")

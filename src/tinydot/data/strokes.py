@@ -114,9 +114,10 @@ def cache_dir() -> Path:
     return check_writable_dir(folder, what)
 
 
-# what a truncated, overwritten or bit-flipped .npz raises on reading (zipfile checks every member's CRC)
+# what a truncated, overwritten or bit-flipped .npz raises on reading (zipfile checks every member's CRC;
+# a flipped flag bit can mark a member encrypted, and zipfile then raises RuntimeError)
 _CACHE_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error,
-                      NotImplementedError)
+                      NotImplementedError, RuntimeError)
 
 
 def read_cached_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
