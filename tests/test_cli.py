@@ -117,6 +117,19 @@ def test_lottery_cli(data_dir, tmp_path):
     assert (f"stays within 5% of dense test NLL up to sparsity {within['sparsity'].iloc[-1]:.3f} "
             f"(level {within['level'].iloc[-1]})") in " ".join(result.stdout.split())
     assert (tmp_path / "run" / "level_1" / "mask.safetensors").exists()
+    # --delta only draws the summary line: a finished folder re-summarizes without retraining
+    level_file = tmp_path / "run" / "level_1" / "results.json"
+    written = level_file.stat().st_mtime_ns
+    again = run("lottery", "--out", str(tmp_path / "run"), "--levels", "1", "--fraction", "0.5",
+                "--rewind", "step:2", "--config", str(tmp_path / "cfg.json"), "--eval-sequences", "50",
+                "--delta", "0.5")
+    assert again.returncode == 0, again.stderr
+    assert "stays within 50% of dense test NLL up to sparsity 0.500 (level 1)" in " ".join(again.stdout.split())
+    assert level_file.stat().st_mtime_ns == written
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["prune"]["delta"] == 0.5
+    other = run("lottery", "--out", str(tmp_path / "run"), "--levels", "1", "--fraction", "0.25",
+                "--rewind", "step:2", "--config", str(tmp_path / "cfg.json"), "--eval-sequences", "50")
+    assert_user_error(other, "holds a lottery run with a different configuration")
     bad = run("lottery", "--out", str(tmp_path / "bad"), "--rewind", "epoch:3")
     assert_user_error(bad, "--rewind must be 'init' or 'step:K'")
 

@@ -1,5 +1,6 @@
 """Lottery tickets: exact pruning, masked training, rewinding, controls, resumability."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,10 @@ def test_lottery_stops_once_the_needed_density_is_bracketed(train, test_split, t
     above = np.flatnonzero(table["bits_per_step"].to_numpy() > table["bits_per_step"].iloc[0] * (1 + 1e-6))
     assert len(above) >= 1 and len(table) == above[0] + 1  # trained up to the first level above, no further
     assert not (tmp_path / f"level_{len(table)}").exists()
+    # here delta decides which levels exist, so another delta is another run
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_lottery(train.subset(np.arange(300)), tmp_path, test_split.subset(np.arange(100)), TINY, QUICK,
+                    dataclasses.replace(cfg, delta=0.5), stop_above_delta=True, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,15 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: Pr
     }
 
 
+def _same_run(stored: dict, configs: dict, stop_above_delta: bool) -> bool:
+    """Would these configurations train the same levels? delta decides which levels are trained only
+    with `stop_above_delta`; otherwise it is the summary's tolerance, free to change on a re-run."""
+    if not stop_above_delta:
+        stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k != "delta"}}
+                           for c in (stored, configs))
+    return stored == configs
+
+
 def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
                 model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig(),
                 prune_config: PruneConfig = PruneConfig(), *, init_state: dict | None = None,
@@ -95,7 +104,8 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     run_dir.mkdir(parents=True, exist_ok=True)
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict(), "prune": cfg.to_dict()}
     config_path = run_dir / "config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != json.loads(json.dumps(configs)):
+    if config_path.exists() and not _same_run(json.loads(config_path.read_text()), json.loads(json.dumps(configs)),
+                                              stop_above_delta):
         raise ConfigError(f"{run_dir} holds a lottery run with a different configuration; "
                           "choose another output folder or delete it")
     atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
