@@ -194,3 +194,7 @@ def test_compress_and_quantize_commands_on_a_text_checkpoint(tmp_path, ptb):
         write_report(out)
     with pytest.raises(TinydotError, match=r"holds no report to draw: .* \(a training run has none; see `tinydot"):
         write_report(tmp_path / "moved")  # the training run
+    with pytest.raises(TinydotError, match="nowhere does not exist: give a finished run folder"):
+        write_report(tmp_path / "nowhere")
+    with pytest.raises(TinydotError, match="model.safetensors is not a folder"):
+        write_report(tmp_path / "moved" / "model.safetensors")

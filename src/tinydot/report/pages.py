@@ -76,6 +76,9 @@ KINDS = (
 def write_report(run_dir: str | Path) -> list[Path]:
     """Recognise a finished run folder by its files and (re)write its figures and pages."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TinydotError(f"{run_dir} {'is not a folder' if run_dir.exists() else 'does not exist'}: "
+                           "give a finished run folder")
     for markers, writer in KINDS:
         if all((run_dir / name).exists() for name in markers):
             written = writer(run_dir)
