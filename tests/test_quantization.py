@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,8 +169,8 @@ def test_fewest_bits_within(trained, evaluated):
 
 # --- the stage and the CLI -----------------------------------------------------------------------
 
-def test_run_quantize_writes_real_sizes(trained, data_dir, tmp_path):
-    from tinydot.compress import load_packed, run_quantize
+def test_run_quantize_writes_real_sizes(trained, data_dir, tmp_path, monkeypatch):
+    from tinydot.compress import load_packed, run_compress, run_quantize
 
     out = tmp_path / "q"
     table = run_quantize(trained, out, bits=(8, 2), method="gpfq", calibration_sequences=64, eval_sequences=300,
@@ -190,6 +191,20 @@ def test_run_quantize_writes_real_sizes(trained, data_dir, tmp_path):
                                                eval_sequences=300, data_dir=data_dir), table)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert json.loads((out / "config.json").read_text())["quantize"]["bits"] == [8, 2]
+    # the same checkpoint however its path is spelt, the same widths in any order: the same run, resumed
+    monkeypatch.chdir(trained.parent)
+    again = run_quantize(Path(trained.name) / "model.safetensors", out, bits=(2, 8), method="gpfq",
+                         calibration_sequences=64, eval_sequences=300, data_dir=data_dir)
+    pd.testing.assert_frame_equal(again, table)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    with pytest.raises(ConfigError, match=r"other settings \(calibration_sequences 64 -> 32\)"):
+        run_quantize(trained, out, bits=(8, 2), calibration_sequences=32, eval_sequences=300, data_dir=data_dir)
+    with pytest.raises(ConfigError, match="holds a quantize run, not a compress run"):
+        run_compress(trained, out, neurons=0.5, data_dir=data_dir, progress=False)
+    for seed in (-1, 2**32):  # the one seed rule: 0..2**32 - 1
+        with pytest.raises(ConfigError, match="seed must be an integer between 0 and 4294967295"):
+            run_quantize(trained, tmp_path / "seed", bits=(8,), seed=seed, data_dir=data_dir)
+    assert not (tmp_path / "seed").exists()
 
 
 def user_error(monkeypatch, capsys, *args) -> str:

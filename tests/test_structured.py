@@ -325,8 +325,11 @@ def test_run_compress_writes_a_resumable_run_folder(trained, data_dir, test_spli
     pd.testing.assert_frame_equal(again, table)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name != "model.safetensors" or
                p.parent != out)
-    with pytest.raises(ConfigError, match="different source or settings"):
+    with pytest.raises(ConfigError, match=r"with other settings \(neurons 0.5 -> 0.25\)"):
         run_compress(trained, out, **{**kwargs, "neurons": 0.25})
+    for seed in (-1, 2**32):  # the one seed rule: 0..2**32 - 1
+        with pytest.raises(ConfigError, match="seed must be an integer between 0 and 4294967295"):
+            run_compress(trained, tmp_path / "seed", **{**kwargs, "seed": seed})
 
 
 def user_error(monkeypatch, capsys, *args) -> str:

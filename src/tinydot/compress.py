@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tinydot.checkpoint import MODEL_FILE, load_model, load_tensors, resolve, save_model, save_tensors
-from tinydot.config import TrainConfig
+from tinydot.config import TrainConfig, check_seed
 from tinydot.data.batching import Encoded, EncodedText, encode
 from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
@@ -75,11 +75,11 @@ class CompressConfig:
         if not any(self.fractions().values()):
             raise ConfigError("nothing to remove: give a fraction with --heads, --neurons or --layers")
         check_importance(self.importance)
-        for name, minimum in (("rounds", 1), ("finetune_steps", 0), ("eval_sequences", 1), ("score_sequences", 1),
-                              ("seed", 0)):
+        for name, minimum in (("rounds", 1), ("finetune_steps", 0), ("eval_sequences", 1), ("score_sequences", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        check_seed(self.seed, "seed")
         if not 0 < self.finetune_lr <= 1:
             raise ConfigError(f"finetune_lr must be in (0, 1], got {self.finetune_lr}")
 
@@ -104,16 +104,27 @@ class QuantizeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_seed(self.seed, "seed")
 
 
 def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
-    """Write config.json, or check that an existing run folder was made with the same settings."""
-    source = resolve(checkpoint)
+    """Write config.json, or check that an existing run folder was made with the same settings from
+    the same checkpoint (the same bytes, however its path is spelt)."""
+    source = resolve(checkpoint).resolve()
     configs = {"source": str(source), "source_sha256": sha256_file(source), section: settings}
     path = out / "config.json"
     if path.exists():
-        if json.loads(path.read_text()) != json.loads(json.dumps(configs)):
-            raise ConfigError(f"{out} holds a {section} run with a different source or settings; "
+        stored, given = json.loads(path.read_text()), json.loads(json.dumps(configs))
+        if section not in stored:
+            kind = next((k for k in ("compress", "quantize") if k in stored), "different kind of")
+            raise ConfigError(f"{out} holds a {kind} run, not a {section} run; choose another output folder")
+        if stored.get("source_sha256") != given["source_sha256"]:
+            raise ConfigError(f"{out} holds a {section} run of another checkpoint ({stored.get('source')}); "
+                              "choose another output folder or delete it")
+        changed = [f"{k} {stored[section].get(k)!r} -> {v!r}" for k, v in given[section].items()
+                   if stored[section].get(k) != v]
+        if changed:
+            raise ConfigError(f"{out} holds a {section} run with other settings ({', '.join(changed)}); "
                               "choose another output folder or delete it")
         return
     atomic_write_text(path, json.dumps(configs, indent=2) + "\n")
@@ -224,6 +235,7 @@ def run_quantize(checkpoint, out, *, bits=(8, 4, 3, 2), method: str = "gpfq", ca
     Returns the results table (first row: the float32 model)."""
     cfg = QuantizeConfig(tuple(bits), method, calibration_sequences, eval_sequences, seed)
     cfg.check()
+    cfg = replace(cfg, bits=tuple(sorted(cfg.bits, reverse=True)))  # the same widths in any order: the same run
     model = load_model(checkpoint)
     domain = get_domain(model.cfg.domain)
     evaluated, _ = _test_slices(domain.load("test", data_dir), model.cfg, eval_sequences)
