@@ -27,10 +27,12 @@ def test_data_info(data_dir):
 
 
 def test_data_show_writes_a_png(data_dir, tmp_path):
-    out = tmp_path / "grid.png"
+    out = tmp_path / ("a-folder-with-a-rather-long-name-" * 3) / "grid.png"  # longer than a terminal line
+    out.parent.mkdir()
     result = run("data", "show", "--split", "test", "--n", "16", "--digit", "7", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {out}" in result.stdout.splitlines()  # on one line, though piped (80 columns)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -127,9 +129,22 @@ def test_lottery_cli(data_dir, tmp_path):
     assert "stays within 50% of dense test NLL up to sparsity 0.500 (level 1)" in " ".join(again.stdout.split())
     assert level_file.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "run" / "config.json").read_text())["prune"]["delta"] == 0.5
-    other = run("lottery", "--out", str(tmp_path / "run"), "--levels", "1", "--fraction", "0.25",
-                "--rewind", "step:2", "--config", str(tmp_path / "cfg.json"), "--eval-sequences", "50")
-    assert_user_error(other, "holds a lottery run with a different configuration")
+    for changed in (["--fraction", "0.25", "--eval-sequences", "50"], ["--fraction", "0.5", "--eval-sequences", "40"]):
+        other = run("lottery", "--out", str(tmp_path / "run"), "--levels", "1", "--rewind", "step:2",
+                    "--config", str(tmp_path / "cfg.json"), *changed)  # the levels' NLLs would mix two test sets
+        assert_user_error(other, "holds a lottery run with a different configuration")
+    assert_user_error(run("lottery", "--out", str(tmp_path / "none"), "--eval-sequences", "0"),
+                      "--eval-sequences must be a positive integer, got 0")
+    (tmp_path / "text.json").write_text(json.dumps({"model": {"domain": "text", "vocab_size": 10_000}}))
+    assert_user_error(run("lottery", "--out", str(tmp_path / "text"), "--config", str(tmp_path / "text.json")),
+                      "the data are strokes but the model config is for the text domain")
+    assert not (tmp_path / "none").exists() and not (tmp_path / "text").exists()
+    # a folder another stage wrote is named as such
+    level_0 = tmp_path / "run" / "level_0"
+    assert_user_error(run("lottery", "--out", str(level_0), "--config", str(tmp_path / "cfg.json")),
+                      "level_0 holds a training run, not a lottery run; choose another output folder")
+    assert_user_error(run("train", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "cfg.json")),
+                      "run holds a lottery run, not a training run; choose another output folder")
     bad = run("lottery", "--out", str(tmp_path / "bad"), "--rewind", "epoch:3")
     assert_user_error(bad, "--rewind must be 'init' or 'step:K'")
 
@@ -161,6 +176,11 @@ def finished_stroke_study(folder):
     (["predict", "--study", "done", "--data", "test:11"], "--data test:11: the digit after ':' must be 0..9"),
     (["predict", "--study", "nowhere"], "study run folder nowhere does not exist"),
     (["study", "--config", "list.json"], "must be a JSON object whose keys are among"),
+    (["study", "--config", "extra.json"], "has a section 'foo' this command does not take; it must be a JSON object "
+                                          "whose keys are among model, prune, study, train"),
+    (["study", "--config", "flat.json"], "section 'study' must be an object of fields"),
+    (["lottery", "--out", "runs/l", "--config", "ok.json"], "has a section 'study' this command does not take"),
+    (["study", "--ray-address", "host:1", "--config", "ok.json"], "a Ray address is for the ray executor"),
 ])
 def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
     import json
@@ -168,6 +188,8 @@ def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
     (tmp_path / "bins.json").write_text(json.dumps({"study": {"bins": 2}}))
     (tmp_path / "ok.json").write_text(json.dumps({"study": {"bins": 3, "max_train_per_bin": 10}}))
     (tmp_path / "list.json").write_text(json.dumps([1, 2]))
+    (tmp_path / "extra.json").write_text(json.dumps({"study": {"bins": 3}, "foo": {}}))
+    (tmp_path / "flat.json").write_text(json.dumps({"study": 3}))
     finished_stroke_study(tmp_path / "done")
     result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)

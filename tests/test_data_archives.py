@@ -168,6 +168,12 @@ def test_locate_prefers_argument_then_env(tmp_path, monkeypatch, data_dir):
     assert S.locate_data_dir() == Path(data_dir)
     with pytest.raises(DataError, match=f"--data-dir {tmp_path} lacks"):
         S.locate_data_dir(tmp_path)
+    with pytest.raises(DataError, match=f"--data-dir {tmp_path / 'nowhere'} does not exist; "):
+        S.locate_data_dir(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TINYDOT_DATA", str(tmp_path / "file"))
+    with pytest.raises(DataError, match=f"TINYDOT_DATA {tmp_path / 'file'} is not a folder; "):
+        S.locate_data_dir()
 
 
 def test_download_verifies_and_caches(data_dir, tmp_path, monkeypatch):

@@ -189,6 +189,15 @@ def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
         (copy / name).unlink()
     resumed = run_study(study, tmp_path, data_dir=data_dir, workers=1, progress=False)
     assert same_table(resumed.jobs, result.jobs)
+    # the run folder itself given for its parent: the same study resumes there, no study inside it
+    again = run_study(study, copy, data_dir=data_dir, workers=1, progress=False)
+    assert again.run_dir == copy and same_table(again.jobs, result.jobs)
+    assert not (copy / copy.name).exists()
+    other = Study.from_dict({**TINY_STUDY, "study": {**TINY_STUDY["study"], "seeds": 2}})
+    with pytest.raises(ConfigError, match=f"{copy} is the run folder of another study; --out takes the folder"):
+        run_study(other, copy, data_dir=data_dir, workers=1, progress=False)
+    with pytest.raises(ConfigError, match="a Ray address is for the ray executor"):
+        run_study(study, tmp_path, data_dir=data_dir, workers=1, ray_address="host:1", progress=False)
 
 
 def test_process_pool_gives_identical_results(tiny_study, data_dir, tmp_path):

@@ -168,6 +168,9 @@ def test_missing_file_and_word_outside_vocabulary_and_reserved_word(tmp_path):
     with pytest.raises(DataError) as err:
         load_all_sentences(tmp_path, verify=False)
     assert "lacks ptb.valid.txt, ptb.test.txt" in one_line(err)
+    with pytest.raises(DataError) as err:
+        load_all_sentences(tmp_path / "ptb.train.txt", verify=False)
+    assert f"{tmp_path / 'ptb.train.txt'} is not a folder; " in one_line(err)
     write_corpus(tmp_path, "a b\n", valid="a z y\n")
     with pytest.raises(DataError) as err:
         load_all_sentences(tmp_path, verify=False, cache=False)

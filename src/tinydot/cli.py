@@ -46,7 +46,7 @@ def options(verbose: bool = typer.Option(False, "--verbose", help="Let codecarbo
         os.environ["TINYDOT_COUNTRY"] = resolve_country(country)[0]  # checked here: one line if unknown
 app.add_typer(data_app, name="data")
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line when the output is piped
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
                              "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
                              "for text (--domain text, a text checkpoint or a text study), with "
@@ -116,9 +116,17 @@ def _load_json_object(path: Path, sections: set[str]) -> dict:
         values = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from None
-    if not isinstance(values, dict) or set(values) - sections or not all(isinstance(v, dict) for v in values.values()):
-        raise ConfigError(f"config file {path} must be a JSON object whose keys are among "
-                          f"{', '.join(sorted(sections))}, each holding an object of fields")
+    expected = f"a JSON object whose keys are among {', '.join(sorted(sections))}, each holding an object of fields"
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must be {expected}")
+    unknown = sorted(set(values) - sections)
+    if unknown:
+        raise ConfigError(f"config file {path} has a section {unknown[0]!r} this command does not take; it must be "
+                          f"{expected}")
+    wrong = [key for key, value in values.items() if not isinstance(value, dict)]
+    if wrong:
+        raise ConfigError(f"config file {path}: section {wrong[0]!r} must be an object of fields; "
+                          f"it must be {expected}")
     return values
 
 
@@ -262,6 +270,8 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     from tinydot.report.pages import write_lottery_figures
 
     check_writable_dir(out)
+    if eval_sequences < 1:
+        raise ConfigError(f"--eval-sequences must be a positive integer, got {eval_sequences}")
     model_values, train_values = _load_configs(config)
     if steps is not None:
         train_values["steps"] = steps
@@ -269,7 +279,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                                epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls, delta=delta)
     model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
     test = load_strokes("test", data_dir)
-    held_out = test.subset(np.arange(min(max(eval_sequences, 1), len(test))))
+    held_out = test.subset(np.arange(min(eval_sequences, len(test))))
     result = run_lottery(load_strokes("train", data_dir), out, held_out, model_config, train_config, prune_config)
     write_lottery_figures(out)
     table = Table(title=f"lottery tickets: test NLL in bits/step on {len(held_out):,} test sequences")

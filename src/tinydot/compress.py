@@ -42,7 +42,7 @@ from tinydot.data.text import Sentences
 from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, sha256_file
+from tinydot.io import atomic_path, atomic_write_text, run_kind, sha256_file
 from tinydot.model import Decoder
 from tinydot.pruning.structured import (KINDS, check_importance, remove_units, removal_count, removal_schedule,
                                         unit_shape)
@@ -116,7 +116,7 @@ def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
     if path.exists():
         stored, given = json.loads(path.read_text()), json.loads(json.dumps(configs))
         if section not in stored:
-            kind = next((k for k in ("compress", "quantize") if k in stored), "different kind of")
+            kind = run_kind(out) or "different kind of"
             raise ConfigError(f"{out} holds a {kind} run, not a {section} run; choose another output folder")
         if stored.get("source_sha256") != given["source_sha256"]:
             raise ConfigError(f"{out} holds a {section} run of another checkpoint ({stored.get('source')}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -101,6 +102,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def run_kind(folder: str | os.PathLike) -> str | None:
+    """Which stage wrote the run folder, from the files each one writes: "study", "lottery",
+    "compress", "quantize" or "training"; None for a folder no stage wrote (or a broken config)."""
+    folder = Path(folder)
+    if (folder / "assignments.csv").is_file():
+        return "study"
+    if (folder / "level_0").is_dir():
+        return "lottery"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return next((kind for kind in ("study", "compress", "quantize") if kind in config),
+                "lottery" if "prune" in config else "training" if {"model", "train"} <= set(config) else None)
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

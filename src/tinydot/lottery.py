@@ -35,11 +35,12 @@ import pandas as pd
 
 from tinydot.checkpoint import load_model, load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
+from tinydot.data.batching import encode
 from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_path, atomic_write_text, run_kind
 from tinydot.model import Decoder
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
@@ -79,6 +80,7 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: Pr
 def _same_run(stored: dict, configs: dict, stop_above_delta: bool) -> bool:
     """Would these configurations train the same levels? delta decides which levels are trained only
     with `stop_above_delta`; otherwise it is the summary's tolerance, free to change on a re-run."""
+    stored = {"eval_sequences": configs["eval_sequences"], **stored}  # folders from before it was recorded
     if not stop_above_delta:
         stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k != "delta"}}
                            for c in (stored, configs))
@@ -100,10 +102,18 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     cfg, k = prune_config, prune_config.rewind_step
     if k >= train_config.steps:
         raise ConfigError(f"rewind step {k} must be smaller than the training steps ({train_config.steps})")
+    if len(eval_data) == 0:
+        raise ConfigError("the lottery needs at least one held-out sequence to score its levels")
+    for part in (data, eval_data):
+        encode(part, model_config)  # the wrong domain, vocabulary or length: refused before the folder is made
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    configs = {"model": model_config.to_dict(), "train": train_config.to_dict(), "prune": cfg.to_dict()}
+    configs = {"model": model_config.to_dict(), "train": train_config.to_dict(), "prune": cfg.to_dict(),
+               "eval_sequences": len(eval_data)}  # the levels' NLLs are on these; another count is another run
     config_path = run_dir / "config.json"
+    kind = run_kind(run_dir) if config_path.exists() else "lottery"
+    if kind not in ("lottery", None):
+        raise ConfigError(f"{run_dir} holds a {kind} run, not a lottery run; choose another output folder")
     if config_path.exists() and not _same_run(json.loads(config_path.read_text()), json.loads(json.dumps(configs)),
                                               stop_above_delta):
         raise ConfigError(f"{run_dir} holds a lottery run with a different configuration; "

@@ -542,6 +542,21 @@ def analyse(jobs: pd.DataFrame, study: Study) -> dict[str, pd.DataFrame]:
             "validation": held_out_validation(jobs, predictors, targets)}
 
 
+def _run_folder(out: Path, study: Study) -> Path:
+    """out/study-<hash>; or `out` itself when it is this study's run folder (given by mistake for its parent)."""
+    if (out / "assignments.csv").is_file() and (out / "config.json").is_file():  # out is a study's run folder
+        try:
+            same = json.loads((out / "config.json").read_text()) == json.loads(json.dumps(
+                {**study.to_dict(), "edition": STUDY_EDITION}))
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return out
+        raise ConfigError(f"{out} is the run folder of another study; --out takes the folder that holds run "
+                          f"folders (e.g. {out.parent})")
+    return out / f"study-{study.hash()}"
+
+
 def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, executor: str = "local",
               workers: int = 1, ray_address: str | None = None, progress: bool = True) -> StudyResult:
     """Run (or resume) the study into `out/study-<hash>`: its jobs, job table and fits.
@@ -549,8 +564,10 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     The report is the report layer's: `tinydot.report.html.write_study_report(result.run_dir)`.
     """
     check_executor(executor, workers)
+    if ray_address is not None and executor != "ray":
+        raise ConfigError(f"a Ray address is for the ray executor; add --executor ray or drop {ray_address!r}")
     started = time.perf_counter()
-    run_dir = Path(out) / f"study-{study.hash()}"
+    run_dir = _run_folder(Path(out), study)
     domain = study.domain
     data_dir = domain.locate(data_dir)
     assignments_path = run_dir / "assignments.csv"
