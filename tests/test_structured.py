@@ -330,6 +330,13 @@ def test_run_compress_writes_a_resumable_run_folder(trained, data_dir, test_spli
     for seed in (-1, 2**32):  # the one seed rule: 0..2**32 - 1
         with pytest.raises(ConfigError, match="seed must be an integer between 0 and 4294967295"):
             run_compress(trained, tmp_path / "seed", **{**kwargs, "seed": seed})
+    with pytest.raises(ConfigError, match="rounds 30 would leave rounds that remove nothing: 24 units of one kind"):
+        run_compress(trained, tmp_path / "many", **{**kwargs, "rounds": 30})  # 24 of 48 neurons per block, 1 block
+    run_compress(trained, tmp_path / "most", **{**kwargs, "layers": 0.0, "rounds": 24, "finetune_steps": 0,
+                                               "eval_sequences": 20, "score_sequences": 20})
+    removed = pd.read_csv(tmp_path / "most" / "results.csv")["removed_neurons"]
+    assert removed.tolist() == list(range(25))  # one neuron per block each round
+    assert not (tmp_path / "seed").exists() and not (tmp_path / "many").exists()
 
 
 def user_error(monkeypatch, capsys, *args) -> str:

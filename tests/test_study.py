@@ -13,7 +13,8 @@ from scipy import stats
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predictor_ranking
 from tinydot.report.html import study_verdict, write_study_report
-from tinydot.study import TARGETS, Study, assign, predict, run_study
+from tinydot.report.pages import write_report
+from tinydot.study import TARGETS, Study, assign, load_study, predict, run_study
 
 TINY_STUDY = {
     "study": {"measures": ["L", "S"], "bins": 3, "seeds": 1, "max_train_per_bin": 120},
@@ -187,6 +188,10 @@ def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
     (job / "level_0" / "results.json").unlink()
     for name in ("jobs.csv", "ols.csv", "loo.csv", "validation.csv", "report.html"):
         (copy / name).unlink()
+    with pytest.raises(TinydotError, match=r"not a finished study run \(no jobs.csv\); run the same `tinydot study`"):
+        load_study(copy)
+    with pytest.raises(TinydotError, match="holds an unfinished study run: run the command that made it again"):
+        write_report(copy)
     resumed = run_study(study, tmp_path, data_dir=data_dir, workers=1, progress=False)
     assert same_table(resumed.jobs, result.jobs)
     # the run folder itself given for its parent: the same study resumes there, no study inside it

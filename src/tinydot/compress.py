@@ -176,6 +176,10 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
     counts = {kind: removal_count(dense.cfg, kind, f) for kind, f in cfg.fractions().items()}
     totals = {kind: dense.cfg.n_layers if kind == "layers" else unit_shape(dense.cfg, kind)[1] for kind in KINDS}
     schedules = {kind: removal_schedule(totals[kind], counts[kind], rounds) for kind in KINDS}
+    if not all(any(schedules[kind][r] for kind in KINDS) for r in range(rounds)):
+        most = max(counts.values())
+        raise ConfigError(f"rounds {rounds} would leave rounds that remove nothing: {most} units of one kind go "
+                          f"(per block for heads and neurons); give at most {most} rounds")
     domain = get_domain(dense.cfg.domain)
     test = domain.load("test", data_dir)
     evaluated, scored = _test_slices(test, dense.cfg, eval_sequences, score_sequences if importance == "taylor" else 0)

@@ -605,9 +605,11 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise TinydotError(f"study run folder {run_dir} does not exist")
-    if not (run_dir / "jobs.csv").exists() or not (run_dir / "config.json").exists():
-        raise TinydotError(f"{run_dir} is not a finished study run (no jobs.csv / config.json); "
-                           "run `tinydot study` first")
+    missing = [name for name in ("jobs.csv", "config.json") if not (run_dir / name).exists()]
+    if missing:
+        unfinished = (run_dir / "assignments.csv").exists()  # a study that was stopped before its job table
+        raise TinydotError(f"{run_dir} is not a finished study run (no {' or '.join(missing)}); " + (
+            "run the same `tinydot study` command again to finish it" if unfinished else "run `tinydot study` first"))
     repair = "re-run `tinydot study` with its configuration to rewrite it from the finished jobs"
     try:
         values = json.loads((run_dir / "config.json").read_text())

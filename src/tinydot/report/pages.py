@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinydot.errors import TinydotError
-from tinydot.io import save_figure
+from tinydot.io import run_kind, save_figure
 from tinydot.report import figures
 from tinydot.report.compression import write_compress_figures
 from tinydot.report.html import write_redundancy_report, write_study_report
@@ -83,5 +83,9 @@ def write_report(run_dir: str | Path) -> list[Path]:
         if all((run_dir / name).exists() for name in markers):
             written = writer(run_dir)
             return [written] if isinstance(written, Path) else written
+    kind = run_kind(run_dir)
+    if kind in ("study", "lottery", "compress", "quantize"):
+        raise TinydotError(f"{run_dir} holds an unfinished {kind} run: run the command that made it again to finish "
+                           "it (finished parts are kept), then draw its report")
     raise TinydotError(f"{run_dir} holds no report to draw: give a finished study, redundancy, lottery, hessian, "
                        "svcca, complexity, compress or quantize folder (a training run has none; see `tinydot eval`)")
