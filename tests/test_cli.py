@@ -29,7 +29,8 @@ def test_data_info(data_dir):
 def test_data_show_writes_a_png(data_dir, tmp_path):
     out = tmp_path / ("a-folder-with-a-rather-long-name-" * 3) / "grid.png"  # longer than a terminal line
     out.parent.mkdir()
-    result = run("data", "show", "--split", "test", "--n", "16", "--digit", "7", "--out", str(out))
+    result = run("data", "show", "--split", "test", "--n", "16", "--digit", "7", "--out", str(out),
+                 env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {out}" in result.stdout.splitlines()  # on one line, though piped (80 columns)
@@ -50,6 +51,8 @@ def test_bad_arguments_give_one_line_errors(args, message, data_dir, tmp_path):
 
 def test_missing_data_dir(tmp_path):
     result = run("data", "info", "--data-dir", str(tmp_path / "nowhere"))
+    assert_user_error(result, f"--data-dir {tmp_path / 'nowhere'} does not exist")
+    result = run("data", "info", "--data-dir", str(tmp_path))
     assert_user_error(result, "lacks train-padded-trailing.tar.gz")
 
 
@@ -129,10 +132,11 @@ def test_lottery_cli(data_dir, tmp_path):
     assert "stays within 50% of dense test NLL up to sparsity 0.500 (level 1)" in " ".join(again.stdout.split())
     assert level_file.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "run" / "config.json").read_text())["prune"]["delta"] == 0.5
-    for changed in (["--fraction", "0.25", "--eval-sequences", "50"], ["--fraction", "0.5", "--eval-sequences", "40"]):
+    for changed, differ in ((["--fraction", "0.25", "--eval-sequences", "50"], "prune"),
+                            (["--fraction", "0.5", "--eval-sequences", "40"], "eval_sequences")):
         other = run("lottery", "--out", str(tmp_path / "run"), "--levels", "1", "--rewind", "step:2",
                     "--config", str(tmp_path / "cfg.json"), *changed)  # the levels' NLLs would mix two test sets
-        assert_user_error(other, "holds a lottery run with a different configuration")
+        assert_user_error(other, f"holds a lottery run with a different configuration ({differ}); choose another")
     assert_user_error(run("lottery", "--out", str(tmp_path / "none"), "--eval-sequences", "0"),
                       "--eval-sequences must be a positive integer, got 0")
     (tmp_path / "text.json").write_text(json.dumps({"model": {"domain": "text", "vocab_size": 10_000}}))

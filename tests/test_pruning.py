@@ -1,5 +1,6 @@
 """Lottery tickets: exact pruning, masked training, rewinding, controls, resumability."""
 
+import json
 import dataclasses
 from pathlib import Path
 
@@ -10,11 +11,11 @@ import torch
 
 from tinydot.checkpoint import load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
-from tinydot.errors import ConfigError
+from tinydot.errors import ConfigError, TinydotError
 from tinydot.pruning import density, full_mask, prunable_names, prune, random_mask
 from tinydot.lottery import run_lottery
 from tinydot.pruning.usage import needed_density, usage_counts, usage_fractions
-from tinydot.report.pages import write_lottery_figures
+from tinydot.report.pages import write_lottery_figures, write_report
 from tinydot.training import init_model, load_touched, train
 
 TINY = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
@@ -239,8 +240,22 @@ def test_killed_lottery_resumes_to_the_same_table(lottery, tmp_path, monkeypatch
         run_lottery(data, tmp_path, held_out, TINY, QUICK, cfg, progress=False)
     assert (tmp_path / "level_2" / "results.json").exists() and not (tmp_path / "level_3" / "results.json").exists()
     monkeypatch.setattr(lottery_module, "train", real_train)
+    with pytest.raises(TinydotError, match="holds an unfinished lottery run: run the command that made it again"):
+        write_report(tmp_path)
+    # as a folder written before the held-out count was recorded: it resumes, and no count is made up for it
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.pop("eval_sequences") == len(held_out)
+    (tmp_path / "config.json").write_text(json.dumps(config))
     resumed = run_lottery(data, tmp_path, held_out, TINY, QUICK, cfg, progress=False)
     assert resumed.table.equals(result.table)
+    assert "eval_sequences" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_a_damaged_lottery_config_is_refused_in_one_line(train, test_split, tmp_path):
+    (tmp_path / "config.json").write_text("[1]")
+    with pytest.raises(ConfigError, match=r"different configuration \(config.json \(damaged\)\)"):
+        run_lottery(train.subset(np.arange(20)), tmp_path, test_split.subset(np.arange(5)), TINY, QUICK,
+                    PruneConfig(levels=1), progress=False)
 
 
 RESUMABLE = TrainConfig(steps=12, tokens_per_batch=800, warmup_steps=2, eval_every=0, checkpoint_every=4)

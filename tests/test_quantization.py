@@ -191,7 +191,11 @@ def test_run_quantize_writes_real_sizes(trained, data_dir, tmp_path, monkeypatch
                                                eval_sequences=300, data_dir=data_dir), table)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert json.loads((out / "config.json").read_text())["quantize"]["bits"] == [8, 2]
-    # the same checkpoint however its path is spelt, the same widths in any order: the same run, resumed
+    # the same checkpoint however its path is spelt, the same widths in any order (as older folders stored
+    # them): the same run, resumed
+    config = json.loads((out / "config.json").read_text())
+    config["quantize"]["bits"] = [2, 8]
+    (out / "config.json").write_text(json.dumps(config))
     monkeypatch.chdir(trained.parent)
     again = run_quantize(Path(trained.name) / "model.safetensors", out, bits=(2, 8), method="gpfq",
                          calibration_sequences=64, eval_sequences=300, data_dir=data_dir)

@@ -333,6 +333,7 @@ def test_run_compress_writes_a_resumable_run_folder(trained, data_dir, test_spli
     with pytest.raises(ConfigError, match="rounds 30 would leave rounds that remove nothing: 24 units of one kind"):
         run_compress(trained, tmp_path / "many", **{**kwargs, "rounds": 30})  # 24 of 48 neurons per block, 1 block
     run_compress(trained, tmp_path / "most", **{**kwargs, "layers": 0.0, "rounds": 24, "finetune_steps": 0,
+                                               "importance": "magnitude",
                                                "eval_sequences": 20, "score_sequences": 20})
     removed = pd.read_csv(tmp_path / "most" / "results.csv")["removed_neurons"]
     assert removed.tolist() == list(range(25))  # one neuron per block each round

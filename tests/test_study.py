@@ -194,7 +194,9 @@ def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
         write_report(copy)
     resumed = run_study(study, tmp_path, data_dir=data_dir, workers=1, progress=False)
     assert same_table(resumed.jobs, result.jobs)
-    # the run folder itself given for its parent: the same study resumes there, no study inside it
+    # the run folder itself given for its parent: the same study resumes there, no study inside it (also
+    # when it was stopped before its assignments were written)
+    (copy / "assignments.csv").unlink()
     again = run_study(study, copy, data_dir=data_dir, workers=1, progress=False)
     assert again.run_dir == copy and same_table(again.jobs, result.jobs)
     assert not (copy / copy.name).exists()

@@ -115,12 +115,16 @@ def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
     path = out / "config.json"
     if path.exists():
         stored, given = json.loads(path.read_text()), json.loads(json.dumps(configs))
+        if not isinstance(stored, dict) or not isinstance(stored.get(section, {}), dict):
+            raise ConfigError(f"{out}/config.json is damaged; choose another output folder or delete it")
         if section not in stored:
             kind = run_kind(out) or "different kind of"
             raise ConfigError(f"{out} holds a {kind} run, not a {section} run; choose another output folder")
         if stored.get("source_sha256") != given["source_sha256"]:
             raise ConfigError(f"{out} holds a {section} run of another checkpoint ({stored.get('source')}); "
                               "choose another output folder or delete it")
+        if isinstance(stored[section].get("bits"), list):  # widths in any order (older folders kept the order given)
+            stored[section]["bits"] = sorted(stored[section]["bits"], reverse=True)
         changed = [f"{k} {stored[section].get(k)!r} -> {v!r}" for k, v in given[section].items()
                    if stored[section].get(k) != v]
         if changed:
@@ -179,7 +183,7 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
     if not all(any(schedules[kind][r] for kind in KINDS) for r in range(rounds)):
         most = max(counts.values())
         raise ConfigError(f"rounds {rounds} would leave rounds that remove nothing: {most} units of one kind go "
-                          f"(per block for heads and neurons); give at most {most} rounds")
+                          f"(per block for heads and neurons); choose fewer rounds ({most} or fewer always work)")
     domain = get_domain(dense.cfg.domain)
     test = domain.load("test", data_dir)
     evaluated, scored = _test_slices(test, dense.cfg, eval_sequences, score_sequences if importance == "taylor" else 0)
@@ -217,7 +221,7 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
         atomic_write_text(folder / "results.json", json.dumps(row, indent=2) + "\n")
         rows.append(row)
 
-    save_model(out / MODEL_FILE, current, extra={"compress": asdict(cfg), "source": str(resolve(checkpoint))})
+    save_model(out / MODEL_FILE, current, extra={"compress": asdict(cfg), "source": str(resolve(checkpoint).resolve())})
     table = pd.DataFrame(rows)
     _write_csv(table, out / "results.csv")
     return table

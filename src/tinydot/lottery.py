@@ -77,14 +77,18 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: Pr
     }
 
 
-def _same_run(stored: dict, configs: dict, stop_above_delta: bool) -> bool:
-    """Would these configurations train the same levels? delta decides which levels are trained only
-    with `stop_above_delta`; otherwise it is the summary's tolerance, free to change on a re-run."""
-    stored = {"eval_sequences": configs["eval_sequences"], **stored}  # folders from before it was recorded
+def _differences(stored, configs: dict, stop_above_delta: bool) -> list[str]:
+    """The sections in which a folder's stored configuration and these would train other levels (none:
+    the same run). delta decides which levels are trained only with `stop_above_delta`; otherwise it
+    is the summary's tolerance, free to change on a re-run. A folder written before the held-out count
+    was recorded is taken to match it."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("prune", {}), dict):
+        return ["config.json (damaged)"]
+    stored = {"eval_sequences": configs["eval_sequences"], **stored}
     if not stop_above_delta:
         stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k != "delta"}}
                            for c in (stored, configs))
-    return stored == configs
+    return [key for key in sorted(set(stored) | set(configs)) if stored.get(key) != configs.get(key)]
 
 
 def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
@@ -104,8 +108,10 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
         raise ConfigError(f"rewind step {k} must be smaller than the training steps ({train_config.steps})")
     if len(eval_data) == 0:
         raise ConfigError("the lottery needs at least one held-out sequence to score its levels")
-    for part in (data, eval_data):
-        encode(part, model_config)  # the wrong domain, vocabulary or length: refused before the folder is made
+    if type(data) is not type(eval_data):
+        raise ConfigError(f"the training data are {type(data).__name__} but the held-out data "
+                          f"{type(eval_data).__name__}")
+    encode(eval_data, model_config)  # the wrong domain, vocabulary or length: refused before the folder is made
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict(), "prune": cfg.to_dict(),
@@ -114,10 +120,14 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     kind = run_kind(run_dir) if config_path.exists() else "lottery"
     if kind not in ("lottery", None):
         raise ConfigError(f"{run_dir} holds a {kind} run, not a lottery run; choose another output folder")
-    if config_path.exists() and not _same_run(json.loads(config_path.read_text()), json.loads(json.dumps(configs)),
-                                              stop_above_delta):
-        raise ConfigError(f"{run_dir} holds a lottery run with a different configuration; "
-                          "choose another output folder or delete it")
+    if config_path.exists():
+        stored = json.loads(config_path.read_text())
+        differ = _differences(stored, json.loads(json.dumps(configs)), stop_above_delta)
+        if differ:
+            raise ConfigError(f"{run_dir} holds a lottery run with a different configuration ({', '.join(differ)}); "
+                              "choose another output folder or delete it")
+        if "eval_sequences" not in stored and any(run_dir.glob("level_*/results.json")):
+            del configs["eval_sequences"]  # scored before the count was recorded: not known, so not written
     atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
     skeleton = init_model(model_config, 0)  # for parameter names and shapes only
     names = prunable_names(skeleton, cfg.prunable)

@@ -67,7 +67,7 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
                           predict_targets, seed_slopes)
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_path, atomic_write_text, run_kind
 from tinydot.lottery import run_lottery
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
@@ -544,17 +544,17 @@ def analyse(jobs: pd.DataFrame, study: Study) -> dict[str, pd.DataFrame]:
 
 def _run_folder(out: Path, study: Study) -> Path:
     """out/study-<hash>; or `out` itself when it is this study's run folder (given by mistake for its parent)."""
-    if (out / "assignments.csv").is_file() and (out / "config.json").is_file():  # out is a study's run folder
-        try:
-            same = json.loads((out / "config.json").read_text()) == json.loads(json.dumps(
-                {**study.to_dict(), "edition": STUDY_EDITION}))
-        except (OSError, ValueError):
-            same = False
-        if same:
-            return out
-        raise ConfigError(f"{out} is the run folder of another study; --out takes the folder that holds run "
-                          f"folders (e.g. {out.parent})")
-    return out / f"study-{study.hash()}"
+    if run_kind(out) != "study":
+        return out / f"study-{study.hash()}"
+    try:  # the same study: the same hash (non-default fields and edition), as for a folder found under its parent
+        values = json.loads((out / "config.json").read_text())
+        same = read_study_config(dict(values), out).hash() == study.hash()
+    except (OSError, ValueError, TypeError, TinydotError):  # unreadable, another edition, a broken field
+        same = False
+    if same:
+        return out
+    raise ConfigError(f"{out} is the run folder of another study; --out takes the folder that holds run folders "
+                      f"(e.g. {out.parent})")
 
 
 def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, executor: str = "local",
@@ -564,8 +564,9 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     The report is the report layer's: `tinydot.report.html.write_study_report(result.run_dir)`.
     """
     check_executor(executor, workers)
-    if ray_address is not None and executor != "ray":
-        raise ConfigError(f"a Ray address is for the ray executor; add --executor ray or drop {ray_address!r}")
+    if ray_address and executor != "ray":
+        raise ConfigError(f"a Ray address is for the ray executor (--executor ray); got {ray_address!r} with "
+                          f"executor {executor!r}")
     started = time.perf_counter()
     run_dir = _run_folder(Path(out), study)
     domain = study.domain
