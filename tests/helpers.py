@@ -1,5 +1,8 @@
 """Helpers shared by test modules (importable: pytest puts this folder on sys.path for conftest.py)."""
 
+import sys
+
+import pytest
 import torch
 
 from tinydot.config import ModelConfig
@@ -15,3 +18,17 @@ def perturbed_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator) * 0.1)
     return model.eval()
+
+
+def user_error(monkeypatch, capsys, *args) -> str:
+    """Run the CLI's main() in-process (no interpreter start-up, no torch import per call); assert exit
+    status 2 and a one-line message without a traceback; return the message."""
+    from tinydot.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tinydot", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err

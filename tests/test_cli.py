@@ -105,7 +105,9 @@ def test_model_commands_bad_arguments(args, message, tmp_path, data_dir):
     assert_user_error(result, message)
 
 
-def test_lottery_cli(data_dir, tmp_path):
+def test_lottery_cli(data_dir, tmp_path, monkeypatch, capsys):
+    from helpers import user_error
+
     import json
 
     import pandas as pd
@@ -132,23 +134,23 @@ def test_lottery_cli(data_dir, tmp_path):
     assert "stays within 50% of dense test NLL up to sparsity 0.500 (level 1)" in " ".join(again.stdout.split())
     assert level_file.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "run" / "config.json").read_text())["prune"]["delta"] == 0.5
+    # refusals, in-process (one interpreter start-up for all of them)
     for changed, differ in ((["--fraction", "0.25", "--eval-sequences", "50"], "prune"),
                             (["--fraction", "0.5", "--eval-sequences", "40"], "eval_sequences")):
-        other = run("lottery", "--out", str(tmp_path / "run"), "--levels", "1", "--rewind", "step:2",
-                    "--config", str(tmp_path / "cfg.json"), *changed)  # the levels' NLLs would mix two test sets
-        assert_user_error(other, f"holds a lottery run with a different configuration ({differ}); choose another")
-    assert_user_error(run("lottery", "--out", str(tmp_path / "none"), "--eval-sequences", "0"),
-                      "--eval-sequences must be a positive integer, got 0")
+        message = user_error(monkeypatch, capsys, "lottery", "--out", tmp_path / "run", "--levels", "1", "--rewind",
+                             "step:2", "--config", tmp_path / "cfg.json", *changed)  # would mix two test sets
+        assert f"holds a lottery run with a different configuration ({differ}); choose another" in message
+    assert "--eval-sequences must be a positive integer, got 0" in user_error(
+        monkeypatch, capsys, "lottery", "--out", tmp_path / "none", "--eval-sequences", "0")
     (tmp_path / "text.json").write_text(json.dumps({"model": {"domain": "text", "vocab_size": 10_000}}))
-    assert_user_error(run("lottery", "--out", str(tmp_path / "text"), "--config", str(tmp_path / "text.json")),
-                      "the data are strokes but the model config is for the text domain")
+    assert "the data are strokes but the model config is for the text domain" in user_error(
+        monkeypatch, capsys, "lottery", "--out", tmp_path / "text", "--config", tmp_path / "text.json")
     assert not (tmp_path / "none").exists() and not (tmp_path / "text").exists()
     # a folder another stage wrote is named as such
-    level_0 = tmp_path / "run" / "level_0"
-    assert_user_error(run("lottery", "--out", str(level_0), "--config", str(tmp_path / "cfg.json")),
-                      "level_0 holds a training run, not a lottery run; choose another output folder")
-    assert_user_error(run("train", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "cfg.json")),
-                      "run holds a lottery run, not a training run; choose another output folder")
+    assert "level_0 holds a training run, not a lottery run; choose another output folder" in user_error(
+        monkeypatch, capsys, "lottery", "--out", tmp_path / "run" / "level_0", "--config", tmp_path / "cfg.json")
+    assert "run holds a lottery run, not a training run; choose another output folder" in user_error(
+        monkeypatch, capsys, "train", "--out", tmp_path / "run", "--config", tmp_path / "cfg.json")
     bad = run("lottery", "--out", str(tmp_path / "bad"), "--rewind", "epoch:3")
     assert_user_error(bad, "--rewind must be 'init' or 'step:K'")
 

@@ -2,7 +2,6 @@
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,8 @@ from tinydot.quantization import (
     unpack_model,
 )
 from tinydot.training import train as train_model
+
+from helpers import user_error
 
 ALL_BITS = (8, 4, 3, 2)
 
@@ -209,18 +210,6 @@ def test_run_quantize_writes_real_sizes(trained, data_dir, tmp_path, monkeypatch
         with pytest.raises(ConfigError, match="seed must be an integer between 0 and 4294967295"):
             run_quantize(trained, tmp_path / "seed", bits=(8,), seed=seed, data_dir=data_dir)
     assert not (tmp_path / "seed").exists()
-
-
-def user_error(monkeypatch, capsys, *args) -> str:
-    from tinydot.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tinydot", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_quantize_cli(trained, data_dir, tmp_path, monkeypatch, capsys):

@@ -254,22 +254,21 @@ def test_redundancy_on_a_real_tinydot_checkpoint(tiny_checkpoint, data_dir, tmp_
     assert json.loads((out / "summary.json").read_text())["neurons"] == 48
 
 
-def test_redundancy_cli_errors(tiny_checkpoint, tmp_path):
-    from test_cli import assert_user_error, run
+def test_redundancy_cli_errors(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from helpers import user_error
 
-    assert_user_error(run("redundancy", "--model", str(tiny_checkpoint), "--task", "ner", "--out", str(tmp_path / "a")),
-                      "task 'ner' is a text task")
-    assert_user_error(run("redundancy", "--model", str(tiny_checkpoint), "--task", "sentiment", "--out",
-                          str(tmp_path / "b")), "unknown task 'sentiment'")
-    assert_user_error(run("redundancy", "--model", str(tmp_path / "nowhere"), "--task", "ner", "--out",
-                          str(tmp_path / "c")), "does not exist")
     (tmp_path / "empty").mkdir()
-    assert_user_error(run("redundancy", "--model", str(tmp_path / "empty"), "--task", "ner", "--out",
-                          str(tmp_path / "d")), "has no config.json")
-    assert_user_error(run("redundancy", "--model", str(tiny_checkpoint), "--task", "digit", "--tokens", "50",
-                          "--out", str(tmp_path / "e")), "tokens must be an integer >= 200")
-    assert_user_error(run("redundancy", "--model", str(tiny_checkpoint), "--task", "digit", "--tokens", "200",
-                          "--out", str(tmp_path / "f")), "too few tokens for a probe")
+    for args, message in [
+        (["--model", tiny_checkpoint, "--task", "ner", "--out", tmp_path / "a"], "task 'ner' is a text task"),
+        (["--model", tiny_checkpoint, "--task", "sentiment", "--out", tmp_path / "b"], "unknown task 'sentiment'"),
+        (["--model", tmp_path / "nowhere", "--task", "ner", "--out", tmp_path / "c"], "does not exist"),
+        (["--model", tmp_path / "empty", "--task", "ner", "--out", tmp_path / "d"], "has no config.json"),
+        (["--model", tiny_checkpoint, "--task", "digit", "--tokens", "50", "--out", tmp_path / "e"],
+         "tokens must be an integer >= 200"),
+        (["--model", tiny_checkpoint, "--task", "digit", "--tokens", "200", "--out", tmp_path / "f"],
+         "too few tokens for a probe"),
+    ]:
+        assert message in user_error(monkeypatch, capsys, "redundancy", *args)
     assert not any((tmp_path / name).exists() for name in "abcdef")
 
 

@@ -1,7 +1,6 @@
 """Structured pruning: scores, exact rebuilds, checkpoints, the compress stage and its CLI."""
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ from tinydot.pruning.structured import (
 )
 from tinydot.training import train as train_model
 
-from helpers import perturbed_model
+from helpers import perturbed_model, user_error
 
 HEADS4 = ModelConfig(n_layers=3, d_model=32, n_heads=4, d_mlp=48)
 
@@ -338,19 +337,6 @@ def test_run_compress_writes_a_resumable_run_folder(trained, data_dir, test_spli
     removed = pd.read_csv(tmp_path / "most" / "results.csv")["removed_neurons"]
     assert removed.tolist() == list(range(25))  # one neuron per block each round
     assert not (tmp_path / "seed").exists() and not (tmp_path / "many").exists()
-
-
-def user_error(monkeypatch, capsys, *args) -> str:
-    """Run the CLI's main() in-process; assert exit status 2 and a one-line message; return it."""
-    from tinydot.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tinydot", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_compress_cli(trained, data_dir, tmp_path, monkeypatch, capsys):
