@@ -104,6 +104,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def not_a_folder(path: Path) -> str | None:
+    """Why `path` cannot be read as a folder ("does not exist", "is not a folder"), or None if it can."""
+    return None if path.is_dir() else "is not a folder" if path.exists() else "does not exist"
+
+
 def run_kind(folder: str | os.PathLike) -> str | None:
     """Which stage wrote the run folder, from the files each one writes: "study", "lottery",
     "compress", "quantize" or "training"; None for a folder no stage wrote (or a broken config)."""

@@ -35,7 +35,7 @@ import pandas as pd
 
 from tinydot.checkpoint import load_model, load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
-from tinydot.data.batching import encode
+from tinydot.data.batching import Encoded, EncodedText, encode
 from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
@@ -62,7 +62,8 @@ class LotteryResult:
         return ok.iloc[-1]
 
 
-def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: PruneConfig, level_dir: Path):
+def _level_row(level: int, model: Decoder, mask: Mask, names, held_out: Encoded | EncodedText, cfg: PruneConfig,
+               level_dir: Path):
     touched = load_touched(level_dir)
     counts = usage_counts(model, names, touched, mask, cfg.epsilon, cfg.relative_epsilon)
     with atomic_path(level_dir / "used.csv") as tmp:
@@ -70,10 +71,10 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, eval_data, cfg: Pr
     return {
         "level": level, "density": density(mask), "sparsity": 1 - density(mask),
         "kept": int(sum(int(m.sum()) for m in mask.values())), "prunable": int(counts["total"].sum()),
-        "bits_per_step": evaluate_nll(model, eval_data)["bits_per_step"],
+        "bits_per_step": evaluate_nll(model, held_out)["bits_per_step"],
         "used": int(counts["used"].sum()), **usage_fractions(counts),
         "zeroed_bits_per_step": evaluate_nll(zero_unused(model, names, touched, mask, cfg.epsilon),
-                                             eval_data)["bits_per_step"],
+                                             held_out)["bits_per_step"],
     }
 
 
@@ -111,13 +112,13 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     if type(data) is not type(eval_data):
         raise ConfigError(f"the training data are {type(data).__name__} but the held-out data "
                           f"{type(eval_data).__name__}")
-    encode(eval_data, model_config)  # the wrong domain, vocabulary or length: refused before the folder is made
+    held_out = encode(eval_data, model_config)  # the wrong domain, vocabulary or length: refused before the folder
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict(), "prune": cfg.to_dict(),
                "eval_sequences": len(eval_data)}  # the levels' NLLs are on these; another count is another run
     config_path = run_dir / "config.json"
-    kind = run_kind(run_dir) if config_path.exists() else "lottery"
+    kind = run_kind(run_dir)
     if kind not in ("lottery", None):
         raise ConfigError(f"{run_dir} holds a {kind} run, not a lottery run; choose another output folder")
     if config_path.exists():
@@ -149,7 +150,7 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
         if level == 0:
             mask = full_mask(skeleton, names)
             model = trained(level_dir, init_state=init_state, snapshot_steps=(k,))
-            row = _level_row(0, model, mask, names, eval_data, cfg, level_dir)
+            row = _level_row(0, model, mask, names, held_out, cfg, level_dir)
             row.update(reinit_bits_per_step=math.nan, random_bits_per_step=math.nan)
         else:
             previous = run_dir / f"level_{level - 1}"
@@ -162,7 +163,7 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
                 save_mask(mask_path, mask)
             rewind = load_tensors(run_dir / "level_0" / f"weights-step{k}.safetensors")[0]
             model = trained(level_dir, init_state=rewind, start_step=k, mask=mask, snapshot_steps=(k,))
-            row = _level_row(level, model, mask, names, eval_data, cfg, level_dir)
+            row = _level_row(level, model, mask, names, held_out, cfg, level_dir)
             row["reinit_bits_per_step"] = row["random_bits_per_step"] = math.nan
             if cfg.controls:
                 seed = train_config.seed + CONTROL_SEED_OFFSET + level
@@ -170,8 +171,8 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
                 reinit = trained(level_dir / "reinit", init_state=fresh, start_step=k, mask=mask)
                 shuffled = trained(level_dir / "random", init_state=rewind, start_step=k,
                                    mask=random_mask(mask, seed))
-                row["reinit_bits_per_step"] = evaluate_nll(reinit, eval_data)["bits_per_step"]
-                row["random_bits_per_step"] = evaluate_nll(shuffled, eval_data)["bits_per_step"]
+                row["reinit_bits_per_step"] = evaluate_nll(reinit, held_out)["bits_per_step"]
+                row["random_bits_per_step"] = evaluate_nll(shuffled, held_out)["bits_per_step"]
         atomic_write_text(results, json.dumps(row, indent=2) + "\n")
         rows.append(row)
 

