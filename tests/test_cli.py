@@ -241,3 +241,70 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
 def test_country_option_is_checked_before_any_work(tmp_path):
     assert_user_error(run("--country", "XYZ", "complexity", "--out", str(tmp_path / "c")), "unknown country code 'XYZ'")
     assert not (tmp_path / "c").exists()
+
+
+# runs the CLI's main() on each command line in one fresh interpreter; after each: exit status, the
+# error line, and whether torch has been imported so far
+_WITHOUT_TORCH = """
+import contextlib, io, json, sys
+from tinydot.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv, err = ["tinydot", *argv], io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+    results.append([code, err.getvalue().strip(), "torch" in sys.modules])
+print(json.dumps(results))
+"""
+
+
+def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path):
+    # a mistyped path or config file is answered at once (~0.4 s), not after the ~4 s of importing
+    # torch, pandas and matplotlib, and in the words the API uses for the same mistake
+    import json
+    from pathlib import Path
+
+    from tinydot.checkpoint import load_model
+    from tinydot.errors import TinydotError
+    from tinydot.report.pages import write_report
+    from tinydot.study import load_study
+
+    def api_message(call, *args):
+        with pytest.raises(TinydotError) as err:
+            call(*args)
+        return str(err.value)
+
+    checkpoint = api_message(load_model, "nowhere")
+    study = api_message(load_study, "nowhere")
+    report = api_message(write_report, Path("nowhere"))
+    cases = [
+        (["--help"], 0, ""),
+        (["eval", "--checkpoint", "nowhere"], 2, checkpoint),
+        (["hessian", "--checkpoint", "nowhere", "--out", "h"], 2, checkpoint),
+        (["svcca", "--checkpoint", "nowhere", "--out", "v"], 2, checkpoint),
+        (["compress", "--checkpoint", "nowhere", "--out", "c", "--heads", "0.5"], 2, checkpoint),
+        (["quantize", "--checkpoint", "nowhere", "--out", "q"], 2, checkpoint),
+        (["report", "nowhere"], 2, report),
+        (["predict", "--study", "nowhere"], 2, study),
+        (["rightsize", "--study", "nowhere"], 2, study),
+        (["compare", "nowhere", "nowhere", "--out", "x"], 2, study),
+        (["train", "--out", "t", "--config", "missing.json"], 2, "cannot read config file missing.json"),
+        (["study", "--config", "missing.json"], 2, "cannot read config file missing.json"),
+        (["lottery", "--out", "l", "--rewind", "soon"], 2, "--rewind must be 'init' or 'step:K'"),
+        (["complexity", "--out", "m", "--seed", "-1"], 2, "--seed must be an integer between 0 and"),
+    ]
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, json.dumps([argv for argv, _, _ in cases])],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    api_words = {checkpoint, study, report}
+    for (argv, code, message), (got_code, got_error, torch_loaded) in zip(cases, json.loads(result.stdout)):
+        assert (got_code, torch_loaded) == (code, False), (argv, got_error)
+        if message in api_words:
+            assert got_error == f"error: {message}", argv
+        else:
+            assert message in got_error, (argv, got_error)
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -2,7 +2,9 @@
 
 User mistakes raise `TinydotError`; `main` prints its one-line message and exits with status 2.
 Each command imports the API it calls inside its own function, so that `tinydot --help` and a
-mistyped command answer without loading torch, pandas and matplotlib.
+mistyped command answer without loading torch, pandas and matplotlib (~4 s). For the same reason a
+command first checks what needs none of them (its paths and its config file), then imports; the API
+checks those again, in the same words, for its own callers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tinydot.errors import ConfigError, TinydotError
+from tinydot.io import check_writable_dir, check_writable_file, not_a_folder
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -111,6 +114,13 @@ def data_show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
 CheckpointOption = typer.Option(..., "--checkpoint", help="A run folder or its model.safetensors.")
 
 
+def _exists(path: Path, what: str) -> Path:
+    """`path`, or the API's refusal of a path that does not exist, given before the command's imports."""
+    if not path.exists():
+        raise TinydotError(f"{what} {path} does not exist")
+    return path
+
+
 def _load_json_object(path: Path, sections: set[str]) -> dict:
     try:
         values = json.loads(path.read_text())
@@ -152,15 +162,14 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
 
     Defaults: the stroke model, or for --domain text the text model of `tinydot.domains.TEXT`; the
     config file and the options apply over them."""
+    check_writable_dir(out)
+    model_values, train_values = _load_configs(config)
     from tinydot.config import ModelConfig, TrainConfig
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate_nll
-    from tinydot.io import check_writable_dir
     from tinydot.training import train
 
     chosen = get_domain(domain)
-    check_writable_dir(out)
-    model_values, train_values = _load_configs(config)
     if model_values.get("domain", chosen.name) != chosen.name:
         raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
     overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
@@ -204,13 +213,14 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
 
     A text checkpoint: test NLL in bits/word and perplexity over the whole PTB test split (every
     sentence end counted); it draws no samples, so the sampling options are refused."""
+    if out is not None:
+        check_writable_file(out)  # before the evaluation, which takes minutes
+    _exists(checkpoint, "checkpoint")
     from tinydot.checkpoint import load_model
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate, evaluate_nll
-    from tinydot.io import atomic_write_text, check_writable_file
+    from tinydot.io import atomic_write_text
 
-    if out is not None:
-        check_writable_file(out)  # before the evaluation, which takes minutes
     model = load_model(checkpoint)
     sampling = {"per_class": per_class, "temperature": temperature, "seed": seed}
     given = {name: value for name, value in sampling.items() if value is not None}  # the rest: evaluate's defaults
@@ -261,13 +271,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                 eval_sequences: int = typer.Option(10_000, help="Test sequences for each level's NLL."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Iterative magnitude pruning with rewinding, controls and used-parameter counts."""
-    import numpy as np
-
-    from tinydot.config import ModelConfig, PruneConfig, TrainConfig
-    from tinydot.data import load_strokes
-    from tinydot.io import check_writable_dir
-    from tinydot.lottery import run_lottery
-    from tinydot.report.pages import write_lottery_figures
+    from tinydot.config import ModelConfig, PruneConfig, TrainConfig  # no torch: checked before the imports below
 
     check_writable_dir(out)
     if eval_sequences < 1:
@@ -277,6 +281,12 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
         train_values["steps"] = steps
     prune_config = PruneConfig(levels=levels, fraction=fraction, scope=scope, rewind_step=_parse_rewind(rewind),
                                epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls, delta=delta)
+    import numpy as np
+
+    from tinydot.data import load_strokes
+    from tinydot.lottery import run_lottery
+    from tinydot.report.pages import write_lottery_figures
+
     model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
     test = load_strokes("test", data_dir)
     held_out = test.subset(np.arange(min(eval_sequences, len(test))))
@@ -311,12 +321,11 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
 
     The held-out data are digit classes for strokes, and for --domain text three groups of the valid split.
     """
+    overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
     from tinydot.domains import get_domain
-    from tinydot.io import check_writable_dir
     from tinydot.study import Study, run_study
 
-    chosen = get_domain(domain).name  # one line naming the choices, before any file is read or written
-    overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
+    chosen = get_domain(domain).name  # one line naming the choices, before any file is written
     study = Study.preset(preset, overrides, domain=chosen)
     check_writable_dir(out)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
@@ -352,10 +361,11 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
                 second: Path = typer.Argument(..., help="Another finished study run folder (e.g. the text study)."),
                 out: Path = typer.Option(..., "--out", help="Folder for compare.html and its tables.")) -> None:
     """Two studies side by side: does one domain's line predict the other's needed fraction (L, compressed_bytes)?"""
-    from tinydot.io import check_writable_dir
+    for study in (first, second):
+        _exists(study, "study run folder")
+    check_writable_dir(out)
     from tinydot.report.html import comparison_verdict, write_comparison
 
-    check_writable_dir(out)
     path, summary = write_comparison(first, second, out)
     if not summary.empty:
         table = Table(title="one study's line predicting the other's needed fraction")
@@ -376,6 +386,7 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
                                          "for a text study a split: train, valid or test."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Predict how many parameters a dataset needs from its complexity alone (no training)."""
+    _exists(study, "study run folder")
     from tinydot.data.strokes import digit_subset
     from tinydot.rightsize import parse_selection
     from tinydot.study import NO_NEEDED_LINE, load_study, predict
@@ -429,6 +440,7 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
                                                           "or groups)."),
                   data_dir: Optional[Path] = DataDirOption) -> None:
     """Train the model the study predicts is enough beside the study's own; compare cost and quality."""
+    _exists(study, "study run folder")
     from tinydot.report.html import write_study_report
     from tinydot.rightsize import run_rightsize
 
@@ -466,6 +478,11 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                 seed: int = typer.Option(0, help="Seed for the sample and the random vectors."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Hessian of the training loss: top eigenvalues, trace, density, bulk/outlier split."""
+    from tinydot.config import check_seed
+
+    check_writable_dir(out)  # write_hessian's first checks, then its checkpoint's
+    check_seed(seed)
+    _exists(checkpoint, "checkpoint")
     from tinydot.report.pages import write_hessian_figures
     from tinydot.runs import write_hessian
 
@@ -489,6 +506,9 @@ def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="O
               keep: float = typer.Option(0.99, help="Share of variance each SVD keeps."),
               data_dir: Optional[Path] = DataDirOption) -> None:
     """SVCCA similarity between layers (of one checkpoint, or across two) and intrinsic dimensionality."""
+    check_writable_dir(out)
+    for path in checkpoint:
+        _exists(path, "checkpoint")
     from tinydot.report.pages import write_svcca_figures
     from tinydot.runs import write_svcca
 
@@ -513,11 +533,10 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
                                                          "(default: chosen on dev from 1e-3, 1e-4, 1e-5)."),
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """General and task-specific redundancy of a transformer (Dalvi et al. 2020)."""
-    from tinydot.io import check_writable_dir
+    check_writable_dir(out)
     from tinydot.redundancy import RedundancyConfig, run_redundancy
     from tinydot.report.html import redundancy_verdict, write_redundancy_report
 
-    check_writable_dir(out)
     config = RedundancyConfig(model=model, task=task, tokens=tokens, seed=seed, threshold=threshold, alpha=alpha)
     summary = run_redundancy(config, out, data_dir=data_dir)
     report = write_redundancy_report(out)
@@ -542,17 +561,17 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
                    domain: str = DomainOption,
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """Per-sample complexity measures, quantile bins and histograms."""
-    import pandas as pd
-
     from tinydot.config import check_seed
-    from tinydot.data.strokes import digit_subset
-    from tinydot.domains import get_domain
-    from tinydot.io import check_writable_dir
-    from tinydot.report.pages import write_complexity_figures
-    from tinydot.runs import write_complexity
 
     check_writable_dir(out)
     check_seed(seed)
+    import pandas as pd
+
+    from tinydot.data.strokes import digit_subset
+    from tinydot.domains import get_domain
+    from tinydot.report.pages import write_complexity_figures
+    from tinydot.runs import write_complexity
+
     chosen = get_domain(domain)
     main_measure = {"strokes": "S", "text": "surprisal"}[chosen.name]
     measure = measure or main_measure
@@ -586,6 +605,8 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
 def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (study, redundancy, lottery, "
                                                   "hessian, svcca, complexity, compress or quantize).")) -> None:
     """(Re)write the figures and HTML pages of a finished run folder from its tables."""
+    if problem := not_a_folder(run):  # as write_report says it, before its imports
+        raise TinydotError(f"{run} {problem}: give a finished run folder")
     from tinydot.report.pages import write_report
 
     for path in write_report(run):
@@ -609,13 +630,13 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
                  seed: int = typer.Option(0, help="Seed of the fine-tuning batch order."),
                  data_dir: Optional[Path] = DataDirOption) -> None:
     """Structured pruning: remove attention heads, MLP neurons or blocks and rebuild a smaller model."""
+    check_writable_dir(out)
+    _exists(checkpoint, "checkpoint")
     import math
 
     from tinydot.compress import run_compress
-    from tinydot.io import check_writable_dir
     from tinydot.report.compression import compression_unit, write_compress_figures
 
-    check_writable_dir(out)
     table = run_compress(checkpoint, out, heads=heads, neurons=neurons, layers=layers, importance=importance,
                          rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
@@ -642,11 +663,11 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
                  seed: int = typer.Option(0, help="Seed choosing the calibration sequences."),
                  data_dir: Optional[Path] = DataDirOption) -> None:
     """Post-training quantization of every Linear and Embedding weight (per-channel, symmetric)."""
+    check_writable_dir(out)
+    _exists(checkpoint, "checkpoint")
     from tinydot.compress import run_quantize
-    from tinydot.io import check_writable_dir
     from tinydot.report.compression import compression_unit, write_compress_figures
 
-    check_writable_dir(out)
     table = run_quantize(checkpoint, out, bits=tuple(bits), method=method,
                          calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
                          data_dir=data_dir)
