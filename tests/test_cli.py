@@ -1,4 +1,5 @@
-"""The CLI as a user runs it: real subprocesses, exit codes and one-line errors."""
+"""The CLI as a user runs it: real subprocesses, exit codes and one-line errors (refusals that need no
+fresh interpreter run main() in this process: `helpers.user_error`)."""
 
 import os
 import subprocess
@@ -6,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import user_error
 
 
 def run(*args, env=None):
@@ -42,10 +44,9 @@ def test_data_show_writes_a_png(data_dir, tmp_path):
     (["data", "show", "--n", "0", "--out", "x.png"], "--n must be between 1 and 400"),
     (["data", "show", "--out", "x.jpg"], "must end in .png"),
 ])
-def test_bad_arguments_give_one_line_errors(args, message, data_dir, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
-    assert_user_error(result, message)
+def test_bad_arguments_give_one_line_errors(args, message, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert message in user_error(monkeypatch, capsys, *args)  # in this process: exit 2, one line, no traceback
     assert not list(tmp_path.iterdir())
 
 
@@ -75,9 +76,8 @@ def test_complexity_writes_tables_and_plots(data_dir, tmp_path):
     (["--bins", "1"], "bins must be an integer >= 2"),
     (["--digit", "1", "--bins", "5000"], "5000 bins are more than the 1135 samples"),
 ])
-def test_complexity_bad_arguments(args, message, data_dir, tmp_path):
-    result = run("complexity", "--split", "test", "--out", str(tmp_path / "out"), *args)
-    assert_user_error(result, message)
+def test_complexity_bad_arguments(args, message, data_dir, tmp_path, monkeypatch, capsys):
+    assert message in user_error(monkeypatch, capsys, "complexity", "--split", "test", "--out", tmp_path / "out", *args)
     assert not (tmp_path / "out").exists()
 
 
@@ -106,8 +106,6 @@ def test_model_commands_bad_arguments(args, message, tmp_path, data_dir):
 
 
 def test_lottery_cli(data_dir, tmp_path, monkeypatch, capsys):
-    from helpers import user_error
-
     import json
 
     import pandas as pd
@@ -188,7 +186,7 @@ def finished_stroke_study(folder):
     (["lottery", "--out", "runs/l", "--config", "ok.json"], "has a section 'study' this command does not take"),
     (["study", "--ray-address", "host:1", "--config", "ok.json"], "a Ray address is for the ray executor"),
 ])
-def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
+def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir, monkeypatch, capsys):
     import json
 
     (tmp_path / "bins.json").write_text(json.dumps({"study": {"bins": 2}}))
@@ -197,9 +195,8 @@ def test_study_and_predict_bad_arguments(args, message, tmp_path, data_dir):
     (tmp_path / "extra.json").write_text(json.dumps({"study": {"bins": 3}, "foo": {}}))
     (tmp_path / "flat.json").write_text(json.dumps({"study": 3}))
     finished_stroke_study(tmp_path / "done")
-    result = subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
-    assert_user_error(result, message)
+    monkeypatch.chdir(tmp_path)
+    assert message in user_error(monkeypatch, capsys, *args)  # in this process: exit 2, one line, no traceback
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 

