@@ -296,7 +296,7 @@ def test_predict_for_text_from_complexity_alone(tiny_text_study, ptb, tmp_path):
         predict(result.run_dir, None, train=train)
 
 
-def test_predict_command_on_a_text_study(tiny_text_study, tmp_path):
+def test_predict_command_on_a_text_study(tiny_text_study, tmp_path, monkeypatch, capsys):
     import shutil
 
     _, result = tiny_text_study
@@ -315,11 +315,10 @@ def test_predict_command_on_a_text_study(tiny_text_study, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "needed fraction of 3,936 prunable weights for valid (3,370 sentences)" in out.stdout
     assert "no needed-fraction line" not in out.stdout
-    bad = run("predict", "--study", str(result.run_dir), "--data", "valid:1", cwd=tmp_path)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "--data valid:1: a text study predicts for a whole split; give one of train, valid, test" in bad.stderr
-    bad = run("predict", "--study", str(result.run_dir), "--data", "dev", cwd=tmp_path)
-    assert bad.returncode == 2 and "unknown text split 'dev'; choose one of train, valid, test" in bad.stderr
+    bad = user_error(monkeypatch, capsys, "predict", "--study", result.run_dir, "--data", "valid:1")
+    assert "--data valid:1: a text study predicts for a whole split; give one of train, valid, test" in bad
+    bad = user_error(monkeypatch, capsys, "predict", "--study", result.run_dir, "--data", "dev")
+    assert "unknown text split 'dev'; choose one of train, valid, test" in bad
 
 
 def test_rightsize_a_text_study(tiny_text_study, tmp_path):
