@@ -297,8 +297,10 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path)
     result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, json.dumps([argv for argv, _, _ in cases])],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert len(results) == len(cases)
     api_words = {checkpoint, study, report}
-    for (argv, code, message), (got_code, got_error, torch_loaded) in zip(cases, json.loads(result.stdout)):
+    for (argv, code, message), (got_code, got_error, torch_loaded) in zip(cases, results):
         assert (got_code, torch_loaded) == (code, False), (argv, got_error)
         if message in api_words:
             assert got_error == f"error: {message}", argv
