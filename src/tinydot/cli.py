@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tinydot.config import ModelConfig, PruneConfig, TrainConfig, check_seed  # no torch, pandas or matplotlib
 from tinydot.errors import ConfigError, TinydotError
-from tinydot.io import check_writable_dir, check_writable_file, not_a_folder
+from tinydot.io import atomic_write_text, check_writable_dir, check_writable_file, not_a_folder
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -164,7 +165,6 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     config file and the options apply over them."""
     check_writable_dir(out)
     model_values, train_values = _load_configs(config)
-    from tinydot.config import ModelConfig, TrainConfig
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate_nll
     from tinydot.training import train
@@ -219,7 +219,6 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     from tinydot.checkpoint import load_model
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate, evaluate_nll
-    from tinydot.io import atomic_write_text
 
     model = load_model(checkpoint)
     sampling = {"per_class": per_class, "temperature": temperature, "seed": seed}
@@ -271,8 +270,6 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                 eval_sequences: int = typer.Option(10_000, help="Test sequences for each level's NLL."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Iterative magnitude pruning with rewinding, controls and used-parameter counts."""
-    from tinydot.config import ModelConfig, PruneConfig, TrainConfig  # no torch: checked before the imports below
-
     check_writable_dir(out)
     if eval_sequences < 1:
         raise ConfigError(f"--eval-sequences must be a positive integer, got {eval_sequences}")
@@ -478,8 +475,6 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                 seed: int = typer.Option(0, help="Seed for the sample and the random vectors."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Hessian of the training loss: top eigenvalues, trace, density, bulk/outlier split."""
-    from tinydot.config import check_seed
-
     check_writable_dir(out)  # write_hessian's first checks, then its checkpoint's
     check_seed(seed)
     _exists(checkpoint, "checkpoint")
@@ -561,8 +556,6 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
                    domain: str = DomainOption,
                    data_dir: Optional[Path] = DataDirOption) -> None:
     """Per-sample complexity measures, quantile bins and histograms."""
-    from tinydot.config import check_seed
-
     check_writable_dir(out)
     check_seed(seed)
     import pandas as pd
