@@ -241,7 +241,7 @@ def test_country_option_is_checked_before_any_work(tmp_path):
 
 
 # runs the CLI's main() on each command line in one fresh interpreter; after each: exit status, the
-# error line, and whether torch has been imported so far
+# error line, and which of torch, pandas and matplotlib have been imported so far
 _WITHOUT_TORCH = """
 import contextlib, io, json, sys
 from tinydot.cli import main
@@ -254,12 +254,12 @@ for argv in json.loads(sys.argv[1]):
             code = 0
         except SystemExit as exit_:
             code = exit_.code
-    results.append([code, err.getvalue().strip(), "torch" in sys.modules])
+    results.append([code, err.getvalue().strip(), [m for m in ("torch", "pandas", "matplotlib") if m in sys.modules]])
 print(json.dumps(results))
 """
 
 
-def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path):
+def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path, monkeypatch):
     # a mistyped path or config file is answered at once (~0.4 s), not after the ~4 s of importing
     # torch, pandas and matplotlib, and in the words the API uses for the same mistake
     import json
@@ -275,6 +275,8 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path)
             call(*args)
         return str(err.value)
 
+    monkeypatch.chdir(tmp_path)  # where the CLI runs below
+    (tmp_path / "file").write_text("not a folder")
     checkpoint = api_message(load_model, "nowhere")
     study = api_message(load_study, "nowhere")
     report = api_message(write_report, Path("nowhere"))
@@ -291,6 +293,7 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path)
         (["compare", "nowhere", "nowhere", "--out", "x"], 2, study),
         (["train", "--out", "t", "--config", "missing.json"], 2, "cannot read config file missing.json"),
         (["study", "--config", "missing.json"], 2, "cannot read config file missing.json"),
+        (["study", "--out", "file/runs"], 2, "--out file/runs cannot be created: file is a file, not a folder"),
         (["lottery", "--out", "l", "--rewind", "soon"], 2, "--rewind must be 'init' or 'step:K'"),
         (["complexity", "--out", "m", "--seed", "-1"], 2, "--seed must be an integer between 0 and"),
     ]
@@ -300,10 +303,10 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path)
     results = json.loads(result.stdout)
     assert len(results) == len(cases)
     api_words = {checkpoint, study, report}
-    for (argv, code, message), (got_code, got_error, torch_loaded) in zip(cases, results):
-        assert (got_code, torch_loaded) == (code, False), (argv, got_error)
+    for (argv, code, message), (got_code, got_error, heavy) in zip(cases, results):
+        assert (got_code, heavy) == (code, []), (argv, got_error)
         if message in api_words:
             assert got_error == f"error: {message}", argv
         else:
             assert message in got_error, (argv, got_error)
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # nothing written

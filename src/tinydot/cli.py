@@ -319,12 +319,12 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     The held-out data are digit classes for strokes, and for --domain text three groups of the valid split.
     """
     overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
+    check_writable_dir(out)
     from tinydot.domains import get_domain
     from tinydot.study import Study, run_study
 
     chosen = get_domain(domain).name  # one line naming the choices, before any file is written
     study = Study.preset(preset, overrides, domain=chosen)
-    check_writable_dir(out)
     result = run_study(study, out, data_dir=data_dir, executor=executor, workers=workers, ray_address=ray_address)
     from tinydot.report.html import write_study_report  # matplotlib and jinja2: not for a refused config
 
