@@ -22,7 +22,7 @@ from rich.table import Table
 
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig, check_seed  # no torch, pandas or matplotlib
 from tinydot.errors import ConfigError, TinydotError
-from tinydot.io import atomic_write_text, check_writable_dir, check_writable_file, not_a_folder
+from tinydot.io import atomic_write_text, check_exists, check_run_folder, check_writable_dir, check_writable_file
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -113,13 +113,6 @@ def data_show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
 
 
 CheckpointOption = typer.Option(..., "--checkpoint", help="A run folder or its model.safetensors.")
-
-
-def _exists(path: Path, what: str) -> Path:
-    """`path`, or the API's refusal of a path that does not exist, given before the command's imports."""
-    if not path.exists():
-        raise TinydotError(f"{what} {path} does not exist")
-    return path
 
 
 def _load_json_object(path: Path, sections: set[str]) -> dict:
@@ -215,7 +208,7 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     sentence end counted); it draws no samples, so the sampling options are refused."""
     if out is not None:
         check_writable_file(out)  # before the evaluation, which takes minutes
-    _exists(checkpoint, "checkpoint")
+    check_exists(checkpoint, "checkpoint")
     from tinydot.checkpoint import load_model
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate, evaluate_nll
@@ -359,7 +352,7 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
                 out: Path = typer.Option(..., "--out", help="Folder for compare.html and its tables.")) -> None:
     """Two studies side by side: does one domain's line predict the other's needed fraction (L, compressed_bytes)?"""
     for study in (first, second):
-        _exists(study, "study run folder")
+        check_exists(study, "study run folder")
     check_writable_dir(out)
     from tinydot.report.html import comparison_verdict, write_comparison
 
@@ -383,7 +376,7 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
                                          "for a text study a split: train, valid or test."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Predict how many parameters a dataset needs from its complexity alone (no training)."""
-    _exists(study, "study run folder")
+    check_exists(study, "study run folder")
     from tinydot.data.strokes import digit_subset
     from tinydot.rightsize import parse_selection
     from tinydot.study import NO_NEEDED_LINE, load_study, predict
@@ -437,7 +430,7 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
                                                           "or groups)."),
                   data_dir: Optional[Path] = DataDirOption) -> None:
     """Train the model the study predicts is enough beside the study's own; compare cost and quality."""
-    _exists(study, "study run folder")
+    check_exists(study, "study run folder")
     from tinydot.report.html import write_study_report
     from tinydot.rightsize import run_rightsize
 
@@ -477,7 +470,7 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
     """Hessian of the training loss: top eigenvalues, trace, density, bulk/outlier split."""
     check_writable_dir(out)  # write_hessian's first checks, then its checkpoint's
     check_seed(seed)
-    _exists(checkpoint, "checkpoint")
+    check_exists(checkpoint, "checkpoint")
     from tinydot.report.pages import write_hessian_figures
     from tinydot.runs import write_hessian
 
@@ -503,7 +496,7 @@ def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="O
     """SVCCA similarity between layers (of one checkpoint, or across two) and intrinsic dimensionality."""
     check_writable_dir(out)
     for path in checkpoint:
-        _exists(path, "checkpoint")
+        check_exists(path, "checkpoint")
     from tinydot.report.pages import write_svcca_figures
     from tinydot.runs import write_svcca
 
@@ -598,8 +591,7 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
 def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (study, redundancy, lottery, "
                                                   "hessian, svcca, complexity, compress or quantize).")) -> None:
     """(Re)write the figures and HTML pages of a finished run folder from its tables."""
-    if problem := not_a_folder(run):  # as write_report says it, before its imports
-        raise TinydotError(f"{run} {problem}: give a finished run folder")
+    check_run_folder(run)  # write_report's first check, before its imports
     from tinydot.report.pages import write_report
 
     for path in write_report(run):
@@ -624,7 +616,7 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
                  data_dir: Optional[Path] = DataDirOption) -> None:
     """Structured pruning: remove attention heads, MLP neurons or blocks and rebuild a smaller model."""
     check_writable_dir(out)
-    _exists(checkpoint, "checkpoint")
+    check_exists(checkpoint, "checkpoint")
     import math
 
     from tinydot.compress import run_compress
@@ -657,7 +649,7 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
                  data_dir: Optional[Path] = DataDirOption) -> None:
     """Post-training quantization of every Linear and Embedding weight (per-channel, symmetric)."""
     check_writable_dir(out)
-    _exists(checkpoint, "checkpoint")
+    check_exists(checkpoint, "checkpoint")
     from tinydot.compress import run_quantize
     from tinydot.report.compression import compression_unit, write_compress_figures
 

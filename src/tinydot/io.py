@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tinydot.errors import ConfigError
+from tinydot.errors import ConfigError, TinydotError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -107,6 +107,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def not_a_folder(path: Path) -> str | None:
     """Why `path` cannot be read as a folder ("does not exist", "is not a folder"), or None if it can."""
     return None if path.is_dir() else "is not a folder" if path.exists() else "does not exist"
+
+
+def check_exists(path: str | os.PathLike, what: str) -> None:
+    """Refuse a path that does not exist: "<what> <path> does not exist"."""
+    if not Path(path).exists():
+        raise TinydotError(f"{what} {path} does not exist")
+
+
+def check_run_folder(path: str | os.PathLike) -> None:
+    """Refuse a path that is not a folder, as every reader of a finished run folder says it."""
+    if problem := not_a_folder(Path(path)):
+        raise TinydotError(f"{path} {problem}: give a finished run folder")
 
 
 def run_kind(folder: str | os.PathLike) -> str | None:

@@ -67,7 +67,7 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
                           predict_targets, seed_slopes)
-from tinydot.io import atomic_path, atomic_write_text, run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_exists, run_kind
 from tinydot.lottery import run_lottery
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
@@ -604,8 +604,7 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     """A finished study's configuration and job table; a damaged folder (a truncated or unreadable
     jobs.csv or config.json) is refused with one line."""
     run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise TinydotError(f"study run folder {run_dir} does not exist")
+    check_exists(run_dir, "study run folder")
     missing = [name for name in ("jobs.csv", "config.json") if not (run_dir / name).exists()]
     if missing:
         unfinished = (run_dir / "assignments.csv").exists()  # a study that was stopped before its job table

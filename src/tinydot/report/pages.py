@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinydot.errors import TinydotError
-from tinydot.io import not_a_folder, run_kind, save_figure
+from tinydot.io import check_run_folder, run_kind, save_figure
 from tinydot.report import figures
 from tinydot.report.compression import write_compress_figures
 from tinydot.report.html import write_redundancy_report, write_study_report
@@ -76,8 +76,7 @@ KINDS = (
 def write_report(run_dir: str | Path) -> list[Path]:
     """Recognise a finished run folder by its files and (re)write its figures and pages."""
     run_dir = Path(run_dir)
-    if problem := not_a_folder(run_dir):
-        raise TinydotError(f"{run_dir} {problem}: give a finished run folder")
+    check_run_folder(run_dir)
     for markers, writer in KINDS:
         if all((run_dir / name).exists() for name in markers):
             written = writer(run_dir)
