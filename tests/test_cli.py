@@ -268,7 +268,8 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path,
     from tinydot.checkpoint import load_model
     from tinydot.errors import TinydotError
     from tinydot.report.pages import write_report
-    from tinydot.study import load_study
+    from tinydot.domains import get_domain
+    from tinydot.study import Study, load_study
 
     def api_message(call, *args):
         with pytest.raises(TinydotError) as err:
@@ -280,6 +281,8 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path,
     checkpoint = api_message(load_model, "nowhere")
     study = api_message(load_study, "nowhere")
     report = api_message(write_report, Path("nowhere"))
+    domain = api_message(get_domain, "txt")
+    preset = api_message(Study.preset, "fast")
     cases = [
         (["--help"], 0, ""),
         (["eval", "--checkpoint", "nowhere"], 2, checkpoint),
@@ -296,13 +299,18 @@ def test_path_and_config_mistakes_are_refused_before_torch_is_imported(tmp_path,
         (["study", "--out", "file/runs"], 2, "--out file/runs cannot be created: file is a file, not a folder"),
         (["lottery", "--out", "l", "--rewind", "soon"], 2, "--rewind must be 'init' or 'step:K'"),
         (["complexity", "--out", "m", "--seed", "-1"], 2, "--seed must be an integer between 0 and"),
+        (["train", "--out", "t", "--domain", "txt"], 2, domain),
+        (["complexity", "--out", "m", "--domain", "txt"], 2, domain),
+        (["data", "info", "--domain", "txt"], 2, domain),
+        (["study", "--domain", "txt"], 2, domain),
+        (["study", "--preset", "fast"], 2, preset),
     ]
     result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, json.dumps([argv for argv, _, _ in cases])],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout)
     assert len(results) == len(cases)
-    api_words = {checkpoint, study, report}
+    api_words = {checkpoint, study, report, domain, preset}
     for (argv, code, message), (got_code, got_error, heavy) in zip(cases, results):
         assert (got_code, heavy) == (code, []), (argv, got_error)
         if message in api_words:

@@ -3,7 +3,8 @@
 User mistakes raise `TinydotError`; `main` prints its one-line message and exits with status 2.
 Each command imports the API it calls inside its own function, so that `tinydot --help` and a
 mistyped command answer without loading torch, pandas and matplotlib (~4 s). For the same reason a
-command first checks what needs none of them (its paths and its config file), then imports; the API
+command first checks what needs none of them (its paths, config file, --domain and --preset names), then
+imports; the API
 checks those again, in the same words, for its own callers.
 """
 
@@ -20,7 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tinydot.config import ModelConfig, PruneConfig, TrainConfig, check_seed  # no torch, pandas or matplotlib
+# none of these imports torch, pandas or matplotlib
+from tinydot.config import (ModelConfig, PruneConfig, TrainConfig, check_domain_name, check_preset_name,
+                            check_seed)
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.io import atomic_write_text, check_exists, check_run_folder, check_writable_dir, check_writable_file
 
@@ -64,6 +67,7 @@ def data_info(data_dir: Optional[Path] = DataDirOption,
               split: Optional[str] = typer.Option(None, help="Only this split (train or test; text: or valid)."),
               domain: str = DomainOption) -> None:
     """Counts and length statistics per split: pen steps per digit class, or sentences and words."""
+    check_domain_name(domain)
     from tinydot.data import SPLITS, length_summary, load_strokes
     from tinydot.domains import get_domain
 
@@ -158,6 +162,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     config file and the options apply over them."""
     check_writable_dir(out)
     model_values, train_values = _load_configs(config)
+    check_domain_name(domain)
     from tinydot.domains import get_domain
     from tinydot.evaluation import evaluate_nll
     from tinydot.training import train
@@ -313,6 +318,8 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     """
     overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
     check_writable_dir(out)
+    check_domain_name(domain)
+    check_preset_name(preset)
     from tinydot.domains import get_domain
     from tinydot.study import Study, run_study
 
@@ -551,6 +558,7 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     """Per-sample complexity measures, quantile bins and histograms."""
     check_writable_dir(out)
     check_seed(seed)
+    check_domain_name(domain)
     import pandas as pd
 
     from tinydot.data.strokes import digit_subset

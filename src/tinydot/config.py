@@ -8,6 +8,7 @@ a new option with a default does not rename old runs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -21,11 +22,32 @@ T = TypeVar("T")
 MAX_SEED = 2**32 - 1  # numpy and torch both take every seed in 0..MAX_SEED
 
 DOMAIN_NAMES = ("strokes", "text")  # tinydot.domains registers one Domain under each name
+PRESET_NAMES = ("quick", "paper")  # tinydot.study.PRESETS holds one study of each name per domain
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def did_you_mean(name: Any, choices) -> str:
+    """' (did you mean X?)' for the choice closest to a mistyped `name`, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_domain_name(name: Any) -> str:
+    """`name` if it names a domain (DOMAIN_NAMES); a one-line ConfigError naming the choices otherwise."""
+    _check(isinstance(name, str) and name in DOMAIN_NAMES,
+           f"unknown domain {name!r}{did_you_mean(name, DOMAIN_NAMES)}; choose {' or '.join(DOMAIN_NAMES)}")
+    return name
+
+
+def check_preset_name(name: Any) -> str:
+    """`name` if it names a study preset (PRESET_NAMES); a one-line ConfigError otherwise."""
+    _check(isinstance(name, str) and name in PRESET_NAMES,
+           f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return name
 
 
 def is_integer(value: Any) -> bool:

@@ -18,7 +18,6 @@ type (`encode`). The registry serves the callers that choose a domain by name: t
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinydot import complexity
-from tinydot.config import DOMAIN_NAMES, ModelConfig, TrainConfig
+from tinydot.config import DOMAIN_NAMES, ModelConfig, TrainConfig, check_domain_name, did_you_mean
 from tinydot.data import text_measures
 from tinydot.data.batching import Encoded, EncodedText, encode
 from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
@@ -36,11 +35,6 @@ from tinydot.errors import ConfigError
 from tinydot.model import MODELS
 
 Data = Strokes | Sentences
-
-
-def _did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,7 @@ class Domain:
             elsewhere = any(measure in domain.measures for domain in DOMAINS.values())
             what = f"measure {measure!r} is not defined for the {self.name} domain" if elsewhere else \
                 f"unknown measure {measure!r}"
-            raise ConfigError(f"{what}{_did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
+            raise ConfigError(f"{what}{did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
 
     def measure(self, data: Data, measures: tuple[str, ...] | None = None, *,
                 train: Data | None = None) -> pd.DataFrame:
@@ -135,9 +129,7 @@ assert tuple(DOMAINS) == DOMAIN_NAMES  # the names ModelConfig accepts
 
 def get_domain(name: str) -> Domain:
     """The domain called `name`; a one-line ConfigError naming the choices otherwise."""
-    if name not in DOMAINS:
-        raise ConfigError(f"unknown domain {name!r}{_did_you_mean(name, DOMAINS)}; choose {' or '.join(DOMAINS)}")
-    return DOMAINS[name]
+    return DOMAINS[check_domain_name(name)]
 
 
 def domain_of(data: Data) -> Domain:

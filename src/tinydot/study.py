@@ -57,7 +57,8 @@ import torch
 
 from tinydot.checkpoint import load_model
 from tinydot.complexity import measure_all, quantile_bins
-from tinydot.config import ModelConfig, PruneConfig, StudyConfig, TrainConfig, config_hash
+from tinydot.config import (PRESET_NAMES, ModelConfig, PruneConfig, StudyConfig, TrainConfig, check_preset_name,
+                            config_hash)
 from tinydot.cost import total_cost
 from tinydot.data.batching import encode
 from tinydot.data.strokes import Strokes, load_strokes
@@ -161,6 +162,8 @@ PRESETS: dict[str, dict[str, dict[str, dict]]] = {
     },
 }
 
+assert all(tuple(presets) == PRESET_NAMES for presets in PRESETS.values())  # the names the CLI checks early
+
 
 @dataclass(frozen=True)
 class Study:
@@ -199,8 +202,7 @@ class Study:
     def preset(cls, name: str, overrides: dict | None = None, domain: str = "strokes") -> Study:
         """A preset of `domain` (PRESETS[domain][name]) with `overrides` ({section: {field: value}}) on top."""
         presets = PRESETS[get_domain(domain).name]
-        if name not in presets:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+        check_preset_name(name)
         values = {section: dict(v) for section, v in presets[name].items()}
         for section, fields in (overrides or {}).items():
             values.setdefault(section, {}).update(fields)
