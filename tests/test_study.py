@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from tinydot.errors import ConfigError, TinydotError
-from tinydot.fits import held_out_validation, leave_one_bin_out, ols_table, predictor_ranking
+from tinydot.fits import (Line, fit_ols, held_out_validation, leave_one_bin_out, ols_table, predictor_ranking,
+                          seed_slopes)
 from tinydot.report.html import study_verdict, write_study_report
 from tinydot.report.pages import write_report
 from tinydot.study import TARGETS, Study, assign, load_study, predict, run_study
@@ -108,6 +109,84 @@ def test_a_not_reached_needed_fraction_is_left_out_of_the_fit():
     jobs.loc[0, "needed_fraction"] = np.nan
     row = ols_table(jobs, ["L"], TARGETS).query("target == 'needed'").iloc[0]
     assert row.n == 9
+
+
+def test_a_target_equal_in_every_job_has_slope_zero_and_no_p_value():
+    # e.g. the same bit width in every bin job (the stroke paper study's seed 0: 0.125 in all 8): OLS
+    # fits it exactly with a rounding-noise slope (~1e-16), whose t = 0 / 0 once gave p = 0.54
+    jobs = synthetic_jobs(noise=0.01)
+    jobs["bits_fraction"] = 0.125
+    ols = ols_table(jobs, ["L", "S"], ["bits", "needed"])
+    flat = ols[ols.target == "bits"]
+    assert len(flat) == 4  # L, S and the joint model's two
+    assert (flat.coef == 0).all() and (flat.ci_low == 0).all() and (flat.ci_high == 0).all()
+    assert flat[["p_value", "r2", "p_cluster"]].isna().all().all()
+    assert flat.intercept.to_numpy() == pytest.approx(0.125, abs=1e-12)
+    assert ols[ols.target == "needed"][["p_value", "r2"]].notna().all().all()  # the other target keeps its fit
+    jobs.loc[jobs.seed == 1, "bits_fraction"] = 0.1 + 0.001 * jobs.loc[jobs.seed == 1, "mean_L"]
+    slopes = seed_slopes(jobs, ["L"], ["bits"]).set_index("seed")
+    assert slopes.loc[0, "slope"] == 0 and np.isnan(slopes.loc[0, "p_value"])
+    assert slopes.loc[1, "slope"] == pytest.approx(0.001) and slopes.loc[1, "p_value"] < 1e-6
+    jobs = jobs.assign(bits_fraction=0.125, needed_reached=True, prunable=1000)
+    text = " ".join(study_verdict(jobs, ols_table(jobs, ["L"], ["bits"]), pd.DataFrame(), delta=0.01,
+                                  targets={"bits": "bits fraction"}))
+    assert "Bits fraction: 0.125 in every bin job (n = 10), so no complexity measure moves it." in text
+
+
+def test_a_line_without_data_sets_gives_the_textbook_prediction_interval():
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"L": rng.uniform(20, 50, 12)})
+    y = 0.3 - 0.002 * x["L"] + 0.01 * rng.standard_normal(12)
+    frame = fit_ols(x, y).get_prediction(np.array([[1.0, 33.0]])).summary_frame(alpha=0.05).iloc[0]
+    line = Line(x, y).predict([33.0])
+    assert line["mean"] == pytest.approx(frame["mean"])
+    assert (line["pi_low"], line["pi_high"]) == pytest.approx((frame["obs_ci_lower"], frame["obs_ci_upper"]))
+    assert (line["ci_low"], line["ci_high"]) == pytest.approx((frame["mean_ci_lower"], frame["mean_ci_upper"]))
+
+
+def test_a_line_through_data_sets_predicts_a_new_data_sets_mean_of_seeds():
+    # 8 data sets x 3 seeds at one x each: the line through the jobs and through the means coincide;
+    # the interval of a new data set's mean of 3 seeds is the textbook one on the 8 means (6 df), and
+    # that of one job adds the seed noise that a mean of 3 averages away (one-way ANOVA by hand)
+    rng = np.random.default_rng(1)
+    xs, offsets = np.linspace(20, 50, 8), 0.02 * rng.standard_normal(8)
+    x = np.repeat(xs, 3)
+    y = 0.3 - 0.002 * x + np.repeat(offsets, 3) + 0.01 * rng.standard_normal(24)
+    groups = np.repeat(np.arange(8), 3)
+    line = Line(pd.DataFrame({"L": x}), y, groups)
+    jobs_fit, means = fit_ols(x, y), y.reshape(8, 3).mean(axis=1)
+    assert line.fit.params == pytest.approx(jobs_fit.params)
+    frame = fit_ols(xs, means).get_prediction(np.array([[1.0, 33.0]])).summary_frame(alpha=0.05).iloc[0]
+    three = line.predict([33.0], observations=3)
+    assert (three["pi_low"], three["pi_high"]) == pytest.approx((frame["obs_ci_lower"], frame["obs_ci_upper"]))
+    within = ((y.reshape(8, 3) - means[:, None]) ** 2).sum() / (24 - 8)
+    s2_sets = ((means - fit_ols(xs, means).fittedvalues) ** 2).sum() / 6
+    half = stats.t.ppf(0.975, 6) * np.sqrt(frame["mean_se"] ** 2 + max(s2_sets - within / 3, 0) + within)
+    one = line.predict([33.0])
+    assert (one["pi_low"], one["pi_high"]) == pytest.approx((frame["mean"] - half, frame["mean"] + half))
+    assert one["within_range"] and not line.predict([60.0])["within_range"]
+
+
+def test_the_data_set_interval_covers_95_percent_where_the_job_interval_does_not():
+    # simulated studies whose data sets deviate from the line far more than seeds from their data set
+    # (as the unused share does): the interval for a new data set's mean of 3 seeds must cover ~95%;
+    # the one that took the 24 jobs for independent points (and so divided all their noise by 3)
+    # covers far less
+    rng = np.random.default_rng(2)
+    x = pd.DataFrame({"L": np.repeat(np.linspace(20, 50, 8), 3)})
+    groups, covered, independent, trials = np.repeat(np.arange(8), 3), 0, 0, 400
+    for _ in range(trials):
+        y = 0.3 - 0.002 * x["L"] + np.repeat(0.02 * rng.standard_normal(8), 3) + 0.005 * rng.standard_normal(24)
+        x_new = rng.uniform(20, 50)
+        truth = 0.3 - 0.002 * x_new + 0.02 * rng.standard_normal() + 0.005 * rng.standard_normal(3).mean()
+        line = Line(x, y, groups).predict([x_new], observations=3)
+        covered += line["pi_low"] <= truth <= line["pi_high"]
+        fit = fit_ols(x, y)  # the jobs as independent points: all their noise divided by 3
+        frame = fit.get_prediction(np.array([[1.0, x_new]])).summary_frame(alpha=0.05).iloc[0]
+        half = stats.t.ppf(0.975, fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + fit.scale / 3)
+        independent += abs(frame["mean"] - truth) <= half
+    assert 0.92 <= covered / trials <= 0.98
+    assert independent / trials < 0.8
 
 
 def test_leave_one_bin_out_is_exact_on_a_line():

@@ -44,15 +44,28 @@ def fit_ols_clustered(x, y, groups):
         cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
 
 
-def _clusters(part: pd.DataFrame) -> list:
-    """A bin job's data set: (measure, bin); its seeds are repeated draws on the same sequences."""
+def data_sets(part: pd.DataFrame) -> list:
+    """Each job's data set: (measure, bin) for bin jobs (their seeds train on draws of the same
+    sequences), else the job itself."""
     return list(zip(part["measure"], part["bin"])) if {"measure", "bin"} <= set(part) else list(range(len(part)))
 
 
-def _fit_rows(fit, model: str, target: str, terms, clustered=None, clusters: int = 0) -> list[dict]:
-    ci = fit.conf_int(0.05)
-    rows = [{"model": model, "target": target, "term": term, "coef": fit.params[k], "ci_low": ci[k][0],
-             "ci_high": ci[k][1], "p_value": fit.pvalues[k], "r2": fit.rsquared, "n": int(fit.nobs),
+def is_constant(y) -> bool:
+    """Whether a target takes one value in every job. Its line is flat (slope 0) and fits it exactly,
+    so a slope's p-value and R^2 are 0 / 0: undefined, not the p-value of OLS's rounding noise."""
+    y = np.asarray(y, dtype=float)
+    return len(y) > 0 and bool((y == y[0]).all())
+
+
+def _fit_rows(fit, model: str, target: str, terms, clustered=None, clusters: int = 0,
+              constant: bool = False) -> list[dict]:
+    if constant:  # see is_constant
+        n_coef = len(terms) + 1
+        coef, ci, p, r2 = np.zeros(n_coef), np.zeros((n_coef, 2)), np.full(n_coef, np.nan), np.nan
+    else:
+        coef, ci, p, r2 = fit.params, fit.conf_int(0.05), fit.pvalues, fit.rsquared
+    rows = [{"model": model, "target": target, "term": term, "coef": coef[k], "ci_low": ci[k][0],
+             "ci_high": ci[k][1], "p_value": p[k], "r2": r2, "n": int(fit.nobs),
              "intercept": fit.params[0]} for k, term in enumerate(terms, start=1)]
     for k, row in enumerate(rows, start=1):
         row["p_cluster"] = float(clustered.pvalues[k]) if clustered is not None else np.nan
@@ -64,33 +77,39 @@ def ols_table(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """Per target: slope, 95% CI, p-value and R^2 of the target against each predictor's job mean,
     and one joint model with every predictor (when the jobs outnumber its coefficients + 1).
     Single-predictor rows also carry `p_cluster`, the slope's p-value with errors clustered by data
-    set (measure, bin: `fit_ols_clustered`) over `clusters` clusters (NaN with fewer than 3)."""
+    set (measure, bin: `fit_ols_clustered`) over `clusters` clusters (NaN with fewer than 3).
+    A target equal in every job gets slope 0 and NaN p-values and R^2 (`is_constant`)."""
     bins, rows = _bins(jobs), []
     for target in targets:
         part = bins[np.isfinite(bins[f"{target}_fraction"])]
         y = part[f"{target}_fraction"]
-        groups = _clusters(part)
+        groups, constant = data_sets(part), is_constant(y)
         for m in predictors:
             if len(part) >= 3:
-                clustered = fit_ols_clustered(part[f"mean_{m}"], y, groups) if len(set(groups)) >= 3 else None
-                rows += _fit_rows(fit_ols(part[f"mean_{m}"], y), m, target, [m], clustered, len(set(groups)))
+                clustered = (fit_ols_clustered(part[f"mean_{m}"], y, groups)
+                             if len(set(groups)) >= 3 and not constant else None)
+                rows += _fit_rows(fit_ols(part[f"mean_{m}"], y), m, target, [m], clustered, len(set(groups)), constant)
         if len(predictors) > 1 and len(part) > len(predictors) + 2:
-            rows += _fit_rows(fit_ols(part[[f"mean_{m}" for m in predictors]], y), "joint", target, predictors)
+            rows += _fit_rows(fit_ols(part[[f"mean_{m}" for m in predictors]], y), "joint", target, predictors,
+                              constant=constant)
     return pd.DataFrame(rows)
 
 
 def seed_slopes(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """The OLS slope of every (target, predictor) fitted on each seed's bin jobs alone: its spread
-    over seeds says more than one p-value (float order, and so the numbers, differ between CPUs)."""
+    over seeds says more than one p-value (float order, and so the numbers, differ between CPUs).
+    A seed whose target is equal in every job has slope 0 and a NaN p-value (`is_constant`)."""
     bins, rows = _bins(jobs), []
     for seed, part in bins.groupby("seed"):
         for target in targets:
             fine = part[np.isfinite(part[f"{target}_fraction"])]
+            constant = is_constant(fine[f"{target}_fraction"])
             for m in predictors:
                 if len(fine) >= 3:
                     fit = fit_ols(fine[f"mean_{m}"], fine[f"{target}_fraction"])
-                    rows.append({"seed": int(seed), "target": target, "predictor": m, "slope": fit.params[1],
-                                 "p_value": fit.pvalues[1], "n": int(fit.nobs)})
+                    rows.append({"seed": int(seed), "target": target, "predictor": m,
+                                 "slope": 0.0 if constant else fit.params[1],
+                                 "p_value": np.nan if constant else fit.pvalues[1], "n": int(fit.nobs)})
     return pd.DataFrame(rows)
 
 
@@ -128,35 +147,71 @@ def loo_summary(loo: pd.DataFrame) -> pd.DataFrame:
         baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())), bins=("error", "size")).reset_index()
 
 
-def predict_line(x: pd.DataFrame, y, point, observations: int = 1) -> dict:
-    """The OLS prediction of y at `point` (one value per column of x): mean, 95% CI and the 95%
-    prediction interval of the mean of `observations` new jobs (e.g. seeds), and whether the point
-    lies inside the range of x the line was fitted on."""
-    from scipy import stats  # as statsmodels in fit_ols (which has imported it by now anyway)
+class Line:
+    """An OLS line of y on x (one column per predictor) through the means of data sets, for predictions.
 
-    fit = fit_ols(x, y)
-    frame = fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
-    half = stats.t.ppf(0.975, fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + fit.scale / observations)
-    low, high = x.min().to_numpy(), x.max().to_numpy()
-    inside = bool(np.all(np.asarray(point) >= low) and np.all(np.asarray(point) <= high))
-    return {"mean": frame["mean"], "ci_low": frame["mean_ci_lower"], "ci_high": frame["mean_ci_upper"],
-            "pi_low": frame["mean"] - half, "pi_high": frame["mean"] + half, "within_range": inside}
+    `groups` names each row's data set. The jobs of one data set (its seeds) share its sequences,
+    so their errors are correlated (in the stroke paper study the needed fraction's intraclass
+    correlation is ~0.4, the unused share's ~0.95): they are not independent points, and a new data
+    set's seeds do not average its own deviation away. So the line goes through the data sets'
+    means, one point each (t with data sets - coefficients degrees of freedom), and the prediction
+    interval of the mean of `observations` jobs of one new data set has the variance
+        se_line^2 + max(s2_sets - s2_seeds / k, 0) + s2_seeds / observations
+    where s2_sets, the means' residual variance, holds the data set's own deviation plus the seed
+    noise of a mean of k seeds (k: the harmonic mean of seeds per data set), and s2_seeds is the
+    pooled seed-to-seed variance within data sets (a one-way ANOVA). Without `groups` every row is its
+    own data set: plain OLS and the textbook interval of one new row (then `observations` cannot
+    shrink it: nothing tells a data set's deviation from its seeds' noise)."""
+
+    def __init__(self, x: pd.DataFrame, y, groups=None):
+        x = pd.DataFrame(x).reset_index(drop=True)
+        y = np.asarray(y, dtype=float)
+        labels = pd.factorize(pd.Series(list(groups)))[0] if groups is not None else np.arange(len(y))
+        sets = x.assign(_y=y).groupby(labels)
+        means, seeds = sets.mean(), sets.size().to_numpy()
+        self.fit = fit_ols(means[list(x.columns)], means["_y"])
+        self.within, self.seeds = 0.0, 1.0  # s2_seeds and k
+        if (seeds > 1).any():
+            deviations = y - means["_y"].to_numpy()[labels]
+            self.within = float(deviations @ deviations / (len(y) - len(seeds)))
+            self.seeds = len(seeds) / float((1 / seeds).sum())
+        self.low, self.high = means[list(x.columns)].min().to_numpy(), means[list(x.columns)].max().to_numpy()
+
+    def predict(self, point, observations: int = 1) -> dict:
+        """At `point` (one value per column of x): the line's mean, its 95% CI, the 95% prediction
+        interval of the mean of `observations` new jobs of one new data set, and whether the point
+        lies inside the range of the data sets the line went through."""
+        from scipy import stats  # as statsmodels in fit_ols (which has imported it by now anyway)
+
+        frame = self.fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
+        new = max(self.fit.scale - self.within / self.seeds, 0.0) + self.within / observations
+        half = stats.t.ppf(0.975, self.fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + new)
+        inside = bool(np.all(np.asarray(point) >= self.low) and np.all(np.asarray(point) <= self.high))
+        return {"mean": frame["mean"], "ci_low": frame["mean_ci_lower"], "ci_high": frame["mean_ci_upper"],
+                "pi_low": frame["mean"] - half, "pi_high": frame["mean"] + half, "within_range": inside}
+
+
+def predict_line(x: pd.DataFrame, y, point, observations: int = 1, groups=None) -> dict:
+    """`Line(x, y, groups).predict(point, observations)`: one prediction with its intervals."""
+    return Line(x, y, groups).predict(point, observations)
 
 
 def predict_targets(jobs: pd.DataFrame, predictors, targets, means: dict, observations: int = 1) -> pd.DataFrame:
     """Every target predicted at the complexity `means` ({measure: value}) by each predictor's line
-    (and the joint model when it can be fitted), from the bin jobs."""
+    (and the joint model when it can be fitted), from the bin jobs' data sets (`predict_line`):
+    the interval is that of the mean of `observations` jobs (seeds) of one new data set."""
     bins, rows = _bins(jobs), []
     for target in targets:
         part = bins[np.isfinite(bins[f"{target}_fraction"])]
+        groups = data_sets(part)
         models = [(m, [m]) for m in predictors]
-        if len(predictors) > 1 and len(part) > len(predictors) + 2:
+        if len(predictors) > 1 and len(set(groups)) > len(predictors) + 2:
             models.append(("joint", list(predictors)))
         for name, terms in models:
-            if len(part) < 3:
+            if len(set(groups)) < 3:
                 continue
             line = predict_line(part[[f"mean_{m}" for m in terms]], part[f"{target}_fraction"],
-                                [means[m] for m in terms], observations)
+                                [means[m] for m in terms], observations, groups)
             rows.append({"model": name, "target": target, **line,
                          "complexity": means[terms[0]] if len(terms) == 1 else np.nan})
     return pd.DataFrame(rows)
@@ -219,25 +274,25 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     """One study's line predicting another study's jobs (e.g. strokes -> text).
 
     Per predictor m (a measure both job tables record, e.g. L or compressed_bytes): the OLS line of
-    `<target_name>_fraction` on `mean_<m>`, fitted on `source`'s bin jobs (finite targets only),
-    predicts every job of `target` with a finite target (bins and held-out jobs) at its own mean_<m>,
-    with the 95% prediction interval of one new job. Baselines that ignore the line: the target
-    jobs' own mean (`baseline`, the best constant for them: a line must beat it to be worth
-    anything) and the source bin jobs' mean (`source_mean`). One row per (predictor, target job).
+    `<target_name>_fraction` on `mean_<m>` through the data sets of `source`'s bin jobs (finite
+    targets only; `Line`) predicts every job of `target` with a finite target (bins and held-out
+    jobs) at its own mean_<m>, with the 95% prediction interval of one job of a new data set.
+    Baselines that ignore the line: the target jobs' own mean (`baseline`, the best constant for
+    them: a line must beat it to be worth anything) and the source bin jobs' mean (`source_mean`).
+    One row per (predictor, target job).
     """
     y_col, rows = f"{target_name}_fraction", []
     fit_jobs = _bins(source)
     fit_jobs = fit_jobs[np.isfinite(fit_jobs[y_col])]
     predicted = target[np.isfinite(target[y_col])]
-    if len(fit_jobs) < 3 or predicted.empty:
+    if len(set(data_sets(fit_jobs))) < 3 or predicted.empty:
         return pd.DataFrame(columns=list(CROSS_DOMAIN_COLUMNS))
     baseline = float(predicted[y_col].mean())
     for m in predictors:
-        x = fit_jobs[[f"mean_{m}"]]
-        fit = fit_ols(x, fit_jobs[y_col])
+        fitted = Line(fit_jobs[[f"mean_{m}"]], fit_jobs[y_col], data_sets(fit_jobs))
         for r in predicted.itertuples():
             point = getattr(r, f"mean_{m}")
-            line = predict_line(x, fit_jobs[y_col], [point])
+            line = fitted.predict([point])
             actual = getattr(r, y_col)
             rows.append({"direction": direction, "predictor": m, "target": target_name, "kind": r.kind,
                          "measure": r.measure, "bin": r.bin, "seed": r.seed, "x": point, "actual": actual,
@@ -246,7 +301,8 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
                          "within_range": line["within_range"], "error": line["mean"] - actual,
                          "baseline": baseline, "baseline_error": baseline - actual,
                          "source_mean_error": float(fit_jobs[y_col].mean()) - actual,
-                         "slope": fit.params[1], "intercept": fit.params[0], "n_fit": int(fit.nobs)})
+                         "slope": fitted.fit.params[1], "intercept": fitted.fit.params[0],
+                         "n_fit": len(fit_jobs)})
     return pd.DataFrame(rows, columns=list(CROSS_DOMAIN_COLUMNS))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tinydot.fits import fit_ols
+from tinydot.fits import Line, data_sets, fit_ols
 
 
 def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame) -> Figure:
@@ -270,8 +270,8 @@ def cross_domain(studies: list[tuple[str, pd.DataFrame]], predictors, target: st
             if len(held):
                 ax.plot(held[f"mean_{m}"], held[y_col], "D", color=colour, ms=5, mfc="none",
                         label=f"{label} held out")
-            if len(bins) >= 3:
-                fit = fit_ols(bins[f"mean_{m}"], bins[y_col])
+            if len(set(data_sets(bins))) >= 3:
+                fit = Line(bins[[f"mean_{m}"]], bins[y_col], data_sets(bins)).fit  # the line that predicted
                 low, high = bins[f"mean_{m}"].min(), bins[f"mean_{m}"].max()
                 for a, b, style in ((x_all.min(), low, "--"), (low, high, "-"), (high, x_all.max(), "--")):
                     grid = np.linspace(a, b, 20)

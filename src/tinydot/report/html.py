@@ -95,7 +95,10 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
         if rows.empty:
             continue
         significant = rows[rows["p_value"] < alpha]
-        if significant.empty:
+        if rows["p_value"].isna().all() and (rows["coef"] == 0).all():  # fits.is_constant
+            sentences.append(f"{label.capitalize()}: {_fmt(rows['intercept'].iloc[0])} in every bin job "
+                             f"(n = {int(rows['n'].iloc[0])}), so no complexity measure moves it.")
+        elif significant.empty:
             sentences.append(f"{label.capitalize()}: no single complexity measure shows a slope distinguishable from "
                              f"zero at the 5% level (smallest p = {_fmt(rows['p_value'].min())}).")
         else:
