@@ -235,6 +235,37 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     assert_user_error(bad, "top_k must be between 1")
 
 
+def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path, monkeypatch, capsys, data_dir):
+    import json
+    import shutil
+
+    from tinydot.cli import main
+
+    def ok(*args):
+        monkeypatch.setattr(sys, "argv", ["tinydot", *map(str, args)])
+        main()  # returns (exit status 0) unless it fails
+
+    training = tmp_path / "training"
+    shutil.copytree(tiny_run, training)
+    before = (training / "cost.json").read_bytes()
+    for command in (["svcca", "--checkpoint", tiny_run], ["hessian", "--checkpoint", tiny_run]):
+        message = user_error(monkeypatch, capsys, *command, "--out", training)
+        assert message == (f"error: {training} holds a training run, not a {command[0]} run; "
+                           "choose another output folder")
+    assert (training / "cost.json").read_bytes() == before  # the training's time and energy are its own
+    hessian = ["hessian", "--checkpoint", tiny_run, "--out", tmp_path / "h", "--top-k", "2", "--sequences", "4",
+               "--lanczos-steps", "6", "--trace-samples", "2", "--density-runs", "1"]
+    ok(*hessian, "--density")
+    assert (tmp_path / "h" / "density.csv").exists() and (tmp_path / "h" / "density.png").exists()
+    ok(*hessian)  # the same folder without a density: the earlier one must not pass for this run's
+    assert not (tmp_path / "h" / "density.csv").exists() and not (tmp_path / "h" / "density.png").exists()
+    assert "density_trace" not in json.loads((tmp_path / "h" / "summary.json").read_text())
+    for command, kind in ((["complexity"], "complexity"),
+                          (["train", "--steps", "2", "--data-dir", data_dir], "training")):
+        message = user_error(monkeypatch, capsys, *command, "--out", tmp_path / "h")
+        assert message.endswith(f"holds a hessian run, not a {kind} run; choose another output folder")
+
+
 def test_country_option_is_checked_before_any_work(tmp_path):
     assert_user_error(run("--country", "XYZ", "complexity", "--out", str(tmp_path / "c")), "unknown country code 'XYZ'")
     assert not (tmp_path / "c").exists()

@@ -137,11 +137,15 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
     (["compare", "study-s", "missing", "--out", "cmp"], "study run folder missing does not exist"),
     (["compare", "study-s", "cmp-in", "--out", "cmp"], "cmp-in is not a finished study run"),
     (["compare", "study-s", "study-s", "--out", "cmp"], "is given twice"),
+    (["compare", "study-s", "study-t", "--out", "study-t"], "study-t holds a study run, not a compare run; choose "
+                                                            "another output folder"),
 ])
 def test_bad_compare_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))
+    fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [0.3, 0.3, 0.2], held_key="group"))
     (tmp_path / "cmp-in").mkdir()  # a folder, but no study in it
+    before = sorted(tmp_path.rglob("*"))
     result = run(*args, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "cmp").exists()
+    assert sorted(tmp_path.rglob("*")) == before

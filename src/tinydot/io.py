@@ -121,14 +121,24 @@ def check_run_folder(path: str | os.PathLike) -> None:
         raise TinydotError(f"{path} {problem}: give a finished run folder")
 
 
+# analyses that write no config.json, recognised by the files they always write
+_ANALYSIS_FILES = (("redundancy", ("summary.json", "selections.csv")), ("hessian", ("eigenvalues.csv",)),
+                   ("svcca", ("svcca.json",)), ("complexity", ("measures.csv", "bins.csv")),
+                   ("compare", ("predictions.csv", "compare.html")))
+
+
 def run_kind(folder: str | os.PathLike) -> str | None:
     """Which stage wrote the run folder, from the files each one writes: "study", "lottery",
-    "compress", "quantize" or "training"; None for a folder no stage wrote (or a broken config)."""
+    "redundancy", "hessian", "svcca", "complexity", "compare", "compress", "quantize" or "training";
+    None for a folder no stage wrote (or a broken config)."""
     folder = Path(folder)
     if (folder / "assignments.csv").is_file():
         return "study"
     if (folder / "level_0").is_dir():
         return "lottery"
+    for kind, names in _ANALYSIS_FILES:
+        if all((folder / name).is_file() for name in names):
+            return kind
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
@@ -151,3 +161,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """Write a matplotlib Figure (anything with `savefig`) as a PNG at `path`, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
+
+
+def check_run_kind(folder: str | os.PathLike, kind: str) -> None:
+    """Refuse an output folder that holds another stage's run (`run_kind`): writing into it would mix
+    two runs' files (and add this run's time to the other's cost.json)."""
+    found = run_kind(folder)
+    if found not in (None, kind):
+        raise ConfigError(f"{folder} holds a {found} run, not a {kind} run; choose another output folder")

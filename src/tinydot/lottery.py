@@ -40,7 +40,7 @@ from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind
 from tinydot.model import Decoder
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
@@ -118,9 +118,7 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict(), "prune": cfg.to_dict(),
                "eval_sequences": len(eval_data)}  # the levels' NLLs are on these; another count is another run
     config_path = run_dir / "config.json"
-    kind = run_kind(run_dir)
-    if kind not in ("lottery", None):
-        raise ConfigError(f"{run_dir} holds a {kind} run, not a lottery run; choose another output folder")
+    check_run_kind(run_dir, "lottery")
     if config_path.exists():
         stored = json.loads(config_path.read_text())
         differ = _differences(stored, json.loads(json.dumps(configs)), stop_above_delta)

@@ -45,7 +45,7 @@ from tinydot.data.text import UNK_WORD, load_sentences
 from tinydot.cost import CostMeter
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
-from tinydot.io import atomic_path, atomic_write_text, check_writable_dir
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind, check_writable_dir
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     its time and energy to cost.json)."""
     config.check()
     out = check_writable_dir(out)  # nothing stays in it unless the inputs pass their checks
+    check_run_kind(out, "redundancy")
     with CostMeter(out, record_user_errors=False):
         return _redundancy(config, out, data_dir, progress)
 

@@ -26,7 +26,7 @@ from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit
 from tinydot.data.text import Sentences
 from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
-from tinydot.io import atomic_path, atomic_write_text, check_writable_dir, check_writable_file
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
 from tinydot.sampling import check_temperature, sample
 
@@ -47,6 +47,7 @@ def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str |
     domain.check_measure(measure)
     check_seed(seed)
     check_writable_dir(out)
+    check_run_kind(out, "complexity")
     if balanced and not isinstance(data, Strokes):
         raise ConfigError("balanced bins need digit classes; the text domain has none")
     if len(data) == 0:
@@ -97,6 +98,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     `out`; returns the summary.
     """
     out = check_writable_dir(out)  # before the meter makes the folder
+    check_run_kind(out, "hessian")
     check_seed(seed)
     with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
         return _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs,
@@ -138,6 +140,9 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
         summary.update(density_trace=estimate, density_trace_stderr=stderr, density_sigma=sigma,
                        density_integral=float(trapezoid(values, grid)))
         _write_csv(pd.DataFrame({"eigenvalue": grid, "density": values}), out / "density.csv")
+    else:  # a density from an earlier run with --density would be drawn as this run's
+        for name in ("density.csv", "density.png"):
+            (out / name).unlink(missing_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -151,6 +156,7 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
     svcca.json (what was compared) and cost.json into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
     """
     out = check_writable_dir(out)  # before the meter makes the folder
+    check_run_kind(out, "svcca")
     check_seed(seed)
     with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
         return _svcca(checkpoints, out, sequences, keep, seed, data_dir)

@@ -38,7 +38,7 @@ from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.flops import FlopTally
-from tinydot.io import atomic_path, atomic_write_text, run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind
 from tinydot.model import Decoder, build_model
 from tinydot.pruning.mask import Mask, masked_pairs
 
@@ -193,10 +193,8 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     run_dir.mkdir(parents=True, exist_ok=True)
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
     config_path = run_dir / "config.json"
+    check_run_kind(run_dir, "training")
     if config_path.exists():
-        kind = run_kind(run_dir)
-        if kind not in ("training", None):
-            raise ConfigError(f"{run_dir} holds a {kind} run, not a training run; choose another output folder")
         existing = json.loads(config_path.read_text())
         # compared as configs, so a folder written before a field existed (it takes its default) still resumes
         if not _same_configs(existing, model_config, train_config):

@@ -22,7 +22,7 @@ from tinydot.data.render import rasterize_all
 from tinydot.errors import ConfigError
 from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, loo_summary,
                           predictor_ranking)
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind
 from tinydot.report import figures
 from tinydot.sampling import sample
 from tinydot.study import TARGETS, job_name, load_study, read_study_config
@@ -345,6 +345,7 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     Returns the page's path and the summary table (`tinydot.fits.cross_domain_summary`)."""
     runs = [Path(run_a), Path(run_b)]
     loaded = [load_study(run) for run in runs]  # one line if either is not a finished study
+    check_run_kind(out, "compare")
     domains = [study.study.domain for study, _ in loaded]
     labels = [d if domains.count(d) == 1 else f"{d} ({run.name})" for d, run in zip(domains, runs)]
     if runs[0].resolve() == runs[1].resolve():
