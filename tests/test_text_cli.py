@@ -79,6 +79,38 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path, monkeypatc
     assert positions == int(load_sentences("test").lengths[chosen].sum()) + 50  # words + sentence ends
 
 
+def test_lottery_on_text_prunes_the_trunk_and_scores_the_valid_split(tmp_path):
+    import pandas as pd
+
+    from tinydot.checkpoint import load_model
+    from tinydot.data.text import load_sentences
+    from tinydot.domains import DOMAINS
+    from tinydot.evaluation import evaluate_nll
+    from tinydot.pruning.mask import load_mask, prunable_names
+
+    (tmp_path / "tiny.json").write_text(json.dumps({"model": {"n_layers": 1, "d_model": 16, "d_mlp": 32},
+                                                   "train": {"tokens_per_batch": 512, "warmup_steps": 2,
+                                                             "eval_every": 0}}))
+    result = run("lottery", "--domain", "text", "--out", "l", "--config", "tiny.json", "--steps", "6", "--levels", "1",
+                 "--eval-sequences", "40", "--no-controls", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "lottery tickets: valid NLL in bits/word on 40 valid sentences" in result.stdout
+    out = tmp_path / "l"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["domain"] == "text" and config["prune"]["prunable"] == list(DOMAINS["text"].prunable)
+    dense = load_model(out / "level_0")
+    trunk = prunable_names(dense, DOMAINS["text"].prunable)
+    mask = load_mask(out / "level_1" / "mask.safetensors")
+    assert sorted(mask) == sorted(trunk) and "emb_token.weight" not in mask  # the word embedding is not pruned
+    weights = sum(m.numel() for m in mask.values())
+    assert int(sum(m.sum() for m in mask.values())) == weights - round(0.2 * weights)
+    table = pd.read_csv(out / "results.csv")
+    assert table.prunable.tolist() == [weights, weights]
+    # level 0's score is the dense model's NLL on the first 40 valid sentences, in bits per word
+    scored = evaluate_nll(dense, load_sentences("valid").subset(np.arange(40)))
+    assert table.bits_per_step[0] == pytest.approx(scored["bits_per_word"], rel=1e-6)
+
+
 def test_complexity_of_text(tmp_path):
     import pandas as pd
 

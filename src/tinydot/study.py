@@ -94,7 +94,7 @@ JOB_THREADS = 1  # every job pins one torch thread: identical numbers under ever
 
 # The text study prunes the trunk only (see the module docstring): every Linear weight of the blocks
 # and the positional embedding; neither the word embedding nor, when untied, the output matrix.
-TEXT_PRUNABLE = ("emb_pos.weight", "blocks.*.attn.*.weight", "blocks.*.mlp.*.weight")
+TEXT_PRUNABLE = DOMAINS["text"].prunable  # the trunk: positional embedding, attention and MLP matrices
 HELD_OUT_GROUPS = 3  # text: the valid split's tertiles of held_out_measure
 SHORT_NAMES = {"type_token_ratio": "ttr", "compressed_bytes": "gzip"}  # in the names of held-out group jobs
 
