@@ -216,10 +216,12 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     import json
 
     run_dir = tiny_run
-    result = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "h"), "--top-k", "3",
-                 "--density", "--sequences", "4", "--lanczos-steps", "8", "--trace-samples", "4",
+    result = run("--country", "de", "hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "h"),
+                 "--top-k", "3", "--density", "--sequences", "4", "--lanczos-steps", "8", "--trace-samples", "4",
                  "--density-runs", "2")
     assert result.returncode == 0, result.stderr
+    cost = json.loads((tmp_path / "h" / "cost.json").read_text())
+    assert (cost["country"], cost["country_source"]) == ("DEU", "--country")
     summary = json.loads((tmp_path / "h" / "summary.json").read_text())
     assert len(summary["top_eigenvalues"]) == 3 and summary["density_integral"] == pytest.approx(1.0, abs=0.01)
     assert {"eigenvalues.csv", "spectrum.png", "density.png",
@@ -264,6 +266,27 @@ def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path
                           (["train", "--steps", "2", "--data-dir", data_dir], "training")):
         message = user_error(monkeypatch, capsys, *command, "--out", tmp_path / "h")
         assert message.endswith(f"holds a hessian run, not a {kind} run; choose another output folder")
+
+
+def test_ctrl_c_says_that_the_same_command_resumes(tmp_path, data_dir):
+    import signal
+    import time
+
+    # SIGINT restored in the child: a process started in the background (CI) inherits it ignored
+    child = subprocess.Popen([sys.executable, "-c", "import signal, sys; from tinydot.cli import main; "
+                              "signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'tinydot'; "
+                              "main()", "train", "--out", "run", "--steps", "100000", "--d-model", "8",
+                              "--n-layers", "1", "--data-dir", str(data_dir)],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # training
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert err.strip() == ("interrupted: the same command run again resumes where it stopped (train, lottery, study, "
+                           "rightsize, compress and quantize keep their finished work)")
 
 
 def test_country_option_is_checked_before_any_work(tmp_path):

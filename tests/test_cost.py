@@ -204,6 +204,8 @@ def test_country_resolution():
     assert resolve_country("fra", environ={}) == ("FRA", "argument")
     assert resolve_country("DE", environ={}) == ("DEU", "argument")
     assert resolve_country(None, environ={"TINYDOT_COUNTRY": "CAN"}) == ("CAN", "TINYDOT_COUNTRY")
+    cli = {"TINYDOT_COUNTRY": "DEU", "TINYDOT_COUNTRY_SOURCE": "--country"}  # as `tinydot --country DEU` hands it on
+    assert resolve_country(None, environ=cli) == ("DEU", "--country")
     assert resolve_country(None, environ={"LANG": "de_DE.UTF-8"}) == ("DEU", "locale (DE)")
     assert resolve_country(None, environ={"LANG": "C.UTF-8"}) == ("USA", "default")
     assert resolve_country(None, environ={}) == ("USA", "default")

@@ -51,6 +51,7 @@ def options(verbose: bool = typer.Option(False, "--verbose", help="Let codecarbo
         os.environ["TINYDOT_VERBOSE"] = "1"
     if country is not None:
         os.environ["TINYDOT_COUNTRY"] = resolve_country(country)[0]  # checked here: one line if unknown
+        os.environ["TINYDOT_COUNTRY_SOURCE"] = "--country"  # what cost.json records as its source
 app.add_typer(data_app, name="data")
 
 console = Console(soft_wrap=True)  # long paths stay on one line when the output is piped
@@ -718,6 +719,10 @@ def main() -> None:
             raise
         _print_error(f"{err.filename}: {err.strerror}")
         sys.exit(2)
+    if code == 130:  # Ctrl-C
+        Console(stderr=True).print("interrupted: the same command run again resumes where it stopped (train, "
+                                   "lottery, study, rightsize, compress and quantize keep their finished work)",
+                                   highlight=False, soft_wrap=True)
     if isinstance(code, int) and code:  # --help and interrupts end in an exit code (Ctrl-C: 130)
         sys.exit(code)
 

@@ -85,9 +85,12 @@ def resolve_country(country: str | None = None, environ=os.environ) -> tuple[str
     """(alpha-3 country code, where it came from) for converting energy to CO2.
 
     Order: `country`, then $TINYDOT_COUNTRY, then the territory of the locale (a setting that
-    usually, not always, matches where the machine is), then DEFAULT_COUNTRY.
+    usually, not always, matches where the machine is), then DEFAULT_COUNTRY. The CLI hands its
+    `--country` to every run (study workers included) as $TINYDOT_COUNTRY and names itself in
+    $TINYDOT_COUNTRY_SOURCE, so the recorded source is "--country".
     """
-    for code, source in ((country, "argument"), (environ.get("TINYDOT_COUNTRY"), "TINYDOT_COUNTRY")):
+    given = environ.get("TINYDOT_COUNTRY_SOURCE", "TINYDOT_COUNTRY")
+    for code, source in ((country, "argument"), (environ.get("TINYDOT_COUNTRY"), given)):
         if code:
             alpha3 = _alpha3(code.strip().upper())
             if alpha3 is None:
