@@ -158,6 +158,8 @@ def test_parser_errors_are_one_line_too(args, message, tmp_path):
 def test_help_still_exits_0_and_a_bare_command_group_prints_its_help():
     helped = run_cli("train", "--help")
     assert helped.returncode == 0 and "--out" in helped.stdout and helped.stderr == ""
+    hessian = run_cli("hessian", "--help").stdout  # flags as flags (typer's boxed help showed "--density <bool>")
+    assert "--density " in hessian and "--top-k <int>" in hessian and "<bool>" not in hessian
     bare = run_cli("data")
     assert bare.returncode == 2 and "show" in bare.stdout + bare.stderr and "Traceback" not in bare.stderr
 

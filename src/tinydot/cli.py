@@ -32,9 +32,11 @@ try:  # recent typer carries its own copy of click
 except ImportError:  # older typer runs on click
     from click.exceptions import UsageError
 
+# plain help (rich_markup_mode=None): typer's boxed help lists every flag as taking a <bool> value
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Inspect the data: MNIST pen strokes or Penn Treebank text.", no_args_is_help=True)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+data_app = typer.Typer(help="Inspect the data: MNIST pen strokes or Penn Treebank text.", no_args_is_help=True,
+                       rich_markup_mode=None)
 
 
 @app.callback()
@@ -704,7 +706,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # so that parser errors reach the handlers below
     except UsageError as err:  # a missing option, a value of the wrong type, an unknown command ...
-        if type(err).__name__ != "NoArgsIsHelpError":  # bare `tinydot` / `tinydot data`: the help is printed
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `tinydot` / `tinydot data`: its message is the help
+            typer.echo(err.format_message())
+        else:
             hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
             _print_error(err.format_message() + hint)
         sys.exit(2)
