@@ -86,6 +86,11 @@ def test_train_then_sample(data_dir, tmp_path):
     result = run("train", "--out", str(run_dir), "--steps", "3", "--d-model", "16", "--n-layers", "1")
     assert result.returncode == 0, result.stderr
     assert "test NLL" in result.stdout
+    import json
+
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert (model["d_model"], model["d_mlp"], model["n_layers"]) == (16, 64, 1)  # the MLP follows --d-model
+    assert result.stderr.startswith("note: warmup_steps (200) >= steps (3): the learning rate never reached its peak")
     assert {"model.safetensors", "checkpoint.safetensors", "config.json", "metrics.csv"} <= {
         p.name for p in run_dir.iterdir()}
     out = tmp_path / "sevens.png"
@@ -133,8 +138,8 @@ def test_lottery_cli(data_dir, tmp_path, monkeypatch, capsys):
     assert level_file.stat().st_mtime_ns == written
     assert json.loads((tmp_path / "run" / "config.json").read_text())["prune"]["delta"] == 0.5
     # refusals, in-process (one interpreter start-up for all of them)
-    for changed, differ in ((["--fraction", "0.25", "--eval-sequences", "50"], "prune"),
-                            (["--fraction", "0.5", "--eval-sequences", "40"], "eval_sequences")):
+    for changed, differ in ((["--fraction", "0.25", "--eval-sequences", "50"], "prune.fraction 0.5 -> 0.25"),
+                            (["--fraction", "0.5", "--eval-sequences", "40"], "eval_sequences 50 -> 40")):
         message = user_error(monkeypatch, capsys, "lottery", "--out", tmp_path / "run", "--levels", "1", "--rewind",
                              "step:2", "--config", tmp_path / "cfg.json", *changed)  # would mix two test sets
         assert f"holds a lottery run with a different configuration ({differ}); choose another" in message

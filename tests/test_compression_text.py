@@ -160,7 +160,7 @@ def test_compress_and_quantize_commands_on_a_text_checkpoint(tmp_path, ptb):
                                       "--calibration-sequences", "32", "--eval-sequences", "100", "--out", str(out)],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "test NLL in bits/word on 100 sequences" in result.output
+    assert "test NLL in bits/word on 100 sentences" in result.output
     table = pd.read_csv(out / "results.csv")
     test = EncodedText(load_sentences("test").subset(np.arange(100)))
     float_nll = evaluate_nll(load_model(tmp_path / "run"), test)["bits_per_word"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich import table as rich_table
 
 # none of these imports torch, pandas or matplotlib
 from tinydot.config import (ModelConfig, PruneConfig, TrainConfig, check_domain_name, check_preset_name,
@@ -45,8 +46,6 @@ def options(verbose: bool = typer.Option(False, "--verbose", help="Let codecarbo
                                                   "energy of every run into CO2 (default: $TINYDOT_COUNTRY, the "
                                                   "locale's territory, else USA).")) -> None:
     """Options for every command."""
-    import os
-
     from tinydot.cost import resolve_country
 
     if verbose:
@@ -56,7 +55,18 @@ def options(verbose: bool = typer.Option(False, "--verbose", help="Let codecarbo
         os.environ["TINYDOT_COUNTRY_SOURCE"] = "--country"  # what cost.json records as its source
 app.add_typer(data_app, name="data")
 
-console = Console(soft_wrap=True)  # long paths stay on one line when the output is piped
+# long paths stay on one line when the output is piped; piped output (a log, CI) has no width, and rich
+# would squeeze tables into 80 columns, so it gets 200 unless $COLUMNS says otherwise
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+
+
+class Table(rich_table.Table):
+    """rich's Table whose cells fold onto a second line where the width runs out, instead of being
+    cut to "1.17e+…"."""
+
+    def add_column(self, *args, **kwargs) -> None:
+        kwargs.setdefault("overflow", "fold")
+        super().add_column(*args, **kwargs)
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
                              "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
                              "for text (--domain text, a text checkpoint or a text study), with "
@@ -141,6 +151,16 @@ def _load_json_object(path: Path, sections: set[str]) -> dict:
     return values
 
 
+def _note_short_run(train_config: TrainConfig) -> None:
+    """After a run that ended before its warm-up did (e.g. --steps 30 with the default 200 warm-up
+    steps), one line on stderr: allowed, but the learning rate never reached the peak the config names."""
+    if train_config.warmup_steps >= train_config.steps:
+        Console(stderr=True).print(f"note: warmup_steps ({train_config.warmup_steps}) >= steps ({train_config.steps}): "
+                                   f"the learning rate never reached its peak ({train_config.lr:g}); set "
+                                   "train.warmup_steps in a --config file for a shorter warm-up",
+                                   highlight=False, soft_wrap=True)
+
+
 def _load_configs(config: Optional[Path]) -> tuple[dict, dict]:
     if config is None:
         return {}, {}
@@ -154,6 +174,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
               config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
               steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
               d_model: Optional[int] = typer.Option(None, help="Residual width."),
+              d_mlp: Optional[int] = typer.Option(None, help="MLP width (default with --d-model: 4 x d_model)."),
               n_layers: Optional[int] = typer.Option(None, help="Transformer blocks."),
               n_heads: Optional[int] = typer.Option(None, help="Attention heads."),
               lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -173,7 +194,9 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     chosen = get_domain(domain)
     if model_values.get("domain", chosen.name) != chosen.name:
         raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
-    overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
+    overrides = {"d_model": d_model, "d_mlp": d_mlp, "n_layers": n_layers, "n_heads": n_heads}
+    if d_model is not None and d_mlp is None and "d_mlp" not in model_values:
+        overrides["d_mlp"] = 4 * d_model  # the recipe's MLP (both domains' defaults are 4 x d_model)
     model_values = {**chosen.model_config.non_default(), **model_values,
                     **{k: v for k, v in overrides.items() if v is not None}}
     train_values = {**chosen.train_config.non_default(), **train_values,
@@ -185,6 +208,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     seconds = result.history["seconds"].iloc[-1]
     console.print(f"trained {result.model.num_params():,} parameters for {train_config.steps} steps "
                   f"in {seconds / 60:.1f} min; test NLL {chosen.describe_nll(nll)}; checkpoint {out}")
+    _note_short_run(train_config)
 
 
 @app.command("sample")
@@ -316,6 +340,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     console.print(f"the ticket stays within {100 * prune_config.delta:g}% of dense {chosen.eval_split} NLL up to "
                   f"sparsity {best['sparsity']:.3f} (level {int(best['level'])}); wrote {out}/results.csv and "
                   "nll_vs_sparsity.png")
+    _note_short_run(train_config)
 
 
 @app.command("study")
@@ -366,7 +391,8 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
             table.add_row(str(getattr(r, key)), r.predictor, f"{r.predicted:.4f}", f"[{r.pi_low:.4f}, {r.pi_high:.4f}]",
                           f"{r.measured:.4f}", "yes" if r.covered else "no", f"{r.baseline_error:+.4f}")
         console.print(table)
-    console.print(f"study finished in {result.seconds / 60:.1f} min: {len(result.jobs)} jobs; report {report}")
+    console.print(f"study finished: {len(result.jobs)} jobs (this run {result.seconds / 60:.1f} min; jobs finished by "
+                  f"earlier runs are kept); report {report}")
 
 
 @app.command("compare")
@@ -434,14 +460,20 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
                           f"{r.needed_parameters_pi_high:,.0f}]", r.recommended_model,
                           "yes" if r.within_range else "no")
         console.print(table)
-    others = frame[frame["target"] != "needed"]
-    table = Table(title="the dense network's unused weights, predicted")
-    for column in ("target", "measure", "predicted", "95% CI", "95% PI"):
-        table.add_column(column, justify="left" if column in ("target", "measure") else "right")
-    for r in others.itertuples():
-        table.add_row(r.target, r.model, f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
-                      f"[{r.pi_low:.4f}, {r.pi_high:.4f}]")
-    console.print(table)
+    for title, targets in (("the dense network's unused weights, predicted (fractions of the prunable weights)",
+                            ("unused", "untouched", "trained_to_small")),
+                           ("compression, predicted (neurons: fraction of the MLP's neurons kept; bits: bits per "
+                            "weight / 32)", ("neurons", "bits"))):
+        rows = frame[frame["target"].isin(targets)]
+        if rows.empty:  # a study without compression targets
+            continue
+        table = Table(title=title)
+        for column in ("target", "measure", "predicted", "95% CI", "95% PI"):
+            table.add_column(column, justify="left" if column in ("target", "measure") else "right")
+        for r in rows.itertuples():
+            table.add_row(r.target, r.model, f"{r.mean:.4f}", f"[{r.ci_low:.4f}, {r.ci_high:.4f}]",
+                          f"[{r.pi_low:.4f}, {r.pi_high:.4f}]")
+        console.print(table)
 
 
 @app.command("rightsize")
@@ -622,6 +654,9 @@ def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (stud
         console.print(f"wrote {path}")
 
 
+_SAMPLES = {"bits/step": "sequences", "bits/word": "sentences"}  # what a domain's NLL unit is scored on
+
+
 @app.command("compress")
 def compress_cmd(checkpoint: Path = CheckpointOption,
                  out: Path = typer.Option(..., "--out", help="Run folder (finished rounds are skipped on re-runs)."),
@@ -651,7 +686,8 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
     unit = compression_unit(out)
     figure = write_compress_figures(out, unit)
-    result = Table(title=f"structured pruning ({importance}): test NLL in {unit} on {eval_sequences:,} sequences")
+    result = Table(title=f"structured pruning ({importance}): test NLL in {unit} on {eval_sequences:,} "
+                         f"{_SAMPLES[unit]}")
     for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
@@ -682,7 +718,7 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
                          data_dir=data_dir)
     unit = compression_unit(out)
     figure = write_compress_figures(out, unit)
-    result = Table(title=f"quantization: test NLL in {unit} on {eval_sequences:,} sequences")
+    result = Table(title=f"quantization: test NLL in {unit} on {eval_sequences:,} {_SAMPLES[unit]}")
     for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
         result.add_column(column, justify="right")
     for r in table.itertuples():

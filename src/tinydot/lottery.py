@@ -79,17 +79,25 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, held_out: Encoded 
 
 
 def _differences(stored, configs: dict, stop_above_delta: bool) -> list[str]:
-    """The sections in which a folder's stored configuration and these would train other levels (none:
-    the same run). delta decides which levels are trained only with `stop_above_delta`; otherwise it
-    is the summary's tolerance, free to change on a re-run. A folder written before the held-out count
-    was recorded is taken to match it."""
+    """Where a folder's stored configuration and these would train other levels, as "section.field
+    stored -> given" (none: the same run). delta decides which levels are trained only with
+    `stop_above_delta`; otherwise it is the summary's tolerance, free to change on a re-run. A folder
+    written before the held-out count was recorded is taken to match it."""
     if not isinstance(stored, dict) or not isinstance(stored.get("prune", {}), dict):
         return ["config.json (damaged)"]
     stored = {"eval_sequences": configs["eval_sequences"], **stored}
     if not stop_above_delta:
         stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k != "delta"}}
                            for c in (stored, configs))
-    return [key for key in sorted(set(stored) | set(configs)) if stored.get(key) != configs.get(key)]
+    changed = []
+    for key in sorted(set(stored) | set(configs)):
+        old, new = stored.get(key), configs.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{field} {old.get(field)!r} -> {new.get(field)!r}"
+                        for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
+        elif old != new:
+            changed.append(f"{key} {old!r} -> {new!r}")
+    return changed
 
 
 def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
