@@ -250,6 +250,10 @@ def test_registry_lookup_and_measures():
         get_domain("strokes").check_measure("surprisal")
     with pytest.raises(ConfigError, match=r"^unknown measure 'type_token' \(did you mean type_token_ratio\?\); choose"):
         get_domain("text").check_measure("type_token")
+    with pytest.raises(ConfigError, match=r"^unknown measure 's' \(did you mean S\?\); choose"):  # another case
+        get_domain("strokes").check_measure("s")
+    with pytest.raises(ConfigError, match=r"^unknown domain 'Text' \(did you mean text\?\)"):
+        get_domain("Text")
     data, train_split = toy_sentences(10, seed=1), toy_sentences(50, seed=2)
     text = get_domain("text")
     assert text.measure(data, train=train_split).equals(measure_sentences(data, train_split))

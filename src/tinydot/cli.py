@@ -251,8 +251,10 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     if model.cfg.domain == "text":
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"{options} only apply to a strokes checkpoint (samples and their recognizability); "
-                              "a text checkpoint is scored on PTB test alone: drop them")
+            one = len(given) == 1
+            raise ConfigError(f"{options} only appl{'ies' if one else 'y'} to a strokes checkpoint (samples and their "
+                              f"recognizability); a text checkpoint is scored on PTB test alone: drop "
+                              f"{'it' if one else 'them'}")
         text = get_domain("text")
         result = evaluate_nll(model, text.load("test", data_dir))
         console.print(f"test NLL {text.describe_nll(result)} on {result['steps']:,} predictions "

@@ -31,8 +31,12 @@ def _check(condition: bool, message: str) -> None:
 
 
 def did_you_mean(name: Any, choices) -> str:
-    """' (did you mean X?)' for the choice closest to a mistyped `name`, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
+    """' (did you mean X?)' for the choice closest to a mistyped `name` (the same name in another case
+    first: 's' -> 'S'), or ''."""
+    if not isinstance(name, str):
+        return ""
+    same = [choice for choice in choices if choice.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

