@@ -3,9 +3,8 @@
 User mistakes raise `TinydotError`; `main` prints its one-line message and exits with status 2.
 Each command imports the API it calls inside its own function, so that `tinydot --help` and a
 mistyped command answer without loading torch, pandas and matplotlib (~4 s). For the same reason a
-command first checks what needs none of them (its paths, config file, --domain and --preset names), then
-imports; the API
-checks those again, in the same words, for its own callers.
+command first checks what needs none of them (its paths, its config file, the --domain and --preset
+names), then imports; the API checks those again, in the same words, for its own callers.
 """
 
 from __future__ import annotations
@@ -67,6 +66,8 @@ class Table(rich_table.Table):
     def add_column(self, *args, **kwargs) -> None:
         kwargs.setdefault("overflow", "fold")
         super().add_column(*args, **kwargs)
+
+
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
                              "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
                              "for text (--domain text, a text checkpoint or a text study), with "

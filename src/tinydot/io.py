@@ -149,6 +149,14 @@ def run_kind(folder: str | os.PathLike) -> str | None:
                 "lottery" if "prune" in config else "training" if {"model", "train"} <= set(config) else None)
 
 
+def check_run_kind(folder: str | os.PathLike, kind: str) -> None:
+    """Refuse an output folder that holds another stage's run (`run_kind`): writing into it would mix
+    two runs' files (and add this run's time to the other's cost.json)."""
+    found = run_kind(folder)
+    if found not in (None, kind):
+        raise ConfigError(f"{folder} holds a {found} run, not a {kind} run; choose another output folder")
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -161,11 +169,3 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """Write a matplotlib Figure (anything with `savefig`) as a PNG at `path`, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-
-
-def check_run_kind(folder: str | os.PathLike, kind: str) -> None:
-    """Refuse an output folder that holds another stage's run (`run_kind`): writing into it would mix
-    two runs' files (and add this run's time to the other's cost.json)."""
-    found = run_kind(folder)
-    if found not in (None, kind):
-        raise ConfigError(f"{folder} holds a {found} run, not a {kind} run; choose another output folder")
