@@ -268,7 +268,9 @@ def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path
     assert not (tmp_path / "h" / "density.csv").exists() and not (tmp_path / "h" / "density.png").exists()
     assert "density_trace" not in json.loads((tmp_path / "h" / "summary.json").read_text())
     for command, kind in ((["complexity"], "complexity"),
-                          (["train", "--steps", "2", "--data-dir", data_dir], "training")):
+                          (["train", "--steps", "2", "--data-dir", data_dir], "training"),
+                          (["compress", "--checkpoint", tiny_run, "--neurons", "0.5", "--data-dir", data_dir],
+                           "compress")):
         message = user_error(monkeypatch, capsys, *command, "--out", tmp_path / "h")
         assert message.endswith(f"holds a hessian run, not a {kind} run; choose another output folder")
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from tinydot.config import (ModelConfig, PruneConfig, TrainConfig, check_domain_
                             check_seed)
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.io import atomic_write_text, check_exists, check_run_folder, check_writable_dir, check_writable_file
+
+if TYPE_CHECKING:
+    from tinydot.domains import Domain
 
 try:  # recent typer carries its own copy of click
     from typer._click.exceptions import UsageError
@@ -57,6 +60,7 @@ app.add_typer(data_app, name="data")
 # long paths stay on one line when the output is piped; piped output (a log, CI) has no width, and rich
 # would squeeze tables into 80 columns, so it gets 200 unless $COLUMNS says otherwise
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+err_console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)  # errors and notes: one line each
 
 
 class Table(rich_table.Table):
@@ -156,10 +160,18 @@ def _note_short_run(train_config: TrainConfig) -> None:
     """After a run that ended before its warm-up did (e.g. --steps 30 with the default 200 warm-up
     steps), one line on stderr: allowed, but the learning rate never reached the peak the config names."""
     if train_config.warmup_steps >= train_config.steps:
-        Console(stderr=True).print(f"note: warmup_steps ({train_config.warmup_steps}) >= steps ({train_config.steps}): "
-                                   f"the learning rate never reached its peak ({train_config.lr:g}); set "
-                                   "train.warmup_steps in a --config file for a shorter warm-up",
-                                   highlight=False, soft_wrap=True)
+        err_console.print(f"note: warmup_steps ({train_config.warmup_steps}) >= steps ({train_config.steps}): the "
+                          f"learning rate never reached its peak ({train_config.lr:g}); set train.warmup_steps in a "
+                          "--config file for a shorter warm-up")
+
+
+def _domain_configs(chosen: Domain, model_values: dict, train_values: dict) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of train and lottery: the chosen domain's defaults with the
+    config file's and the options' values over them (a config file of the other domain is refused)."""
+    if model_values.get("domain", chosen.name) != chosen.name:
+        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
+    return (ModelConfig.from_dict({**chosen.model_config.non_default(), **model_values}),
+            TrainConfig.from_dict({**chosen.train_config.non_default(), **train_values}))
 
 
 def _load_configs(config: Optional[Path]) -> tuple[dict, dict]:
@@ -193,16 +205,12 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     from tinydot.training import train
 
     chosen = get_domain(domain)
-    if model_values.get("domain", chosen.name) != chosen.name:
-        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
     overrides = {"d_model": d_model, "d_mlp": d_mlp, "n_layers": n_layers, "n_heads": n_heads}
     if d_model is not None and d_mlp is None and "d_mlp" not in model_values:
         overrides["d_mlp"] = 4 * d_model  # the recipe's MLP (both domains' defaults are 4 x d_model)
-    model_values = {**chosen.model_config.non_default(), **model_values,
-                    **{k: v for k, v in overrides.items() if v is not None}}
-    train_values = {**chosen.train_config.non_default(), **train_values,
-                    **{k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None}}
-    model_config, train_config = ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+    model_config, train_config = _domain_configs(
+        chosen, {**model_values, **{k: v for k, v in overrides.items() if v is not None}},
+        {**train_values, **{k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None}})
     held_out = chosen.load(chosen.eval_split, data_dir)
     result = train(chosen.load("train", data_dir), out, model_config, train_config, eval_data=held_out)
     nll = evaluate_nll(result.model, held_out if chosen.eval_split == "test" else chosen.load("test", data_dir))
@@ -320,17 +328,14 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     from tinydot.report.pages import write_lottery_figures
 
     chosen = get_domain(domain)
-    if model_values.get("domain", chosen.name) != chosen.name:
-        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
-    model_config = ModelConfig.from_dict({**chosen.model_config.non_default(), **model_values})
-    train_config = TrainConfig.from_dict({**chosen.train_config.non_default(), **train_values})
+    model_config, train_config = _domain_configs(chosen, model_values, train_values)
     prune_config = PruneConfig(**prune_values, prunable=chosen.prunable)
     split = chosen.load(chosen.eval_split, data_dir)
     held_out = split.subset(np.arange(min(eval_sequences, len(split))))
     result = run_lottery(chosen.load("train", data_dir), out, held_out, model_config, train_config, prune_config)
     write_lottery_figures(out)
     table = Table(title=f"lottery tickets: {chosen.eval_split} NLL in {chosen.unit} on {len(held_out):,} "
-                        f"{chosen.eval_split} {'sentences' if chosen.name == 'text' else 'sequences'}")
+                        f"{chosen.eval_split} {chosen.samples}")
     columns = {"level": "level", "sparsity": "sparsity", "bits_per_step": "ticket", "reinit_bits_per_step": "reinit",
                "random_bits_per_step": "random", "unused_fraction": "unused", "unused_fraction_relative": "unused rel",
                "zeroed_bits_per_step": "zeroed"}
@@ -446,14 +451,13 @@ def predict_cmd(study: Path = typer.Option(..., "--study", help="A finished stud
         selection = domain.load(split, data_dir)
         train = selection if split == "train" else domain.load("train", data_dir)  # surprisal's unigrams
     frame = predict(study, selection, train=train)
-    samples = "sequences" if domain.name == "strokes" else "sentences"
     needed = frame[frame["target"] == "needed"]
     prunable = int(frame["prunable_parameters"].iloc[0])
     if needed.empty:
         console.print(f"no needed-fraction line to predict with: {NO_NEEDED_LINE}")
     else:
         table = Table(title=f"needed fraction of {prunable:,} prunable weights for {data} ({len(selection):,} "
-                            f"{samples}), from complexity alone")
+                            f"{domain.samples}), from complexity alone")
         for column in ("measure", "needed", "95% PI", "needed weights (PI)", "smallest model: layers x d_model "
                        "(prunable), at the prediction / PI ends", "in range"):
             table.add_column(column, justify="left" if column.startswith(("measure", "smallest")) else "right")
@@ -657,9 +661,6 @@ def report_cmd(run: Path = typer.Argument(..., help="A finished run folder (stud
         console.print(f"wrote {path}")
 
 
-_SAMPLES = {"bits/step": "sequences", "bits/word": "sentences"}  # what a domain's NLL unit is scored on
-
-
 @app.command("compress")
 def compress_cmd(checkpoint: Path = CheckpointOption,
                  out: Path = typer.Option(..., "--out", help="Run folder (finished rounds are skipped on re-runs)."),
@@ -682,15 +683,15 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
     import math
 
     from tinydot.compress import run_compress
-    from tinydot.report.compression import compression_unit, write_compress_figures
+    from tinydot.report.compression import compression_domain, write_compress_figures
 
     table = run_compress(checkpoint, out, heads=heads, neurons=neurons, layers=layers, importance=importance,
                          rounds=rounds, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          eval_sequences=eval_sequences, score_sequences=score_sequences, seed=seed, data_dir=data_dir)
-    unit = compression_unit(out)
-    figure = write_compress_figures(out, unit)
-    result = Table(title=f"structured pruning ({importance}): test NLL in {unit} on {eval_sequences:,} "
-                         f"{_SAMPLES[unit]}")
+    domain = compression_domain(out)
+    figure = write_compress_figures(out, domain.unit)
+    result = Table(title=f"structured pruning ({importance}): test NLL in {domain.unit} on {eval_sequences:,} "
+                         f"{domain.samples}")
     for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
@@ -714,14 +715,14 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
     check_writable_dir(out)
     check_exists(checkpoint, "checkpoint")
     from tinydot.compress import run_quantize
-    from tinydot.report.compression import compression_unit, write_compress_figures
+    from tinydot.report.compression import compression_domain, write_compress_figures
 
     table = run_quantize(checkpoint, out, bits=tuple(bits), method=method,
                          calibration_sequences=calibration_sequences, eval_sequences=eval_sequences, seed=seed,
                          data_dir=data_dir)
-    unit = compression_unit(out)
-    figure = write_compress_figures(out, unit)
-    result = Table(title=f"quantization: test NLL in {unit} on {eval_sequences:,} {_SAMPLES[unit]}")
+    domain = compression_domain(out)
+    figure = write_compress_figures(out, domain.unit)
+    result = Table(title=f"quantization: test NLL in {domain.unit} on {eval_sequences:,} {domain.samples}")
     for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
@@ -738,7 +739,7 @@ _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.E
 
 
 def _print_error(message: str) -> None:
-    Console(stderr=True, emoji=False).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
 
 
 def main() -> None:
@@ -763,9 +764,8 @@ def main() -> None:
         _print_error(f"{err.filename}: {err.strerror}")
         sys.exit(2)
     if code == 130:  # Ctrl-C
-        Console(stderr=True).print("interrupted: the same command run again resumes where it stopped (train, "
-                                   "lottery, study, rightsize, compress and quantize keep their finished work)",
-                                   highlight=False, soft_wrap=True)
+        err_console.print("interrupted: the same command run again resumes where it stopped (train, lottery, study, "
+                          "rightsize, compress and quantize keep their finished work)")
     if isinstance(code, int) and code:  # --help and interrupts end in an exit code (Ctrl-C: 130)
         sys.exit(code)
 

@@ -42,7 +42,7 @@ from tinydot.data.text import Sentences
 from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, run_kind, sha256_file
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind, sha256_file
 from tinydot.model import Decoder
 from tinydot.pruning.structured import (KINDS, check_importance, remove_units, removal_count, removal_schedule,
                                         unit_shape)
@@ -113,13 +113,14 @@ def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
     source = resolve(checkpoint).resolve()
     configs = {"source": str(source), "source_sha256": sha256_file(source), section: settings}
     path = out / "config.json"
+    check_run_kind(out, section)  # a folder another command wrote, with or without a config.json
     if path.exists():
         stored, given = json.loads(path.read_text()), json.loads(json.dumps(configs))
         if not isinstance(stored, dict) or not isinstance(stored.get(section, {}), dict):
             raise ConfigError(f"{out}/config.json is damaged; choose another output folder or delete it")
-        if section not in stored:
-            kind = run_kind(out) or "different kind of"
-            raise ConfigError(f"{out} holds a {kind} run, not a {section} run; choose another output folder")
+        if section not in stored:  # a config.json no command of tinydot wrote (run_kind knows the others)
+            raise ConfigError(f"{out} holds a different kind of run, not a {section} run; choose another output "
+                              "folder")
         if stored.get("source_sha256") != given["source_sha256"]:
             raise ConfigError(f"{out} holds a {section} run of another checkpoint ({stored.get('source')}); "
                               "choose another output folder or delete it")

@@ -8,6 +8,7 @@ A `Domain` bundles, for one kind of data:
   encode(data, cfg)          the model's length-bucketed batches (`tinydot.data.batching.encode`)
   model_class                the model a ModelConfig of this domain builds (`tinydot.model.MODELS`)
   unit, describe_nll(...)    the unit of the headline NLL, and the line that reports it
+  samples                    what one sample is called in messages: sequences or sentences
   model_config, train_config the defaults of `tinydot train --domain NAME` (and of `tinydot lottery`)
   prunable                   what pruning removes and counts (text: the trunk, not the word embedding)
 
@@ -48,6 +49,7 @@ class Domain:
     eval_split: str
     measures: tuple[str, ...]
     unit: str
+    samples: str  # "sequences" (strokes) or "sentences" (text), in the CLI's lines
     model_config: ModelConfig
     train_config: TrainConfig
     prunable: tuple[str, ...] | None  # what pruning removes and counts (PruneConfig.prunable; None: every matrix)
@@ -101,7 +103,7 @@ def _text_measures(data: Sentences, measures, train: Sentences) -> pd.DataFrame:
 
 STROKES = Domain(
     name="strokes", data_type=Strokes, splits=("train", "test"), eval_split="test",
-    measures=complexity.MEASURES, unit="bits/step",
+    measures=complexity.MEASURES, unit="bits/step", samples="sequences",
     model_config=ModelConfig(), train_config=TrainConfig(), prunable=None,
     load=load_strokes, locate=lambda data_dir: str(locate_data_dir(data_dir)),
     describe_nll=lambda m: f"{m['bits_per_step']:.4f} bits/step", _measure=_stroke_measures,
@@ -115,7 +117,7 @@ STROKES = Domain(
 # 4096, and at equal predictions the smaller batches learned far faster (README, "quality anchor").
 TEXT = Domain(
     name="text", data_type=Sentences, splits=("train", "valid", "test"), eval_split="valid",
-    measures=text_measures.TEXT_MEASURES, unit="bits/word",
+    measures=text_measures.TEXT_MEASURES, unit="bits/word", samples="sentences",
     model_config=ModelConfig(domain="text", vocab_size=PUBLISHED_VOCABULARY, n_layers=4, d_model=128, d_mlp=512),
     train_config=TrainConfig(steps=4000, tokens_per_batch=1024, warmup_steps=100, eval_every=500,
                              checkpoint_every=500, eval_sequences=3370),

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tinydot.checkpoint import MODEL_FILE, load_config
-from tinydot.domains import get_domain
+from tinydot.domains import Domain, get_domain
 from tinydot.errors import TinydotError
 from tinydot.io import atomic_path
 
@@ -63,16 +63,21 @@ def bits_curve(table: pd.DataFrame, unit: str = "bits/step") -> Figure:
     return fig
 
 
-def compression_unit(run_dir: str | os.PathLike) -> str:
-    """The NLL unit of a compress or quantize run folder (bits/step or bits/word): the domain of the
-    checkpoint it was made from (config.json's source), or, if that file is gone, of a model it wrote."""
+def compression_domain(run_dir: str | os.PathLike) -> Domain:
+    """The domain of a compress or quantize run folder: that of the checkpoint it was made from
+    (config.json's source), or, if that file is gone, of a model it wrote."""
     run_dir = Path(run_dir)
     source = json.loads((run_dir / "config.json").read_text()).get("source", "")
     for path in ([Path(source)] if source else []) + [run_dir / MODEL_FILE, *sorted(run_dir.glob(f"*/{MODEL_FILE}"))]:
         if path.is_file():
-            return get_domain(load_config(path).domain).unit
+            return get_domain(load_config(path).domain)
     raise TinydotError(f"{run_dir}: cannot tell which domain its model is: the source checkpoint {source} is "
                        "gone and the folder holds no model file")
+
+
+def compression_unit(run_dir: str | os.PathLike) -> str:
+    """The NLL unit of a compress or quantize run folder: bits/step or bits/word."""
+    return compression_domain(run_dir).unit
 
 
 def write_compress_figures(run_dir: str | os.PathLike, unit: str | None = None) -> Path:

@@ -20,8 +20,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
 from tinydot.errors import ConfigError
-from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, loo_summary,
-                          predictor_ranking)
+from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, is_constant,
+                          loo_summary, predictor_ranking)
 from tinydot.io import atomic_path, atomic_write_text, check_run_kind
 from tinydot.report import figures
 from tinydot.sampling import sample
@@ -95,7 +95,8 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
         if rows.empty:
             continue
         significant = rows[rows["p_value"] < alpha]
-        if rows["p_value"].isna().all() and (rows["coef"] == 0).all():  # fits.is_constant
+        values = bins[f"{target}_fraction"]
+        if is_constant(values[np.isfinite(values)]):  # as ols_table found: no slope, no p-value
             sentences.append(f"{label.capitalize()}: {_fmt(rows['intercept'].iloc[0])} in every bin job "
                              f"(n = {int(rows['n'].iloc[0])}), so no complexity measure moves it.")
         elif significant.empty:
