@@ -73,7 +73,7 @@ def test_complexity_writes_tables_and_plots(data_dir, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--measure", "Q"], "unknown measure 'Q'"),
-    (["--bins", "1"], "bins must be an integer >= 2"),
+    (["--bins", "1"], "--bins must be an integer >= 2"),
     (["--digit", "1", "--bins", "5000"], "5000 bins are more than the 1135 samples"),
 ])
 def test_complexity_bad_arguments(args, message, data_dir, tmp_path, monkeypatch, capsys):
@@ -97,6 +97,26 @@ def test_train_then_sample(data_dir, tmp_path):
     result = run("sample", "--checkpoint", str(run_dir), "--digit", "7", "--n", "4", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_errors_name_the_options_the_user_typed():
+    import typer
+
+    from tinydot.cli import app, option_words
+
+    commands = typer.main.get_command(app).commands
+    hessian, compress, redundancy = (commands[name].params for name in ("hessian", "compress", "redundancy"))
+    assert option_words("lanczos_steps (3) must be >= top_k (5)", hessian) == \
+        "--lanczos-steps (3) must be >= --top-k (5)"
+    assert option_words("sequences must be between 1 and 60000, got 0", hessian) == \
+        "--sequences must be between 1 and 60000, got 0"
+    assert option_words("eval_sequences + score_sequences (1 + 2) exceed the 3 test sequences", compress) == \
+        "--eval-sequences + --score-sequences (1 + 2) exceed the 3 test sequences"
+    for unchanged in ("the top_k largest eigenvalues must be positive",  # a name inside prose
+                      "sequences of 12 positions exceed max_len"):  # a word that is not the field
+        assert option_words(unchanged, hessian) == unchanged
+    assert option_words("model n_heads must be a positive integer", redundancy) == \
+        "model n_heads must be a positive integer"  # a config-file field, though --model is an option
 
 
 @pytest.mark.parametrize("args,message", [
@@ -239,7 +259,7 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     similarity = pd.read_csv(tmp_path / "s" / "similarity.csv", index_col=0).to_numpy()
     assert np.allclose(np.diag(similarity), 1.0)  # a model against itself, layer by layer
     bad = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "bad"), "--top-k", "0")
-    assert_user_error(bad, "top_k must be between 1")
+    assert_user_error(bad, "--top-k must be between 1")  # the option's name, not the API's top_k
 
 
 def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path, monkeypatch, capsys, data_dir):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich import table as rich_table
+from typer.core import TyperGroup
 
 # none of these imports torch, pandas or matplotlib
 from tinydot.config import (ModelConfig, PruneConfig, TrainConfig, check_domain_name, check_preset_name,
@@ -35,11 +37,44 @@ try:  # recent typer carries its own copy of click
 except ImportError:  # older typer runs on click
     from click.exceptions import UsageError
 
+
+def option_words(message: str, params) -> str:
+    """`message` with the API's field names (top_k, bins) written as the command's options (--top-k, --bins).
+
+    The API names a field at the start of its message ("top_k must be ...", "calibration_sequences 300
+    exceeds ...") and a second one after a comparison ("... must be >= top_k (10)"); only those places
+    change, so prose ("the test sequences") and config-file fields ("model n_heads must be") stay.
+    """
+    for param in params:
+        flags = [opt for opt in getattr(param, "opts", ()) if opt.startswith("--")]
+        if not flags or not param.name:
+            continue
+        name = re.escape(param.name)
+        message = re.sub(rf"^{name}(?= must | \(| \+ | \d| exceeds? )", flags[0], message)
+        if "_" in param.name:
+            message = re.sub(rf"(?:(?<=>= )|(?<=, )|(?<=\+ )){name}\b", flags[0], message)
+    return message
+
+
+class _Group(TyperGroup):
+    """A command group whose subcommands' user errors name their options as the user typed them."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TinydotError as err:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            if command is not None and len(err.args) == 1 and isinstance(err.args[0], str):
+                err.args = (option_words(err.args[0], command.params),)
+            raise
+
+
 # plain help (rich_markup_mode=None): typer's boxed help lists every flag as taking a <bool> value
 app = typer.Typer(help="tinydot: data complexity, lottery tickets and prunability of a tiny transformer.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
+                  cls=_Group)
 data_app = typer.Typer(help="Inspect the data: MNIST pen strokes or Penn Treebank text.", no_args_is_help=True,
-                       rich_markup_mode=None)
+                       rich_markup_mode=None, cls=_Group)
 
 
 @app.callback()
