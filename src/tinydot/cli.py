@@ -641,7 +641,8 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
                                                          "(default), type_token_ratio."),
                    bins: int = typer.Option(5, help="Number of equal-count quantile bins."),
                    digit: Optional[int] = typer.Option(None, help="Only this digit class."),
-                   balanced: bool = typer.Option(False, help="Equal counts of every class in every bin."),
+                   balanced: bool = typer.Option(False, help="Equal counts of every class in every bin (each class "
+                                                 "ranked within itself: bin ranges overlap)."),
                    seed: int = typer.Option(0, help="Seed for breaking ties between equal values."),
                    domain: str = DomainOption,
                    data_dir: Optional[Path] = DataDirOption) -> None:

@@ -279,7 +279,8 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
                 window.update(nll=0.0, tokens=0)
                 status = f"train {history[-1]['train_bits_per_position']:.3f} b/pos"
                 if "eval_bits_per_step" in history[-1]:
-                    status += f"  eval {history[-1]['eval_bits_per_step']:.3f} b/step"
+                    unit = "b/word" if model_config.domain == "text" else "b/step"  # the column's name is both
+                    status += f"  eval {history[-1]['eval_bits_per_step']:.3f} {unit}"
                 bar.update(task, status=status)
             if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 save_checkpoint()
