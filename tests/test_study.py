@@ -196,6 +196,25 @@ def test_leave_one_bin_out_is_exact_on_a_line():
     assert np.abs(loo.baseline_error).max() > 0.01  # ignoring complexity does worse
 
 
+def test_leave_one_bin_out_fits_the_line_through_the_other_bins_means():
+    # a seed "not reached" (NaN) leaves its bin with fewer seeds: the line through the jobs would
+    # weigh that bin less; the one through the bins' means counts every bin once
+    jobs = synthetic_jobs(noise=0.02)
+    bins = jobs[(jobs.kind == "bin") & (jobs.measure == "L")]
+    jobs.loc[bins.index[(bins.bin == 3) & (bins.seed == bins.seed.min())], "needed_fraction"] = np.nan
+    loo = leave_one_bin_out(jobs, ["L"], ["needed"]).set_index("bin")
+    bins = jobs[(jobs.kind == "bin") & (jobs.measure == "L")].dropna(subset=["needed_fraction"])
+    means = bins.groupby("bin")[["mean_L", "needed_fraction"]].mean()
+    for b in (0, 1, 2, 4):  # bin 3's own mean is NaN: it has no actual value to predict
+        rest = means.drop(index=b)
+        slope, intercept = np.polyfit(rest.mean_L, rest.needed_fraction, 1)
+        x = jobs[(jobs.kind == "bin") & (jobs.measure == "L") & (jobs.bin == b)].mean_L.mean()
+        assert loo.loc[b, "predicted"] == pytest.approx(intercept + slope * x)
+        jobs_slope, jobs_intercept = np.polyfit(*bins[bins.bin != b][["mean_L", "needed_fraction"]].T.to_numpy(), 1)
+        assert abs(jobs_intercept + jobs_slope * x - (intercept + slope * x)) > 1e-4  # the two lines differ
+    assert 3 not in loo.index
+
+
 def test_held_out_classes_are_predicted_with_intervals():
     jobs = synthetic_jobs(noise=0.0)
     jobs = jobs.assign(mean_L=jobs.mean_L - jobs.seed)  # both seeds at the same x: an exact line

@@ -116,8 +116,9 @@ def seed_slopes(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
 def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """Each bin (all its seeds) predicted by the line fitted to the other bins of the same binning
     measure, against the no-complexity baseline (their mean). Bins of another binning measure stay
-    out of the fit: they share most of their sequences with the bin left out. Two remaining bins
-    suffice for a line's prediction (no interval is used)."""
+    out of the fit: they share most of their sequences with the bin left out. The line goes through
+    the bins' means (`Line`, as every prediction does), so a bin with a seed "not reached" counts
+    once, like the others. Two remaining bins suffice for a line's prediction (no interval is used)."""
     bins, rows = _bins(jobs), []
     groups = bins.groupby(["measure", "bin"]).groups
     for target in targets:
@@ -130,7 +131,7 @@ def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
                 actual = held[y_col].mean() if np.isfinite(held[y_col]).all() else np.nan
                 if rest["bin"].nunique() < 2 or not np.isfinite(actual):
                     continue
-                fit = fit_ols(rest[f"mean_{m}"], rest[y_col])
+                fit = Line(rest[[f"mean_{m}"]], rest[y_col], data_sets(rest)).fit
                 x = held[f"mean_{m}"].mean()
                 predicted = fit.params[0] + fit.params[1] * x
                 rows.append({"predictor": m, "target": target, "measure": measure, "bin": int(b), "x": x,
