@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,15 +32,21 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    path = Path(path)
+@contextmanager
+def _opened(path: Path):
+    """The safetensors file at `path`, open; a CheckpointError if it is missing or unreadable."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with _opened(Path(path)) as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}
 
 
 def save_model(path: str | os.PathLike, model: Decoder, extra: dict | None = None) -> None:
@@ -79,13 +86,8 @@ def _model_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """The model config of a checkpoint file or run folder, read from its metadata alone (no weights)."""
     path = resolve(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+    with _opened(path) as handle:
+        metadata = handle.metadata() or {}
     return _model_config(path, metadata)
 
 
