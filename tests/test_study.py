@@ -210,6 +210,7 @@ def test_leave_one_bin_out_fits_the_line_through_the_other_bins_means():
         slope, intercept = np.polyfit(rest.mean_L, rest.needed_fraction, 1)
         x = jobs[(jobs.kind == "bin") & (jobs.measure == "L") & (jobs.bin == b)].mean_L.mean()
         assert loo.loc[b, "predicted"] == pytest.approx(intercept + slope * x)
+        assert loo.loc[b, "baseline_error"] == pytest.approx(rest.needed_fraction.mean() - means.needed_fraction[b])
         jobs_slope, jobs_intercept = np.polyfit(*bins[bins.bin != b][["mean_L", "needed_fraction"]].T.to_numpy(), 1)
         assert abs(jobs_intercept + jobs_slope * x - (intercept + slope * x)) > 1e-4  # the two lines differ
     assert 3 not in loo.index

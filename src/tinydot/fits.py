@@ -117,8 +117,9 @@ def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """Each bin (all its seeds) predicted by the line fitted to the other bins of the same binning
     measure, against the no-complexity baseline (their mean). Bins of another binning measure stay
     out of the fit: they share most of their sequences with the bin left out. The line goes through
-    the bins' means (`Line`, as every prediction does), so a bin with a seed "not reached" counts
-    once, like the others. Two remaining bins suffice for a line's prediction (no interval is used)."""
+    the bins' means (`Line`, as every prediction does), and the baseline is the mean of those means,
+    so a bin with a seed "not reached" counts once, like the others. Two remaining bins suffice for a
+    line's prediction (no interval is used)."""
     bins, rows = _bins(jobs), []
     groups = bins.groupby(["measure", "bin"]).groups
     for target in targets:
@@ -136,7 +137,7 @@ def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
                 predicted = fit.params[0] + fit.params[1] * x
                 rows.append({"predictor": m, "target": target, "measure": measure, "bin": int(b), "x": x,
                              "actual": actual, "predicted": predicted, "error": predicted - actual,
-                             "baseline_error": rest[y_col].mean() - actual})
+                             "baseline_error": rest.groupby("bin")[y_col].mean().mean() - actual})
     return pd.DataFrame(rows)
 
 
