@@ -22,13 +22,20 @@ def perturbed_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
 
 def user_error(monkeypatch, capsys, *args) -> str:
     """Run the CLI's main() in-process (no interpreter start-up, no torch import per call); assert exit
-    status 2 and a one-line message without a traceback; return the message."""
+    status 2 and a one-line message without a traceback or a warning; return the message.
+
+    A warning would reach a user's terminal as more lines; in-process, pytest collects it apart from
+    stderr, so it is recorded here and counted with the message."""
+    import warnings
+
     from tinydot.cli import main
 
     monkeypatch.setattr(sys, "argv", ["tinydot", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         main()
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not caught, [str(w.message) for w in caught]
     return err
