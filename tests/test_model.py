@@ -87,8 +87,29 @@ def test_same_seed_same_curve_and_resume_is_exact(few, tmp_path, monkeypatch):
 
 def test_a_run_folder_refuses_a_different_config(few, tmp_path):
     train(few, tmp_path, TINY, TrainConfig(steps=2, eval_every=0), progress=False)
-    with pytest.raises(ConfigError, match="different configuration"):
+    with pytest.raises(ConfigError, match=r"different configuration \(train.steps 2 -> 3\)"):
         train(few, tmp_path, TINY, TrainConfig(steps=3, eval_every=0), progress=False)
+
+
+def test_a_finished_run_is_not_returned_for_other_inputs(few, tmp_path):
+    # a finished folder used to come back as it was, whatever the data: now the inputs are recorded
+    cfg = TrainConfig(steps=2, eval_every=1)
+    first = train(few, tmp_path, TINY, cfg, eval_data=few.subset(np.arange(10)), progress=False)
+    assert train(few.subset(np.arange(len(few))), tmp_path, TINY, cfg, eval_data=few.subset(slice(10)),
+                 progress=False).history.equals(first.history)  # equal data in new objects: the same run
+    others = [((few.subset(np.arange(1, len(few))),), {"eval_data": few.subset(np.arange(10))}, "the training data"),
+              ((few,), {"eval_data": few.subset(np.arange(1, 11))}, "the held-out data"),
+              ((few,), {"eval_data": few.subset(np.arange(10)), "start_step": 1}, "the start step"),
+              ((few,), {"eval_data": few.subset(np.arange(10)), "init_state": init_model(TINY, 5).state_dict()},
+               "the initial weights")]
+    for args, kwargs, named in others:
+        with pytest.raises(ConfigError, match=f"on other inputs \\({named}\\); choose another output folder"):
+            train(*args, tmp_path, TINY, cfg, progress=False, **kwargs)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["inputs"]["data"] == few.fingerprint and stored["inputs"]["start_step"] == 0
+    del stored["inputs"]  # a folder written before inputs were recorded is taken to match them
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert train(few.subset(np.arange(1, len(few))), tmp_path, TINY, cfg, progress=False).history.equals(first.history)
 
 
 def test_a_folder_written_before_a_config_field_existed_still_resumes(few, tmp_path):

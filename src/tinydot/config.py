@@ -59,11 +59,25 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_seed(seed: Any, what: str = "--seed") -> int:
+def check_seed(seed: Any, what: str = "seed") -> int:
     """The one rule for every seed in tinydot: an integer in 0..MAX_SEED (2**32 - 1)."""
     _check(is_integer(seed) and 0 <= seed <= MAX_SEED,
            f"{what} must be an integer between 0 and {MAX_SEED}, got {seed!r}")
     return int(seed)
+
+
+def changes(stored: dict, given: dict) -> list[str]:
+    """Where two configurations (dicts of sections, each a dict of fields, or of plain values)
+    differ, as "section.field stored -> given" or "key stored -> given"; empty when they agree."""
+    changed = []
+    for key in sorted(set(stored) | set(given)):
+        old, new = stored.get(key), given.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{field} {old.get(field)!r} -> {new.get(field)!r}"
+                        for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
+        elif old != new:
+            changed.append(f"{key} {old!r} -> {new!r}")
+    return changed
 
 
 def _is_json_int(value: Any) -> bool:

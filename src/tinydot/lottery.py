@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinydot.checkpoint import load_model, load_tensors
-from tinydot.config import ModelConfig, PruneConfig, TrainConfig
+from tinydot.config import ModelConfig, PruneConfig, TrainConfig, changes
 from tinydot.data.batching import Encoded, EncodedText, encode
 from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
@@ -52,6 +52,8 @@ CONTROL_SEED_OFFSET = 10_000  # fresh inits and random masks use seeds far from 
 
 @dataclass
 class LotteryResult:
+    """What `run_lottery` returns: one row per level (results.csv) and the run folder."""
+
     table: pd.DataFrame
     run_dir: Path
 
@@ -89,15 +91,7 @@ def _differences(stored, configs: dict, stop_above_delta: bool) -> list[str]:
     if not stop_above_delta:
         stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k != "delta"}}
                            for c in (stored, configs))
-    changed = []
-    for key in sorted(set(stored) | set(configs)):
-        old, new = stored.get(key), configs.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += [f"{key}.{field} {old.get(field)!r} -> {new.get(field)!r}"
-                        for field in sorted(set(old) | set(new)) if old.get(field) != new.get(field)]
-        elif old != new:
-            changed.append(f"{key} {old!r} -> {new!r}")
-    return changed
+    return changes(stored, configs)
 
 
 def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
@@ -110,7 +104,8 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     training run resumes from its last checkpoint. `max_level` stops after that level (the study
     needs only the first round). With `stop_above_delta`, no further level is trained once a
     ticket's NLL exceeds the dense NLL by more than prune_config.delta (relative): the needed
-    density is bracketed. Returns the per-level table.
+    density is bracketed. Returns a LotteryResult: the per-level table (`.table`, as results.csv)
+    and the run folder.
     """
     cfg, k = prune_config, prune_config.rewind_step
     if k >= train_config.steps:

@@ -6,7 +6,8 @@
   model.safetensors       the final weights with the model config (what `load_model` reads)
   touched.safetensors     per weight of every matrix and embedding: True if any training step gave
                           it a non-zero gradient (an embedding row the data never indexes stays False)
-  config.json             model and train configs
+  config.json             model and train configs, and digests of the inputs (data, held-out data,
+                          start step, initial weights, mask): another run is refused, not resumed
   metrics.csv             the training curve
   cost.json               wall and CPU seconds, training and evaluation FLOPs, energy (tinydot.cost)
 Calling `train` again on the same folder resumes from the last checkpoint, or, if the run is
@@ -30,10 +31,10 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tinydot.checkpoint import MODEL_FILE, CheckpointError, load_model, load_tensors, save_model, save_tensors
-from tinydot.config import ModelConfig, TrainConfig
+from tinydot.config import ModelConfig, TrainConfig, changes
 from tinydot.cost import CostMeter
 from tinydot.data.batching import Encoded, EncodedText, encode, epoch_batches
-from tinydot.data.strokes import Strokes
+from tinydot.data.strokes import Strokes, fingerprint
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
@@ -158,12 +159,36 @@ def training_step(model: Decoder, optimizer: torch.optim.Optimizer, batch: tuple
     return float(nll.detach().sum())
 
 
-def _same_configs(stored: dict, model_config: ModelConfig, train_config: TrainConfig) -> bool:
+# config.json's "inputs": what besides the configs decides a run's numbers, as digests
+INPUTS = {"data": "the training data", "eval_data": "the held-out data", "start_step": "the start step",
+          "init_state": "the initial weights", "mask": "the mask"}
+
+
+def _tensors_fingerprint(tensors: dict[str, torch.Tensor] | None) -> str | None:
+    if tensors is None:
+        return None
+    names = sorted(tensors)
+    return fingerprint(np.array(names), *(tensors[name].detach().cpu().numpy() for name in names))
+
+
+def _refusal(run_dir: Path, stored, configs: dict, inputs: dict) -> str | None:
+    """Why a folder's config.json forbids resuming or reusing it for this run (None: it is this run).
+
+    Configs are compared as configs, so a folder written before a field existed (the field takes its
+    default) still resumes; a folder written before its inputs were recorded is taken to match them."""
     try:
-        return (ModelConfig.from_dict(stored.get("model", {})) == model_config
-                and TrainConfig.from_dict(stored.get("train", {})) == train_config)
-    except (ConfigError, TypeError):  # a field this version does not know, or a broken value
-        return False
+        stored_configs = {"model": ModelConfig.from_dict(stored.get("model", {})).to_dict(),
+                          "train": TrainConfig.from_dict(stored.get("train", {})).to_dict()}
+    except (ConfigError, TypeError, AttributeError):  # a field this version does not know, or a broken file
+        return f"{run_dir} holds a run whose config.json this version cannot read; choose another output folder"
+    changed = changes(stored_configs, configs)
+    if changed:
+        return f"{run_dir} holds a run with a different configuration ({', '.join(changed)})"
+    recorded = stored.get("inputs")
+    differ = [INPUTS[key] for key in INPUTS if isinstance(recorded, dict) and recorded.get(key) != inputs[key]]
+    if differ:
+        return f"{run_dir} holds a run of this configuration on other inputs ({', '.join(differ)})"
+    return None
 
 
 def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: ModelConfig = ModelConfig(),
@@ -189,24 +214,26 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     if len(data) == 0:
         raise ConfigError("no training sequences selected")
     encoded = encode(data, model_config)  # checks that the data fit the model before anything is written
+    cfg = train_config
+    eval_data = eval_data.subset(np.arange(min(cfg.eval_sequences, len(eval_data)))) if eval_data else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
+    inputs = {"data": data.fingerprint, "eval_data": eval_data.fingerprint if eval_data else None,
+              "start_step": start_step, "init_state": _tensors_fingerprint(init_state),
+              "mask": _tensors_fingerprint(mask)}
     config_path = run_dir / "config.json"
     check_run_kind(run_dir, "training")
     if config_path.exists():
-        existing = json.loads(config_path.read_text())
-        # compared as configs, so a folder written before a field existed (it takes its default) still resumes
-        if not _same_configs(existing, model_config, train_config):
-            raise ConfigError(f"{run_dir} holds a run with a different configuration; "
-                              "choose another output folder or delete it")
+        refusal = _refusal(run_dir, json.loads(config_path.read_text()), configs, inputs)
+        if refusal:
+            raise ConfigError(f"{refusal}; choose another output folder or delete it")
     else:
-        atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
+        atomic_write_text(config_path, json.dumps({**configs, "inputs": inputs}, indent=2) + "\n")
 
     if (run_dir / MODEL_FILE).exists() and (run_dir / "metrics.csv").exists():  # written last: finished
         return TrainResult(load_model(run_dir / MODEL_FILE), pd.read_csv(run_dir / "metrics.csv"), run_dir)
 
-    cfg = train_config
     model = init_model(model_config, cfg.seed)
     if init_state is not None:
         model.load_state_dict(init_state)
@@ -231,8 +258,7 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
         step, history = int(metadata["step"]), json.loads(metadata["history"])
         window = json.loads(metadata["window"])
 
-    held_out = (encode(eval_data.subset(np.arange(min(cfg.eval_sequences, len(eval_data)))), model_config)
-                if eval_data else None)
+    held_out = encode(eval_data, model_config) if eval_data else None
     stream = BatchStream(encoded, cfg, start_step=step)
 
     def save_checkpoint():

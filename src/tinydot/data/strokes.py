@@ -24,6 +24,7 @@ import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,40 @@ _CACHE_VERSION = 1  # bump when the parsed layout changes
 _HOW_TO_POINT = "pass --data-dir DIR or set TINYDOT_DATA=DIR to a folder holding the four archives"
 
 
+def selection(index, n: int, what: str = "sequences") -> np.ndarray:
+    """The int64 positions that `index` selects among `n` items: integer positions (an array, list or
+    range; negative ones count from the end), a boolean mask of length `n`, or a slice. Anything else,
+    and positions outside 0..n-1, get a DataError (`subset` of both data classes takes these)."""
+    if isinstance(index, slice):
+        return np.arange(n)[index]
+    array = np.asarray(index)
+    if array.ndim != 1:
+        raise DataError(f"select {what} with a 1-d array of positions, a boolean mask or a slice, "
+                        f"not {type(index).__name__} of shape {array.shape}")
+    if array.dtype == bool:
+        if len(array) != n:
+            raise DataError(f"a selection mask needs {n} entries, got {len(array)}")
+        return np.flatnonzero(array)
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"select {what} by integer positions, got {array.dtype} values")
+    if array.min() < -n or array.max() >= n:
+        bad = array[(array < -n) | (array >= n)][0]
+        raise DataError(f"position {bad} is out of range for {n} {what}")
+    return array.astype(np.int64) % n if n else array.astype(np.int64)
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A digest of arrays' dtypes, shapes and values: equal data, equal fingerprint (16 hex digits)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes() if array.dtype.kind == "U" else memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True, eq=False)
 class Strokes:
     """One split of stroke sequences in compact integer form.
@@ -84,12 +119,15 @@ class Strokes:
         return len(self.lengths)
 
     def subset(self, index) -> Strokes:
-        """The sequences selected by `index` (an integer array or boolean mask)."""
-        index = np.asarray(index)
-        if index.dtype == bool and index.shape != self.lengths.shape:
-            raise DataError(f"a selection mask needs {len(self)} entries, got {index.shape[0]}")
+        """The sequences selected by `index` (integer positions, a boolean mask or a slice), in its order."""
+        index = selection(index, len(self))
         return Strokes(self.steps[index], self.lengths[index], self.labels[index],
                        self.starts[index], self.split)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the sequences (steps, lengths, labels, starts; not the split's name)."""
+        return fingerprint(self.steps, self.lengths, self.labels, self.starts)
 
     def positions(self) -> np.ndarray:
         """Absolute pen positions, start included: int16 array (n_sequences, max_steps + 1, 2).
@@ -334,7 +372,7 @@ def read_split(data_dir: str | os.PathLike, split: str) -> Strokes:
 def check_digit(digit: int | None) -> None:
     """Reject a digit class outside 0..9 (None means 'all classes')."""
     if digit is not None and not 0 <= digit < NUM_CLASSES:
-        raise DataError(f"--digit must be between 0 and {NUM_CLASSES - 1}, got {digit}")
+        raise DataError(f"digit must be between 0 and {NUM_CLASSES - 1}, got {digit}")
 
 
 def digit_subset(strokes: Strokes, digit: int | None) -> Strokes:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tinydot.data.strokes import cache_dir, read_cached_arrays
+from tinydot.data.strokes import cache_dir, fingerprint, read_cached_arrays, selection
 from tinydot.errors import DataError
 from tinydot.io import atomic_path, not_a_folder
 
@@ -96,6 +96,11 @@ class Sentences:
         return np.cumsum(self.lengths, dtype=np.int64) - self.lengths
 
     @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the sentences and their vocabulary (not the split's name)."""
+        return fingerprint(self.tokens, self.lengths, self.vocabulary)
+
+    @cached_property
     def word_ids(self) -> dict[str, int]:
         """word -> id."""
         return {word: i for i, word in enumerate(self.vocabulary.tolist())}
@@ -113,12 +118,8 @@ class Sentences:
         return np.repeat(np.arange(len(self)), self.lengths)
 
     def subset(self, index) -> Sentences:
-        """The sentences selected by `index` (an integer array or boolean mask), in its order."""
-        index = np.asarray(index)
-        if index.dtype == bool:
-            if index.shape != self.lengths.shape:
-                raise DataError(f"a selection mask needs {len(self)} entries, got {index.shape[0]}")
-            index = np.flatnonzero(index)
+        """The sentences selected by `index` (integer positions, a boolean mask or a slice), in its order."""
+        index = selection(index, len(self), "sentences")
         lengths = self.lengths[index]
         # token j of the selection sits at its sentence's offset + (j - that sentence's first j)
         shift = np.repeat(self.offsets[index] - (np.cumsum(lengths, dtype=np.int64) - lengths), lengths)
