@@ -275,11 +275,12 @@ def test_seed_rule_in_the_api(tiny_checkpoint):
     from tinydot.checkpoint import load_model
 
     model = load_model(tiny_checkpoint)
-    with pytest.raises(ConfigError, match="--seed must be an integer between 0 and 4294967295, got -1"):
+    # the API names its argument; the CLI's message names the option (test_negative_seeds_are_refused_everywhere)
+    with pytest.raises(ConfigError, match="^seed must be an integer between 0 and 4294967295, got -1"):
         sample(model, [3], seed=-1)
     with pytest.raises(ConfigError, match="got 4294967296"):
         sample(model, [3], seed=2**32)
-    with pytest.raises(ConfigError, match="--seed must be"):
+    with pytest.raises(ConfigError, match="^seed must be"):
         evaluate(model, seed=-1)
     assert len(sample(model, [3], seed=2**32 - 1)) == 1
 
@@ -407,3 +408,69 @@ def test_an_os_error_on_a_users_path_is_one_line_too():
     assert_one_line_exit_2(run(28), "x.csv: message")  # ENOSPC
     not_the_users = run(2)  # ENOENT: tinydot checks the paths it reads, so this would be a bug
     assert not_the_users.returncode == 1 and "Traceback" in not_the_users.stderr
+
+
+# --------------------------------------------------------------------------- 10. the Python API's inputs
+
+def test_api_inputs_get_one_line_errors(tiny_checkpoint, data_dir, tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from tinydot.checkpoint import load_model
+    from tinydot.complexity import quantile_bins
+    from tinydot.data import load_strokes
+    from tinydot.data.batching import encode
+    from tinydot.domains import DOMAINS
+    from tinydot.errors import DataError
+    from tinydot.evaluation import evaluate_nll
+    from tinydot.training import train
+
+    model, test = load_model(tiny_checkpoint), load_strokes("test")
+    text_model = init_model(dataclasses.replace(DOMAINS["text"].model_config, n_layers=1, d_model=8, d_mlp=16), 0)
+    with pytest.raises(ConfigError, match="^sample draws digits from a strokes model; this is a text model$"):
+        sample(text_model, [3])
+    with pytest.raises(ConfigError, match=r"^unknown domain 'txt' \(did you mean text\?\); choose strokes or text"):
+        load_model(tiny_checkpoint, domain="txt")
+    with pytest.raises(ConfigError, match="^no sequences to evaluate"):
+        evaluate_nll(model, test.subset([]))
+    with pytest.raises(ConfigError, match="^tokens_per_batch must be a positive integer, got 0"):
+        evaluate_nll(model, test, tokens_per_batch=0)
+    with pytest.raises(ConfigError, match="^labels must give one class per value: 10 labels for 500 values"):
+        quantile_bins(np.arange(500.0), 3, labels=test.labels[:10])
+    with pytest.raises(ConfigError, match="^the data hold digit class 9 but the model config has n_classes 3"):
+        encode(test, ModelConfig(n_classes=3))
+    with pytest.raises(DataError, match="^select sequences with a 1-d array of positions"):
+        test.subset(5)
+    with pytest.raises(DataError, match="^position 10000 is out of range for 10000 sequences"):
+        test.subset([0, 10_000])
+    assert test.subset(slice(5, 8)).fingerprint == test.subset([5, 6, 7]).fingerprint != test.subset([5, 6]).fingerprint
+    assert (test.subset([-1]).lengths == test.lengths[-1:]).all()
+
+    from tinydot.study import run_study
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="a-file is an existing file, not a folder"):
+        run_study(Study.preset("quick"), tmp_path / "a-file")
+
+    # a training run's resume point is not a model: the message says which file is
+    run = tmp_path / "run"
+    train(test.subset(np.arange(50)), run, model.cfg, TrainConfig(steps=1, eval_every=0), progress=False)
+    with pytest.raises(TinydotError, match="is a training run's resume point .* give the run folder or its "
+                                           "model.safetensors"):
+        load_model(run / "checkpoint.safetensors")
+
+
+def test_api_takes_one_value_where_it_takes_several(tiny_checkpoint, data_dir, tmp_path):
+    import pandas as pd
+
+    from tinydot.compress import run_quantize
+    from tinydot.fits import Line
+    from tinydot.runs import write_svcca
+
+    similarity = write_svcca(str(tiny_checkpoint), tmp_path / "svcca", sequences=10)["similarity"]  # not per character
+    assert similarity.shape == (2, 2)  # one layer and the embeddings, against themselves
+    table = run_quantize(tiny_checkpoint, tmp_path / "q", bits=8, method="rtn", eval_sequences=10)
+    assert table["bits"].tolist() == [32, 8]
+    line = Line(pd.DataFrame({"L": [1.0, 2.0, 3.0, 4.0]}), [1.0, 2.1, 2.9, 4.2])
+    assert line.predict(2.5) == line.predict([2.5])

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from tinydot.config import ModelConfig
+from tinydot.config import ModelConfig, check_domain_name
 from tinydot.errors import ConfigError, TinydotError
 from tinydot.io import atomic_path
 from tinydot.model import Decoder, build_model
@@ -75,6 +75,9 @@ def is_tinydot_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def _model_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
+    if {"step", "history"} <= set(metadata) and "model_config" not in metadata:  # train's checkpoint.safetensors
+        raise CheckpointError(f"{path} is a training run's resume point (weights and optimizer state), not a "
+                              f"model; give the run folder or its {MODEL_FILE}")
     if metadata.get("format") != "tinydot" or "model_config" not in metadata:
         raise CheckpointError(f"{path} is not a tinydot checkpoint (no model config in its metadata)")
     try:
@@ -98,6 +101,8 @@ def load_model(path: str | os.PathLike, *, domain: str | None = None) -> Decoder
     domain : if given, a CheckpointError unless the model is of this domain (for the analyses
              that exist for one domain only).
     """
+    if domain is not None:
+        check_domain_name(domain)
     path = resolve(path)
     tensors, metadata = load_tensors(path)
     cfg = _model_config(path, metadata)

@@ -42,15 +42,16 @@ def option_words(message: str, params) -> str:
     """`message` with the API's field names (top_k, bins) written as the command's options (--top-k, --bins).
 
     The API names a field at the start of its message ("top_k must be ...", "calibration_sequences 300
-    exceeds ...") and a second one after a comparison ("... must be >= top_k (10)"); only those places
-    change, so prose ("the test sequences") and config-file fields ("model n_heads must be") stay.
+    exceeds ...", "data test:x: the digit ...") and a second one after a comparison ("... must be >=
+    top_k (10)"); only those places change, so prose ("the test sequences") and config-file fields
+    ("model n_heads must be") stay.
     """
     for param in params:
         flags = [opt for opt in getattr(param, "opts", ()) if opt.startswith("--")]
         if not flags or not param.name:
             continue
         name = re.escape(param.name)
-        message = re.sub(rf"^{name}(?= must | \(| \+ | \d| exceeds? )", flags[0], message)
+        message = re.sub(rf"^{name}(?= (?:must |exceeds? |\(|\+ |\d|\S+[:,] ))", flags[0], message)
         if "_" in param.name:
             message = re.sub(rf"(?:(?<=>= )|(?<=, )|(?<=\+ )){name}\b", flags[0], message)
     return message

@@ -167,6 +167,8 @@ def quantile_bins(values, k: int, *, labels=None, seed: int = 0) -> np.ndarray:
         raise ConfigError(f"{k} bins are more than the {n} samples selected")
     if not np.isfinite(values).all():
         raise ConfigError("cannot bin non-finite values")
+    if labels is not None and len(labels) != n:
+        raise ConfigError(f"labels must give one class per value: {len(labels)} labels for {n} values")
     groups = [np.arange(n)] if labels is None else [np.flatnonzero(np.asarray(labels) == c)
                                                     for c in np.unique(labels)]
     rng = np.random.default_rng(seed)

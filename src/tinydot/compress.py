@@ -71,7 +71,7 @@ class CompressConfig:
     def check(self) -> None:
         for kind, fraction in self.fractions().items():
             if not 0 <= fraction < 1:
-                raise ConfigError(f"--{kind} must be a fraction in [0, 1), got {fraction}")
+                raise ConfigError(f"{kind} must be a fraction in [0, 1), got {fraction}")
         if not any(self.fractions().values()):
             raise ConfigError("nothing to remove: give a fraction with --heads, --neurons or --layers")
         check_importance(self.importance)
@@ -242,6 +242,7 @@ def run_quantize(checkpoint, out, *, bits=(8, 4, 3, 2), method: str = "gpfq", ca
     """Quantize a trained checkpoint at each bit width in `bits` with `method` (gpfq or rtn),
     writing a run folder (see the module docstring); finished bit widths are skipped on re-runs.
     Returns the results table (first row: the float32 model)."""
+    bits = (bits,) if isinstance(bits, int) else bits  # one width or several
     cfg = QuantizeConfig(tuple(bits), method, calibration_sequences, eval_sequences, seed)
     cfg.check()
     cfg = replace(cfg, bits=tuple(sorted(cfg.bits, reverse=True)))  # the same widths in any order: the same run

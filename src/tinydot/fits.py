@@ -185,6 +185,7 @@ class Line:
         lies inside the range of the data sets the line went through."""
         from scipy import stats  # as statsmodels in fit_ols (which has imported it by now anyway)
 
+        point = np.atleast_1d(np.asarray(point, dtype=float))  # one value per column; a number for one column
         frame = self.fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
         new = max(self.fit.scale - self.within / self.seeds, 0.0) + self.within / observations
         half = stats.t.ppf(0.975, self.fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + new)

@@ -44,7 +44,7 @@ def parse_selection(data: str) -> tuple[str, int | None]:
     """'train' or 'train:7' -> (split, digit or None)."""
     split, _, digit = data.partition(":")
     if digit and not (digit.isdigit() and 0 <= int(digit) <= 9):
-        raise ConfigError(f"--data {data}: the digit after ':' must be 0..9")
+        raise ConfigError(f"data {data}: the digit after ':' must be 0..9")
     return split, int(digit) if digit else None
 
 
@@ -79,14 +79,14 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     domain = study.domain
     split, digit = parse_selection(data)
     if split != "train":
-        raise ConfigError(f"--data {data}: right-sizing trains on the selection and scores on the test split; "
+        raise ConfigError(f"data {data}: right-sizing trains on the selection and scores on the test split; "
                           f"give {'train or train:DIGIT' if domain.name == 'strokes' else 'train'}")
     if domain.name == "strokes":
         selection = digit_subset(domain.load(split, data_dir), digit)
         test = digit_subset(domain.load("test", data_dir), digit)
     else:
         if digit is not None:
-            raise ConfigError(f"--data {data}: a {domain.name} study has no classes; give train")
+            raise ConfigError(f"data {data}: a {domain.name} study has no classes; give train")
         selection, test = domain.load("train", data_dir), domain.load("test", data_dir)
     frame = predict(study_dir, selection, train=selection)  # train: text's surprisal unigrams (strokes ignore it)
     predictor = predictor or best_predictor(study_dir)

@@ -40,9 +40,11 @@ def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str |
                      balanced: bool = False, seed: int = 0, train: Sentences | None = None) -> dict[str, Path]:
     """Measure `data` (strokes or sentences: every measure of its domain), bin it by `measure` into
     `k` quantile bins, and write into `out`: measures.csv (per sample, with its bin), bins.csv
-    (edges), summary.csv and correlations.csv (Pearson, between measures). `balanced` (equal digit
-    classes per bin) is for strokes; `train` is the text split whose unigram distribution
-    `surprisal` uses (default: `data`)."""
+    (count, low, high and mean per bin), summary.csv and correlations.csv (Pearson, between
+    measures); returns {"measures", "bins", "summary", "correlations": path}. The histograms are the
+    report's (`tinydot.report.pages.write_complexity_figures(out)`). `balanced` (equal digit classes
+    per bin, each class ranked within itself) is for strokes; `train` is the text split whose unigram
+    distribution `surprisal` uses (default: `data`)."""
     domain = domain_of(data)
     domain.check_measure(measure)
     check_seed(seed)
@@ -75,7 +77,7 @@ def save_samples(checkpoint, out, *, digit: int | None = None, n: int = 16, temp
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out} must end in .png")
     if not 1 <= n <= 1000:
-        raise ConfigError(f"--n must be between 1 and 1000, got {n}")
+        raise ConfigError(f"n must be between 1 and 1000, got {n}")
     check_digit(digit)
     check_temperature(temperature)
     check_seed(seed)
@@ -151,6 +153,7 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
                 data_dir=None) -> dict:
     """SVCCA between every layer of one checkpoint (or of two) on the same test tokens.
 
+    checkpoints : one checkpoint (a path) or a list of one or two.
     Writes similarity.csv (rows: layers of the first model, columns: layers of the second, or
     of the same model), dims.csv (intrinsic dimensionality of every layer at `keep`) and
     svcca.json (what was compared) and cost.json into `out`; returns {"similarity": DataFrame, "dims": DataFrame}.
@@ -158,6 +161,8 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
     out = check_writable_dir(out)  # before the meter makes the folder
     check_run_kind(out, "svcca")
     check_seed(seed)
+    if isinstance(checkpoints, (str, os.PathLike)):  # one checkpoint, not a sequence of characters
+        checkpoints = [checkpoints]
     with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
         return _svcca(checkpoints, out, sequences, keep, seed, data_dir)
 

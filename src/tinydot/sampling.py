@@ -21,7 +21,7 @@ def check_temperature(temperature) -> float:
     low, high = TEMPERATURES
     ok = isinstance(temperature, (int, float, np.number)) and not isinstance(temperature, bool)
     if not (ok and low <= temperature <= high):  # NaN and infinities fail the comparison too
-        raise ConfigError(f"--temperature must be between {low} and {high:g}, got {temperature}")
+        raise ConfigError(f"temperature must be between {low} and {high:g}, got {temperature}")
     return float(temperature)
 
 
@@ -39,6 +39,8 @@ def sample(model: TinyDOT, digits, *, temperature: float = 0.8, seed: int = 0) -
     The start point is drawn inside the frame (1..28 on both axes); a sequence that reaches the
     model's last position without ending gets an end-of-digit step there.
     """
+    if not isinstance(model, TinyDOT):
+        raise ConfigError(f"sample draws digits from a strokes model; this is a {model.cfg.domain} model")
     digits = np.asarray(digits, dtype=np.int64).reshape(-1)
     check_temperature(temperature)
     check_seed(seed)

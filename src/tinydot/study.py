@@ -68,7 +68,7 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
                           predict_targets, seed_slopes)
-from tinydot.io import atomic_path, atomic_write_text, check_exists, run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_exists, check_writable_dir, run_kind
 from tinydot.lottery import run_lottery
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
@@ -167,7 +167,13 @@ assert all(tuple(presets) == PRESET_NAMES for presets in PRESETS.values())  # th
 
 @dataclass(frozen=True)
 class Study:
-    """Everything that defines a study run; its hash names the run folder."""
+    """Everything that defines a study run; its hash names the run folder.
+
+    The study's own prune default trains no controls (`PruneConfig(levels=5, controls=False)`; a
+    job's answer needs none), while `PruneConfig()` keeps the lottery command's `controls=True`:
+    `Study(prune=PruneConfig(levels=3))` trains both controls at every level of every job, about 3x
+    the work. `Study.from_dict` and the presets start from the study's default.
+    """
 
     study: StudyConfig = StudyConfig()
     model: ModelConfig = ModelConfig()
@@ -208,7 +214,7 @@ class Study:
             values.setdefault(section, {}).update(fields)
         chosen = values.get("study", {}).get("domain", "strokes")
         if chosen != domain:
-            raise ConfigError(f"--domain {domain}, but the config's study domain is {chosen!r}")
+            raise ConfigError(f"domain {domain!r}, but the config's study domain is {chosen!r}")
         return cls.from_dict(values)
 
     @property
@@ -246,6 +252,9 @@ def check_study_measure(domain: Domain, measure: str) -> None:
 
 @dataclass
 class StudyResult:
+    """What `run_study` returns: the run folder and its tables (jobs.csv, ols.csv, loo.csv,
+    validation.csv; the rest are files in `run_dir`), and how long this call took in seconds."""
+
     run_dir: Path
     jobs: pd.DataFrame
     ols: pd.DataFrame
@@ -570,7 +579,7 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
         raise ConfigError(f"a Ray address is for the ray executor (--executor ray); got {ray_address!r} with "
                           f"executor {executor!r}")
     started = time.perf_counter()
-    run_dir = _run_folder(Path(out), study)
+    run_dir = _run_folder(check_writable_dir(out), study)
     domain = study.domain
     data_dir = domain.locate(data_dir)
     assignments_path = run_dir / "assignments.csv"

@@ -108,7 +108,8 @@ def scored_positions(batch: tuple) -> int:
 
 def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText:
     """The encoding of `data` for a model of config `cfg`; a ConfigError if they do not fit
-    (the other domain's data, a vocabulary of another size, a sample longer than max_len)."""
+    (the other domain's data, a vocabulary of another size, a digit class beyond n_classes, a sample
+    longer than max_len)."""
     kind = "text" if isinstance(data, Sentences) else "strokes" if isinstance(data, Strokes) else None
     if kind is None:
         raise TypeError(f"cannot encode {type(data).__name__}; expected Strokes or Sentences")
@@ -118,6 +119,9 @@ def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText
     if kind == "text" and len(data.vocabulary) != cfg.vocab_size:
         raise ConfigError(f"the text has a vocabulary of {len(data.vocabulary):,} words but the model "
                           f"config has vocab_size {cfg.vocab_size:,}; set vocab_size to {len(data.vocabulary)}")
+    if kind == "strokes" and len(data) and int(data.labels.max()) >= cfg.n_classes:
+        raise ConfigError(f"the data hold digit class {int(data.labels.max())} but the model config has n_classes "
+                          f"{cfg.n_classes} (classes 0..{cfg.n_classes - 1}); set n_classes to 10")
     encoded = EncodedText(data) if kind == "text" else Encoded(data, cfg.max_move)
     longest = int(encoded.lengths.max(initial=0))
     if longest > cfg.max_len:

@@ -88,9 +88,9 @@ def show_grid(out: str | os.PathLike, *, split: str = "test", n: int = 64, digit
     if out.suffix.lower() != ".png":
         raise DataError(f"--out {out} must end in .png")
     if not 1 <= n <= MAX_GRID:
-        raise DataError(f"--n must be between 1 and {MAX_GRID}, got {n}")
+        raise DataError(f"n must be between 1 and {MAX_GRID}, got {n}")
     if not 1 <= scale <= 16:
-        raise DataError(f"--scale must be between 1 and 16, got {scale}")
+        raise DataError(f"scale must be between 1 and 16, got {scale}")
     check_digit(digit)
     check_seed(seed)
     check_writable_file(out)
