@@ -662,6 +662,9 @@ def predict(run_dir: str | os.PathLike, data: Strokes | Sentences, *, train: Sen
     data  : Strokes for a stroke study, Sentences for a text study.
     train : required for text (strokes ignore it): the sentences whose unigram distribution
             `surprisal` uses; the study measured with the Penn Treebank train split, so pass that.
+    A target gets rows only where at least 3 bin jobs have a value for it: when fewer reached the
+    needed point, there are no "needed" rows (and no parameter counts or recommended model), only
+    the other targets' (`tinydot predict` says so).
     """
     study, jobs = load_study(run_dir)
     domain = study.domain
