@@ -117,6 +117,13 @@ def test_errors_name_the_options_the_user_typed():
         assert option_words(unchanged, hessian) == unchanged
     assert option_words("model n_heads must be a positive integer", redundancy) == \
         "model n_heads must be a positive integer"  # a config-file field, though --model is an option
+    assert option_words("trace_samples must be >= 2, density_runs >= 1 and density_steps >= 2", hessian) == \
+        "--trace-samples must be >= 2, --density-runs >= 1 and density_steps >= 2"  # no such option
+    for listed in ("unknown ModelConfig field(s) foo; known: activation, d_mlp, d_model, n_layers",  # JSON keys
+                   "out holds a compress run with other settings (eval_sequences 2000 -> 100, "
+                   "score_sequences 1000 -> 50); choose another output folder or delete it"):
+        assert option_words(listed, commands["train"].params) == listed
+        assert option_words(listed, compress) == listed
 
 
 @pytest.mark.parametrize("args,message", [

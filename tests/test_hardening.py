@@ -428,8 +428,10 @@ def test_api_inputs_get_one_line_errors(tiny_checkpoint, data_dir, tmp_path):
 
     model, test = load_model(tiny_checkpoint), load_strokes("test")
     text_model = init_model(dataclasses.replace(DOMAINS["text"].model_config, n_layers=1, d_model=8, d_mlp=16), 0)
-    with pytest.raises(ConfigError, match="^sample draws digits from a strokes model; this is a text model$"):
+    with pytest.raises(ConfigError, match="^sample draws digits from a strokes model \\(TinyDOT\\), not a TextDOT$"):
         sample(text_model, [3])
+    with pytest.raises(ConfigError, match="^evaluate scores a strokes model \\(TinyDOT\\), not a str; evaluate_nll"):
+        evaluate(str(tiny_checkpoint))  # a path, not a model
     with pytest.raises(ConfigError, match=r"^unknown domain 'txt' \(did you mean text\?\); choose strokes or text"):
         load_model(tiny_checkpoint, domain="txt")
     with pytest.raises(ConfigError, match="^no sequences to evaluate"):
@@ -445,6 +447,7 @@ def test_api_inputs_get_one_line_errors(tiny_checkpoint, data_dir, tmp_path):
     with pytest.raises(DataError, match="^position 10000 is out of range for 10000 sequences"):
         test.subset([0, 10_000])
     assert test.subset(slice(5, 8)).fingerprint == test.subset([5, 6, 7]).fingerprint != test.subset([5, 6]).fingerprint
+    assert test.subset([]).fingerprint == test.subset(slice(0)).fingerprint != test.subset([0]).fingerprint  # empty too
     assert (test.subset([-1]).lengths == test.lengths[-1:]).all()
 
     from tinydot.study import run_study

@@ -102,6 +102,17 @@ def test_a_finished_run_is_not_returned_for_other_inputs(few, tmp_path):
               ((few,), {"eval_data": few.subset(np.arange(10)), "start_step": 1}, "the start step"),
               ((few,), {"eval_data": few.subset(np.arange(10)), "init_state": init_model(TINY, 5).state_dict()},
                "the initial weights")]
+    from tinydot.pruning.magnitude import random_mask
+    from tinydot.pruning.mask import full_mask, prunable_names
+
+    model = init_model(TINY, 0)
+    mask = full_mask(model, prunable_names(model))
+    masked = tmp_path.parent / f"{tmp_path.name}-masked"
+    train(few, masked, TINY, cfg, eval_data=few.subset(np.arange(10)), mask=mask, progress=False)
+    with pytest.raises(ConfigError, match=r"on other inputs \(the mask\)"):
+        train(few, masked, TINY, cfg, eval_data=few.subset(np.arange(10)), mask=random_mask(
+            {name: keep & (torch.rand(keep.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+             for name, keep in mask.items()}, 0), progress=False)
     for args, kwargs, named in others:
         with pytest.raises(ConfigError, match=f"on other inputs \\({named}\\); choose another output folder"):
             train(*args, tmp_path, TINY, cfg, progress=False, **kwargs)

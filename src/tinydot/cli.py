@@ -42,9 +42,9 @@ def option_words(message: str, params) -> str:
     """`message` with the API's field names (top_k, bins) written as the command's options (--top-k, --bins).
 
     The API names a field at the start of its message ("top_k must be ...", "calibration_sequences 300
-    exceeds ...", "data test:x: the digit ...") and a second one after a comparison ("... must be >=
-    top_k (10)"); only those places change, so prose ("the test sequences") and config-file fields
-    ("model n_heads must be") stay.
+    exceeds ...", "data test:x: the digit ...") and a second one in a comparison ("... must be >=
+    top_k (10)", "..., density_runs >= 1"); only those places change, so prose ("the test sequences"),
+    config-file fields ("model n_heads must be") and lists of them ("known: d_mlp, d_model") stay.
     """
     for param in params:
         flags = [opt for opt in getattr(param, "opts", ()) if opt.startswith("--")]
@@ -53,7 +53,7 @@ def option_words(message: str, params) -> str:
         name = re.escape(param.name)
         message = re.sub(rf"^{name}(?= (?:must |exceeds? |\(|\+ |\d|\S+[:,] ))", flags[0], message)
         if "_" in param.name:
-            message = re.sub(rf"(?:(?<=>= )|(?<=, )|(?<=\+ )){name}\b", flags[0], message)
+            message = re.sub(rf"(?:(?<=>= )|(?<=, )|(?<=\+ )){name}(?= (?:\(|>=|<=|must ))", flags[0], message)
     return message
 
 

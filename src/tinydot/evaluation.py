@@ -151,8 +151,8 @@ def evaluate(model: TinyDOT, *, data_dir=None, per_class: int = 100, temperature
     the others; compare a class's score with a weak model's, not with 10%.
     For a text model use `evaluate_nll`."""
     if not isinstance(model, TinyDOT):
-        raise ConfigError(f"evaluate scores a strokes model (samples and their recognizability); this is a "
-                          f"{model.cfg.domain} model: use evaluate_nll")
+        raise ConfigError(f"evaluate scores a strokes model (TinyDOT), not a {type(model).__name__}; "
+                          "evaluate_nll scores a text model")
     if not 1 <= per_class <= MAX_PER_CLASS:
         raise ConfigError(f"per_class must be between 1 and {MAX_PER_CLASS}, got {per_class}")
     check_temperature(temperature)

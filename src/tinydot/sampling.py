@@ -40,7 +40,7 @@ def sample(model: TinyDOT, digits, *, temperature: float = 0.8, seed: int = 0) -
     model's last position without ending gets an end-of-digit step there.
     """
     if not isinstance(model, TinyDOT):
-        raise ConfigError(f"sample draws digits from a strokes model; this is a {model.cfg.domain} model")
+        raise ConfigError(f"sample draws digits from a strokes model (TinyDOT), not a {type(model).__name__}")
     digits = np.asarray(digits, dtype=np.int64).reshape(-1)
     check_temperature(temperature)
     check_seed(seed)

@@ -180,7 +180,7 @@ def _refusal(run_dir: Path, stored, configs: dict, inputs: dict) -> str | None:
         stored_configs = {"model": ModelConfig.from_dict(stored.get("model", {})).to_dict(),
                           "train": TrainConfig.from_dict(stored.get("train", {})).to_dict()}
     except (ConfigError, TypeError, AttributeError):  # a field this version does not know, or a broken file
-        return f"{run_dir} holds a run whose config.json this version cannot read; choose another output folder"
+        return f"{run_dir} holds a run whose config.json this version cannot read"
     changed = changes(stored_configs, configs)
     if changed:
         return f"{run_dir} holds a run with a different configuration ({', '.join(changed)})"

@@ -120,8 +120,9 @@ def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText
         raise ConfigError(f"the text has a vocabulary of {len(data.vocabulary):,} words but the model "
                           f"config has vocab_size {cfg.vocab_size:,}; set vocab_size to {len(data.vocabulary)}")
     if kind == "strokes" and len(data) and int(data.labels.max()) >= cfg.n_classes:
-        raise ConfigError(f"the data hold digit class {int(data.labels.max())} but the model config has n_classes "
-                          f"{cfg.n_classes} (classes 0..{cfg.n_classes - 1}); set n_classes to 10")
+        top = int(data.labels.max())
+        raise ConfigError(f"the data hold digit class {top} but the model config has n_classes {cfg.n_classes} "
+                          f"(classes 0..{cfg.n_classes - 1}); set n_classes >= {top + 1}")
     encoded = EncodedText(data) if kind == "text" else Encoded(data, cfg.max_move)
     longest = int(encoded.lengths.max(initial=0))
     if longest > cfg.max_len:

@@ -92,7 +92,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
     for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes() if array.dtype.kind == "U" else memoryview(array).cast("B"))
+        digest.update(array.tobytes() if array.dtype.kind == "U" or array.size == 0 else memoryview(array).cast("B"))
     return digest.hexdigest()[:16]
 
 
