@@ -385,7 +385,7 @@ def test_rightsize_trains_the_predicted_model_beside_the_reference(tiny_study, t
     from tinydot.evaluation import train_classifier
 
     small_classifier = train_classifier(train.subset(np.arange(1500)), epochs=1)  # the full one takes minutes
-    monkeypatch.setattr(rightsize, "load_or_train_classifier", lambda _: small_classifier)
+    monkeypatch.setattr(rightsize, "load_or_train_classifier", lambda *_: small_classifier)
     study, result = tiny_study
     out = rightsize.run_rightsize(result.run_dir, "train:1", data_dir=data_dir, predictor="L", progress=False)
     table, summary = out["table"].set_index("model"), out["summary"]

@@ -307,7 +307,7 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
         if out is not None:
             atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         return
-    result = evaluate(model, data_dir=data_dir, **given)
+    result = evaluate(model, data_dir=data_dir, progress=True, **given)
     console.print(f"test NLL            {result['test_bits_per_step']:.4f} bits/step "
                   f"({result['test_steps']:,} steps; start point {result['test_start_bits']:.2f} bits)")
     console.print(f"classifier accuracy {result['classifier_test_accuracy']:.2%} on the real test split")

@@ -101,7 +101,7 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     small, small_prunable = smallest_config(needed, study.model, study.prune.prunable)
     out = study_dir / "rightsize" / f"{split}-{'all' if digit is None else digit}"
     if domain.name == "strokes":
-        classifier = load_or_train_classifier(domain.load("train", data_dir))
+        classifier = load_or_train_classifier(domain.load("train", data_dir), progress)
         digits = [digit] if digit is not None else list(range(10))
 
         def recognizable(model) -> float:
