@@ -482,6 +482,8 @@ def test_clustered_p_value_matches_the_cr1_sandwich():
     assert row["clusters"] == 8
     assert row["p_cluster"] == pytest.approx(p, rel=1e-9)
     assert row["coef"] == pytest.approx(beta[1], rel=1e-9)
+    single = ols_table(jobs[jobs.seed == 0], ["L"], ["needed"]).iloc[0]  # one seed: clusters of one job
+    assert np.isnan(single["p_cluster"]) and single["clusters"] == 0 and np.isfinite(single["p_value"])
 
 
 @pytest.mark.parametrize("slope, caveat", [(0.004, True), (0.02, False)])

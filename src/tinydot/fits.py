@@ -77,7 +77,9 @@ def ols_table(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """Per target: slope, 95% CI, p-value and R^2 of the target against each predictor's job mean,
     and one joint model with every predictor (when the jobs outnumber its coefficients + 1).
     Single-predictor rows also carry `p_cluster`, the slope's p-value with errors clustered by data
-    set (measure, bin: `fit_ols_clustered`) over `clusters` clusters (NaN with fewer than 3).
+    set (measure, bin: `fit_ols_clustered`) over `clusters` clusters: NaN with fewer than 3, and NaN
+    when every data set is a single job (one seed), where "clusters" of one job give only
+    heteroskedasticity-robust errors, which are too small at a handful of jobs.
     A target equal in every job gets slope 0 and NaN p-values and R^2 (`is_constant`)."""
     bins, rows = _bins(jobs), []
     for target in targets:
@@ -87,7 +89,7 @@ def ols_table(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
         for m in predictors:
             if len(part) >= 3:
                 clustered = (fit_ols_clustered(part[f"mean_{m}"], y, groups)
-                             if len(set(groups)) >= 3 and not constant else None)
+                             if 3 <= len(set(groups)) < len(groups) and not constant else None)
                 rows += _fit_rows(fit_ols(part[f"mean_{m}"], y), m, target, [m], clustered, len(set(groups)), constant)
         if len(predictors) > 1 and len(part) > len(predictors) + 2:
             rows += _fit_rows(fit_ols(part[[f"mean_{m}" for m in predictors]], y), "joint", target, predictors,

@@ -68,6 +68,18 @@ def _cluster_caveat(significant: pd.DataFrame, alpha: float) -> str:
             "treat it as no evidence.")
 
 
+def _correlated(bins: pd.DataFrame, terms) -> str:
+    """' (these measures correlate ...)' when several measures are significant: across the bin jobs
+    they may move together, and then they are one effect counted more than once."""
+    terms = list(terms)
+    if len(terms) < 2:
+        return ""
+    r = bins[[f"mean_{t}" for t in terms]].corr().abs().to_numpy()
+    top = float(r[np.triu_indices(len(terms), 1)].max())
+    return (f" ({', '.join(terms)} move together across the bin jobs, |r| up to {top:.2f}: "
+            "possibly one effect counted more than once)" if np.isfinite(top) and top >= 0.7 else "")
+
+
 def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFrame, delta: float,
                   alpha: float = 0.05, targets: dict[str, str] = TARGETS) -> list[str]:
     """Plain sentences generated from the fitted and measured numbers (not fixed text)."""
@@ -81,8 +93,9 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
     if len(reached):
         needed = reached["needed_fraction"]
         sentences.append(
-            f"How many parameters this data needs: across {len(reached)} bin jobs the sparsest ticket within "
-            f"{100 * delta:g}% of the dense NLL keeps {_fmt(needed.min())} to {_fmt(needed.max())} of the "
+            f"How many parameters this data needs: across {len(reached)} bin jobs the tickets cross "
+            f"{100 * delta:g}% above the dense NLL (interpolated between the pruning levels around the crossing) "
+            f"at {_fmt(needed.min())} to {_fmt(needed.max())} of the "
             f"{prunable:,} prunable weights{' of the trunk' if text else ''} (mean {_fmt(needed.mean())}, about "
             f"{needed.mean() * prunable:,.0f} weights{embedding}): {what} of this size is over-parameterized about "
             f"{1 / needed.mean():.1f}x for one bin of this data.")
@@ -109,7 +122,8 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
                 f"{label.capitalize()} {direction} with {best['term']} (slope {_fmt(best['coef'])}, 95% CI "
                 f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], p = {_fmt(best['p_value'])}{_clustered(best)}, "
                 f"R² = {best['r2']:.2f}, n = {int(best['n'])} jobs); {len(significant)} of {len(rows)} measures are "
-                "significant at the 5% level." + _cluster_caveat(significant, alpha))
+                "significant at the 5% level" + _correlated(bins, significant["term"]) + "."
+                + _cluster_caveat(significant, alpha))
     parts = ols[(ols["model"] == "L") & ols["target"].isin(["untouched", "trained_to_small"])].set_index("target")
     if len(parts) == 2:
         significant = parts[parts["p_value"] < alpha]
@@ -120,10 +134,14 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
             f"{_fmt(parts.loc['untouched', 'coef'])} (p = {_fmt(parts.loc['untouched', 'p_value'])}) and the "
             f"trained-to-small share {_fmt(parts.loc['trained_to_small', 'coef'])} (p = "
             f"{_fmt(parts.loc['trained_to_small', 'p_value'])}): {carrier}.")
+    seeds = int(bins["seed"].nunique())
     sentences.append(
         f"How far to trust the p-values: {len(ols)} coefficients were tested without correction, and the jobs are not "
         "independent (bins of different measures share sequences; the jobs of a seed share initial weights), so "
-        "p-values and intervals are optimistic; the spread of the slope over seeds is the sturdier evidence.")
+        "p-values and intervals are optimistic; "
+        + ("the spread of the slope over seeds is the sturdier evidence." if seeds > 1 else
+           f"with one seed per bin ({len(bins)} bin jobs) there is no spread over seeds to check them against and no "
+           "clustered p-value, so every slope here is a first look, not a finding (the paper preset runs 3 seeds)."))
     if "unigram_bits_per_step" in jobs:  # text: is there anything to need beyond word frequencies?
         beats = jobs["dense_bits_per_step"] < jobs["unigram_bits_per_step"]
         sentences.append(
