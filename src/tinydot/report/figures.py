@@ -27,6 +27,8 @@ def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame)
             ax.set_title(f"{m}  ({len(edges)} quantile bins)", fontsize=9)
         else:
             ax.set_title(m, fontsize=9)
+        ax.set_xlabel(m, fontsize=7)
+        ax.set_ylabel("samples", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in axes[len(measures):]:
         ax.set_axis_off()
@@ -65,8 +67,8 @@ def study_histograms(assignments: pd.DataFrame, measures, bins: int) -> Figure:
             ax.axvline(edge, color="black", lw=1, ls="--")
         ax.set_title(f"{m}: {bins} equal-count bins", fontsize=9)
         ax.set_xlabel(m)
-    axes[0].set_ylabel("train samples (held-out classes excluded)" if "held_class" in assignments
-                       else "train sentences")
+    axes[0].set_ylabel("train samples\n(held-out classes excluded)" if "held_class" in assignments
+                       else "train sentences", fontsize=8)
     return fig
 
 
