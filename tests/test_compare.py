@@ -59,6 +59,8 @@ def test_cross_domain_line_against_hand_formulas():
     assert summary.rmse == pytest.approx(np.sqrt((errors ** 2).mean()))
     assert summary.baseline_mae == pytest.approx(np.abs(1.1 / 3 - np.array([0.60, 0.30, 0.20])).mean())
     assert summary.within_range == pytest.approx(1 / 3) and summary.n_predicted == 3
+    predicted = intercept + slope * np.array([5.0, 25.0, 60.0])
+    assert summary.impossible == pytest.approx(((predicted < 0) | (predicted > 1)).mean())
     assert summary.beats_baseline == (summary.mae < summary.baseline_mae)
 
 

@@ -442,6 +442,8 @@ def test_api_inputs_get_one_line_errors(tiny_checkpoint, data_dir, tmp_path):
         quantile_bins(np.arange(500.0), 3, labels=test.labels[:10])
     with pytest.raises(ConfigError, match="^the data hold digit class 9 but the model config has n_classes 3"):
         encode(test, ModelConfig(n_classes=3))
+    with pytest.raises(ConfigError, match="max_move and n_classes are stroke options"):
+        ModelConfig(domain="text", vocab_size=10, n_classes=3)  # a text model would ignore it
     with pytest.raises(DataError, match="^select sequences with a 1-d array of positions"):
         test.subset(5)
     with pytest.raises(DataError, match="^position 10000 is out of range for 10000 sequences"):

@@ -389,3 +389,18 @@ def test_redundancy_on_a_text_tinydot_checkpoint(tmp_path):
         run_redundancy(RedundancyConfig(str(tmp_path / "text.safetensors"), "pen", tokens=1500), tmp_path / "x",
                        progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_verdict_draws_no_conclusion_from_a_probe_that_learnt_nothing():
+    from tinydot.report.html import redundancy_verdict
+
+    selection = {"delta_L": 1.0, "delta_N": 1.0, "layer": 1, "neurons": 10, "neuron_share": 0.1, "test": 0.0,
+                 "oracle_share": float("nan")}
+    summary = {"metric": "macro-F1", "neurons": 96, "oracle": {"test": 0.0, "dev": 0.0}, "majority_test": 0.0,
+               "selections": [selection]}
+    text = " ".join(redundancy_verdict(summary))
+    assert "does no better than the majority label" in text
+    assert "of the oracle" not in text and "nan" not in text and "headline" not in text
+    learnt = {**summary, "oracle": {"test": 0.8, "dev": 0.8},
+              "selections": [{**selection, "test": 0.79, "oracle_share": 0.79 / 0.8}]}
+    assert "98.8% of the oracle - the paper's headline" in " ".join(redundancy_verdict(learnt))

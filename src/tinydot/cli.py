@@ -147,7 +147,7 @@ def _text_info(data_dir: Optional[Path], split: Optional[str]) -> None:
     summary = count_summary(splits)
     table = Table(title="Penn Treebank (Mikolov split): sentences and words (sentence ends not counted), "
                         "against the published counts")
-    for column in ("split", "sentences", "published", "words", "published", "vocabulary", "match"):
+    for column in ("split", "sentences", "published", "words", "published", "shared vocabulary", "match"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for r in summary.itertuples(index=False):
         table.add_row(r.split, f"{r.sentences:,}", f"{r.published_sentences:,}", f"{r.tokens:,}",
@@ -452,11 +452,12 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
     path, summary = write_comparison(first, second, out)
     if not summary.empty:
         table = Table(title="one study's line predicting the other's needed fraction")
-        for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "beats baseline"):
+        for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "outside [0, 1]",
+                       "beats baseline"):
             table.add_column(column, justify="left" if column in ("direction", "measure") else "right")
         for r in summary.itertuples():
             table.add_row(r.direction, r.predictor, f"{r.mae:.4f}", f"{r.baseline_mae:.4f}", f"{r.coverage:.0%}",
-                          "yes" if r.beats_baseline else "no")
+                          f"{r.impossible:.0%}", "yes" if r.beats_baseline else "no")
         console.print(table)
     for sentence in comparison_verdict(summary, [first.name, second.name])[len(summary):]:  # the overall answer
         console.print(sentence)
@@ -548,8 +549,11 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
     console.print(table)
     verdict = "stays within {:g}% of" if summary["within_delta"] else "is more than {:g}% worse than"
     measured = str(result["table"]["energy_mode"].iloc[0]).startswith("measured")
+    cpu = summary.get("cpu_saved")
+    cpu = ("" if cpu is None else f" and {100 * cpu:.0f}% less CPU time" if cpu >= 0 else
+           f" but {-100 * cpu:.0f}% more CPU time (at this size per-call overheads, not FLOPs, set a step's time)")
     console.print(f"the right-sized model {verdict.format(100 * summary['delta'])} the reference's test NLL, with "
-                  f"{100 * summary['flops_saved']:.0f}% fewer training FLOPs; energy is "
+                  f"{100 * summary['flops_saved']:.0f}% fewer training FLOPs{cpu}; energy is "
                   f"{'measured' if measured else 'an estimate'} (see cost.json); wrote {result['run_dir']}")
     write_study_report(study)
 
@@ -577,7 +581,8 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                             seed=seed, data_dir=data_dir)
     write_hessian_figures(out)
     console.print(f"{summary['coordinates']:,} coordinates{' (surviving weights only)' if summary['pruned'] else ''}; "
-                  f"loss {summary['loss_nats']:.4f} nats on {sequences} sequences")
+                  f"loss {summary['loss_nats']:.4f} nats on {sequences} "
+                  f"{'sentences' if summary['domain'] == 'text' else 'sequences'}")
     console.print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))
     console.print(f"trace (Hutchinson) {summary['trace']:.4g} +- {summary['trace_stderr']:.2g}; "
                   f"outliers {summary['outliers']}" + (f"; SLQ trace {summary['density_trace']:.4g} +- "

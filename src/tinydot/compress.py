@@ -146,7 +146,7 @@ def _test_slices(test: Strokes | Sentences, cfg, eval_sequences: int,
     encoded for a model of config `cfg`."""
     if eval_sequences + score_sequences > len(test):
         raise ConfigError(f"eval_sequences + score_sequences ({eval_sequences} + {score_sequences}) exceed the "
-                          f"{len(test)} test sequences")
+                          f"{len(test)} test {'sentences' if isinstance(test, Sentences) else 'sequences'}")
     evaluated = encode(test.subset(np.arange(eval_sequences)), cfg)
     scored = encode(test.subset(np.arange(len(test) - score_sequences, len(test))), cfg) if score_sequences else None
     return evaluated, scored

@@ -187,7 +187,6 @@ class ModelConfig(_Config):
         _check(self.d_head > 0 or self.d_model % self.n_heads == 0,
                f"model d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), "
                f"or d_head must be given")
-        _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
         _check(self.max_len >= 3, f"model max_len must be >= 3, got {self.max_len}")
         _check(self.activation in ACTIVATIONS,
                f"unknown model activation {self.activation!r}; choose {' or '.join(ACTIVATIONS)}")
@@ -201,7 +200,11 @@ class ModelConfig(_Config):
         if self.domain == "text":
             _check(isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool) and self.vocab_size >= 2,
                    f"model vocab_size must be an integer >= 2 for the text domain, got {self.vocab_size!r}")
+            defaults = {f.name: f.default for f in fields(self)}  # options a text model would silently ignore
+            _check(self.max_move == defaults["max_move"] and self.n_classes == defaults["n_classes"],
+                   "model max_move and n_classes are stroke options; leave them out for the text domain")
         else:  # options a stroke model would silently ignore
+            _check(self.max_move >= 28, f"model max_move must be >= 28 to reach every start point, got {self.max_move}")
             _check(self.vocab_size == 0 and self.tie_embeddings,
                    "model vocab_size and tie_embeddings are text options; leave them out for the strokes domain")
 

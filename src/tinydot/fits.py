@@ -271,7 +271,7 @@ CROSS_DOMAIN_COLUMNS = ("direction", "predictor", "target", "kind", "measure", "
                         "baseline_error", "source_mean_error", "slope", "intercept", "n_fit")
 CROSS_DOMAIN_SUMMARY_COLUMNS = ("direction", "predictor", "target", "slope", "intercept", "n_fit", "n_predicted",
                                 "mae", "rmse", "baseline_mae", "source_mean_mae", "coverage", "within_range",
-                                "beats_baseline")
+                                "impossible", "beats_baseline")
 
 
 def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predictors, target_name: str = "needed",
@@ -314,7 +314,8 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
 def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     """Per (direction, predictor, target): the line, its mean absolute and RMS error on the other
     study's jobs, the two baselines' mean absolute errors, PI coverage, the share of jobs inside
-    the fitted range of x, and whether the line beats the other study's own mean."""
+    the fitted range of x, the share of predictions outside [0, 1] (`impossible`: no fraction can be
+    there; a line carried far beyond its range), and whether the line beats the other study's own mean."""
     if predictions.empty:
         return pd.DataFrame(columns=list(CROSS_DOMAIN_SUMMARY_COLUMNS))
     table = predictions.groupby(["direction", "predictor", "target"], sort=False).agg(
@@ -323,6 +324,7 @@ def cross_domain_summary(predictions: pd.DataFrame) -> pd.DataFrame:
         rmse=("error", lambda e: float(np.sqrt((e ** 2).mean()))),
         baseline_mae=("baseline_error", lambda e: float(np.abs(e).mean())),
         source_mean_mae=("source_mean_error", lambda e: float(np.abs(e).mean())),
-        coverage=("covered", "mean"), within_range=("within_range", "mean")).reset_index()
+        coverage=("covered", "mean"), within_range=("within_range", "mean"),
+        impossible=("predicted", lambda p: float(((p < 0) | (p > 1)).mean()))).reset_index()
     table["beats_baseline"] = table["mae"] < table["baseline_mae"]
     return table[list(CROSS_DOMAIN_SUMMARY_COLUMNS)]

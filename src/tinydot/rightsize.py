@@ -137,6 +137,8 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
                              <= reference["test_bits_per_step"] * (1 + study.prune.delta)),
         "flops_saved": 1 - rightsized["train_flops"] / reference["train_flops"],
         "parameters_saved": 1 - rightsized["parameters"] / reference["parameters"],
+        # what the FLOPs do not say: the measured CPU time (negative when the smaller model cost more)
+        "cpu_saved": 1 - rightsized["cpu_seconds"] / reference["cpu_seconds"] if reference["cpu_seconds"] else None,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return {"table": table, "summary": summary, "run_dir": out}

@@ -124,7 +124,8 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
         operator.on_matvec = lambda: bar.advance(task)
         spectrum.fit(operator, density=density)
     eigenvalues = spectrum.eigenvalues_
-    summary = {"checkpoint": str(checkpoint), "coordinates": operator.dim, "pruned": mask is not None,
+    summary = {"checkpoint": str(checkpoint), "domain": model.cfg.domain, "coordinates": operator.dim,
+               "pruned": mask is not None,
                "sequences": sequences, "loss_nats": operator.loss_value(), "top_eigenvalues": eigenvalues.tolist(),
                "trace": spectrum.trace_, "trace_stderr": spectrum.trace_stderr_, "outliers": spectrum.outliers_,
                "bulk_edge": float(eigenvalues[spectrum.outliers_]) if spectrum.outliers_ < len(eigenvalues) else None,

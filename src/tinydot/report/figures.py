@@ -35,8 +35,8 @@ def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame)
     return fig
 
 
-def lottery_curve(table: pd.DataFrame) -> Figure:
-    """Test NLL against sparsity for the IMP tickets and their two controls; dense as a line."""
+def lottery_curve(table: pd.DataFrame, unit: str = "bits/step") -> Figure:
+    """Held-out NLL (in `unit`) against sparsity for the IMP tickets and their two controls; dense as a line."""
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
     dense = table.iloc[0]["bits_per_step"]
@@ -48,7 +48,7 @@ def lottery_curve(table: pd.DataFrame) -> Figure:
         if column in pruned and pruned[column].notna().any():
             ax.plot(pruned["sparsity"], pruned[column], "s--", label=label)
     ax.set_xlabel("sparsity of prunable weights")
-    ax.set_ylabel("test NLL (bits / step)")
+    ax.set_ylabel(f"held-out NLL ({unit})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig

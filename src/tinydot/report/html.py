@@ -345,7 +345,10 @@ def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
             f"{_fmt(r.baseline_mae)} for the {target} jobs' own mean (and {_fmt(r.source_mean_mae)} for the {source} "
             f"jobs' mean); its 95% prediction intervals covered {r.coverage:.0%} of them, and "
             f"{r.within_range:.0%} of the {target} jobs lie inside the {r.predictor} range the line was fitted on "
-            f"(slope {_fmt(r.slope)} from {r.n_fit} {source} bin jobs).")
+            f"(slope {_fmt(r.slope)} from {r.n_fit} {source} bin jobs)."
+            + (f" {r.impossible:.0%} of its predictions lie outside [0, 1], where no fraction can be: there the line "
+               "is carried far beyond its data, and its intervals' coverage means nothing."
+               if getattr(r, "impossible", 0) > 0 else ""))
     if summary.empty:
         sentences.append("No line could be fitted: a study needs at least 3 bin jobs with a finite target "
                          f"({', '.join(labels)}).")
@@ -417,6 +420,12 @@ def redundancy_verdict(summary: dict) -> list[str]:
     metric, oracle = summary["metric"], summary["oracle"]
     lines = [f"Oracle probe on all {summary['neurons']:,} neurons: test {metric} {oracle['test']:.3f} "
              f"(dev {oracle['dev']:.3f}); always predicting the majority label scores {summary['majority_test']:.3f}."]
+    if not oracle["test"] > summary["majority_test"]:
+        lines.append("The oracle probe does no better than the majority label: there is nothing for a subset of "
+                     "neurons to keep, so the lines below say nothing about redundancy (too few labelled tokens, or a "
+                     "task the model has not learnt; try more --tokens).")
+        return lines + [f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: {row['neurons']:,} "
+                        f"neurons kept, test {metric} {row['test']:.3f}." for row in summary["selections"]]
     for row in summary["selections"]:
         meets = row["oracle_share"] >= 0.97 and row["neuron_share"] <= 0.10
         lines.append(

@@ -18,10 +18,15 @@ from tinydot.report.html import write_redundancy_report, write_study_report
 
 
 def write_lottery_figures(run_dir: str | Path) -> list[Path]:
-    """nll_vs_sparsity.png from a lottery run's results.csv."""
+    """nll_vs_sparsity.png from a lottery run's results.csv (bits per word for a text model's)."""
     run_dir = Path(run_dir)
     path = run_dir / "nll_vs_sparsity.png"
-    save_figure(figures.lottery_curve(pd.read_csv(run_dir / "results.csv")), path)
+    try:
+        text = json.loads((run_dir / "config.json").read_text())["model"].get("domain") == "text"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a folder without its config: the default
+        text = False
+    save_figure(figures.lottery_curve(pd.read_csv(run_dir / "results.csv"), "bits/word" if text else "bits/step"),
+                path)
     return [path]
 
 
