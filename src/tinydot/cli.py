@@ -337,7 +337,8 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                 relative_epsilon: float = typer.Option(0.05, help="Relative variant: |w| > this x tensor std."),
                 controls: bool = typer.Option(True, help="Train the reinit and random-mask controls."),
                 delta: float = typer.Option(0.01, help="Tolerance of the summary line: the sparsest ticket whose "
-                                            "test NLL stays within (1 + delta) x dense (the study's needed density)."),
+                                            "held-out NLL stays within (1 + delta) x dense (the study's needed "
+                                            "density)."),
                 config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
                 steps: Optional[int] = typer.Option(None, help="Optimizer steps per training run."),
                 eval_sequences: int = typer.Option(10_000, help="Held-out sequences (text: sentences) for each "
