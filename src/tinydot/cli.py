@@ -574,6 +574,7 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
     check_writable_dir(out)  # write_hessian's first checks, then its checkpoint's
     check_seed(seed)
     check_exists(checkpoint, "checkpoint")
+    from tinydot.domains import get_domain
     from tinydot.report.pages import write_hessian_figures
     from tinydot.runs import write_hessian
 
@@ -582,8 +583,7 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                             seed=seed, data_dir=data_dir)
     write_hessian_figures(out)
     console.print(f"{summary['coordinates']:,} coordinates{' (surviving weights only)' if summary['pruned'] else ''}; "
-                  f"loss {summary['loss_nats']:.4f} nats on {sequences} "
-                  f"{'sentences' if summary['domain'] == 'text' else 'sequences'}")
+                  f"loss {summary['loss_nats']:.4f} nats on {sequences} {get_domain(summary['domain']).samples}")
     console.print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))
     console.print(f"trace (Hutchinson) {summary['trace']:.4g} +- {summary['trace_stderr']:.2g}; "
                   f"outliers {summary['outliers']}" + (f"; SLQ trace {summary['density_trace']:.4g} +- "

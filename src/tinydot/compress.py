@@ -39,7 +39,7 @@ from tinydot.config import TrainConfig, check_seed
 from tinydot.data.batching import Encoded, EncodedText, encode
 from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
-from tinydot.domains import get_domain
+from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.io import atomic_path, atomic_write_text, check_run_kind, sha256_file
@@ -146,7 +146,7 @@ def _test_slices(test: Strokes | Sentences, cfg, eval_sequences: int,
     encoded for a model of config `cfg`."""
     if eval_sequences + score_sequences > len(test):
         raise ConfigError(f"eval_sequences + score_sequences ({eval_sequences} + {score_sequences}) exceed the "
-                          f"{len(test)} test {'sentences' if isinstance(test, Sentences) else 'sequences'}")
+                          f"{len(test)} test {domain_of(test).samples}")
     evaluated = encode(test.subset(np.arange(eval_sequences)), cfg)
     scored = encode(test.subset(np.arange(len(test) - score_sequences, len(test))), cfg) if score_sequences else None
     return evaluated, scored

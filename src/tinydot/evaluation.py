@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tinydot.checkpoint import load_tensors, save_tensors

@@ -36,6 +36,7 @@ from tinydot.cost import CostMeter
 from tinydot.data.batching import Encoded, EncodedText, encode, epoch_batches
 from tinydot.data.strokes import Strokes, fingerprint
 from tinydot.data.text import Sentences
+from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.flops import FlopTally
@@ -280,6 +281,7 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
         history.append(row)
 
     model.train()
+    unit = get_domain(model_config.domain).unit  # of the held-out NLL in the progress bar
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     flops = FlopTally(model_config, mask)  # counts the forward passes of training steps and evaluations
     with CostMeter(run_dir, counters=flops.totals, country=country, verbose=verbose) as meter, \
@@ -305,8 +307,7 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
                 window.update(nll=0.0, tokens=0)
                 status = f"train {history[-1]['train_bits_per_position']:.3f} b/pos"
                 if "eval_bits_per_step" in history[-1]:
-                    unit = "b/word" if model_config.domain == "text" else "b/step"  # the column's name is both
-                    status += f"  eval {history[-1]['eval_bits_per_step']:.3f} {unit}"
+                    status += f"  eval {history[-1]['eval_bits_per_step']:.3f} {unit}"  # the column's name is both
                 bar.update(task, status=status)
             if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 save_checkpoint()

@@ -83,7 +83,7 @@ def selection(index, n: int, what: str = "sequences") -> np.ndarray:
     if array.min() < -n or array.max() >= n:
         bad = array[(array < -n) | (array >= n)][0]
         raise DataError(f"position {bad} is out of range for {n} {what}")
-    return array.astype(np.int64) % n if n else array.astype(np.int64)
+    return array.astype(np.int64) % n  # negative positions count from the end
 
 
 def fingerprint(*arrays: np.ndarray) -> str:

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tinydot.checkpoint import load_model
 from tinydot.data.render import rasterize_all
+from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, is_constant,
                           loo_summary, predictor_ranking)
@@ -299,8 +300,9 @@ def rightsize_results(run_dir: Path) -> list[dict]:
     found = []
     for folder in sorted((run_dir / "rightsize").glob("*/")):
         if (folder / "rightsize.csv").exists() and (folder / "summary.json").exists():
-            found.append({"summary": json.loads((folder / "summary.json").read_text()),
-                          "table": pd.read_csv(folder / "rightsize.csv")})
+            summary = json.loads((folder / "summary.json").read_text())
+            found.append({"summary": summary, "table": pd.read_csv(folder / "rightsize.csv"),
+                          "samples": get_domain(summary.get("domain", "strokes")).samples})
     return found
 
 

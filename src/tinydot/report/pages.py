@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tinydot.domains import get_domain
 from tinydot.errors import TinydotError
 from tinydot.io import check_run_folder, run_kind, save_figure
 from tinydot.report import figures
@@ -22,11 +23,10 @@ def write_lottery_figures(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     path = run_dir / "nll_vs_sparsity.png"
     try:
-        text = json.loads((run_dir / "config.json").read_text())["model"].get("domain") == "text"
+        domain = json.loads((run_dir / "config.json").read_text())["model"].get("domain", "strokes")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a folder without its config: the default
-        text = False
-    save_figure(figures.lottery_curve(pd.read_csv(run_dir / "results.csv"), "bits/word" if text else "bits/step"),
-                path)
+        domain = "strokes"
+    save_figure(figures.lottery_curve(pd.read_csv(run_dir / "results.csv"), get_domain(domain).unit), path)
     return [path]
 
 
