@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tinydot.checkpoint import load_model
+from tinydot.checkpoint import CheckpointError, load_model
 from tinydot.config import ModelConfig, TrainConfig
 from tinydot.data.batching import Encoded
 from tinydot.errors import ConfigError
@@ -185,6 +185,9 @@ def test_run_quantize_writes_real_sizes(trained, data_dir, tmp_path, monkeypatch
         for name, value in dequantized.state_dict().items():
             assert torch.equal(packed.state_dict()[name], value)
         assert (folder / "quantized.safetensors").stat().st_size == table.set_index("bits").loc[bits, "file_bytes"]
+    with pytest.raises(CheckpointError, match=r"quantized.safetensors is a packed quantized model .* its "
+                                              r"model.safetensors \(the same weights, dequantized\)"):
+        load_model(out / "bits_2" / "quantized.safetensors")  # not "no model config": it has one
     sizes = table.set_index("bits")["file_bytes"]
     assert sizes[2] < sizes[8] < 0.4 * sizes[32]
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
@@ -225,7 +228,8 @@ def test_quantize_cli(trained, data_dir, tmp_path, monkeypatch, capsys):
     assert len(torch.unique(load_model(out / "bits_4").head_dx.weight[3])) <= 16
     bad = [(["--bits", "9"], "bits must be an integer from 2 to 8"),
            (["--bits", "1"], "bits must be an integer from 2 to 8"),
-           (["--method", "kmeans"], "unknown quantization method 'kmeans'")]
+           (["--method", "kmeans"], "unknown quantization method 'kmeans'"),
+           (["--eval-sequences", "999999"], "--eval-sequences 999999 exceeds the 10000 test sequences")]  # alone
     for i, (args, message) in enumerate(bad):
         assert message in user_error(monkeypatch, capsys, "quantize", "--checkpoint", str(trained), *args,
                                      "--out", str(tmp_path / f"bad{i}"))

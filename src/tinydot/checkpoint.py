@@ -20,6 +20,7 @@ from tinydot.io import atomic_path
 from tinydot.model import Decoder, build_model
 
 MODEL_FILE = "model.safetensors"
+PACKED_FORMAT = "tinydot-quantized"  # quantize's bits_N/quantized.safetensors (integer codes and scales)
 
 
 class CheckpointError(TinydotError):
@@ -78,6 +79,9 @@ def _model_config(path: Path, metadata: dict[str, str]) -> ModelConfig:
     if {"step", "history"} <= set(metadata) and "model_config" not in metadata:  # train's checkpoint.safetensors
         raise CheckpointError(f"{path} is a training run's resume point (weights and optimizer state), not a "
                               f"model; give the run folder or its {MODEL_FILE}")
+    if metadata.get("format") == PACKED_FORMAT:
+        raise CheckpointError(f"{path} is a packed quantized model (integer codes and scales); give the folder that "
+                              f"holds it or its {MODEL_FILE} (the same weights, dequantized)")
     if metadata.get("format") != "tinydot" or "model_config" not in metadata:
         raise CheckpointError(f"{path} is not a tinydot checkpoint (no model config in its metadata)")
     try:

@@ -145,8 +145,9 @@ def _test_slices(test: Strokes | Sentences, cfg, eval_sequences: int,
     """The evaluated test sequences (the first ones) and the scoring ones (the last, disjoint),
     encoded for a model of config `cfg`."""
     if eval_sequences + score_sequences > len(test):
-        raise ConfigError(f"eval_sequences + score_sequences ({eval_sequences} + {score_sequences}) exceed the "
-                          f"{len(test)} test {domain_of(test).samples}")
+        asked = f"eval_sequences + score_sequences ({eval_sequences} + {score_sequences}) exceed" if score_sequences \
+            else f"eval_sequences {eval_sequences} exceeds"
+        raise ConfigError(f"{asked} the {len(test)} test {domain_of(test).samples}")
     evaluated = encode(test.subset(np.arange(eval_sequences)), cfg)
     scored = encode(test.subset(np.arange(len(test) - score_sequences, len(test))), cfg) if score_sequences else None
     return evaluated, scored

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinydot.checkpoint import PACKED_FORMAT
 from tinydot.config import ModelConfig
 from tinydot.data.batching import Encoded, EncodedText, length_buckets, model_batch, scored_mask
 from tinydot.errors import ConfigError
@@ -49,7 +50,6 @@ from tinydot.pruning.mask import prunable_names
 
 METHODS = ("rtn", "gpfq")
 BITS = (2, 3, 4, 5, 6, 7, 8)
-PACKED_FORMAT = "tinydot-quantized"
 
 
 def check_bits(bits: int) -> None:
