@@ -131,6 +131,27 @@ def test_a_target_equal_in_every_job_has_slope_zero_and_no_p_value():
     text = " ".join(study_verdict(jobs, ols_table(jobs, ["L"], ["bits"]), pd.DataFrame(), delta=0.01,
                                   targets={"bits": "bits fraction"}))
     assert "Bits fraction: 0.125 in every bin job (n = 10), so no complexity measure moves it." in text
+    # predicted exactly too: rounding noise would rank the predictors (errors of 1e-17, intervals
+    # [0.12499999, 0.12500001]); 0.1 is no binary fraction, so a sum of copies divided by their count misses it
+    jobs["bits_fraction"] = 0.1
+    assert 0.1 * 3 / 3 != 0.1
+    line = Line(jobs[["mean_L"]], jobs["bits_fraction"], jobs["bin"])
+    assert line.predict(33.0) == {"mean": 0.1, "ci_low": 0.1, "ci_high": 0.1, "pi_low": 0.1, "pi_high": 0.1,
+                                  "within_range": True}
+    assert line.mean_at([99.0]) == 0.1
+    loo = leave_one_bin_out(jobs, ["L", "S"], ["bits"])
+    assert len(loo) == 10 and (loo.predicted == 0.1).all()
+    assert (loo.error == 0).all() and (loo.baseline_error == 0).all()
+    validation = held_out_validation(jobs, ["L", "S"], ["bits", "needed"])
+    bits = validation[validation.target == "bits"]
+    assert (bits[["predicted", "pi_low", "pi_high", "measured", "baseline"]] == 0.1).all().all()
+    ranking = predictor_ranking(validation)
+    assert (ranking[ranking.target == "bits"]["rank"] == 1).all()  # a tie, not an order of rounding noise
+    text = " ".join(study_verdict(jobs.assign(needed_reached=True, prunable=1000), ols_table(jobs, ["L"], ["bits"]),
+                                  validation, delta=0.01, targets={"bits": "bits fraction"}))
+    assert ("On the held-out classes (1, 8), every line predicts the bits fraction the bin jobs all had, 0.1: "
+            "mean absolute error 0, so there is no best predictor to name.") in text
+    assert "the best predictor of the needed fraction is" in text  # a target that varies is still ranked
 
 
 def test_a_line_without_data_sets_gives_the_textbook_prediction_interval():

@@ -57,6 +57,13 @@ def is_constant(y) -> bool:
     return len(y) > 0 and bool((y == y[0]).all())
 
 
+def exact_mean(values) -> float:
+    """The mean of `values`; exactly their value when they are all equal (summing n equal floats and
+    dividing by n can miss it by a rounding step, which would show as an error of 1e-17)."""
+    values = np.asarray(values, dtype=float)
+    return float(values[0]) if is_constant(values) else float(values.mean())
+
+
 def _fit_rows(fit, model: str, target: str, terms, clustered=None, clusters: int = 0,
               constant: bool = False) -> list[dict]:
     if constant:  # see is_constant
@@ -115,6 +122,11 @@ def seed_slopes(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _mean_of_bins(jobs: pd.DataFrame, y_col: str) -> float:
+    """The mean over bins of each bin's mean (exact for a constant target: `exact_mean`)."""
+    return exact_mean(jobs[y_col]) if is_constant(jobs[y_col]) else float(jobs.groupby("bin")[y_col].mean().mean())
+
+
 def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
     """Each bin (all its seeds) predicted by the line fitted to the other bins of the same binning
     measure, against the no-complexity baseline (their mean). Bins of another binning measure stay
@@ -131,15 +143,14 @@ def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
                 held = bins.loc[index]
                 rest = bins[(bins["measure"] == measure) & (bins["bin"] != b)]
                 rest = rest[np.isfinite(rest[y_col])]
-                actual = held[y_col].mean() if np.isfinite(held[y_col]).all() else np.nan
+                actual = exact_mean(held[y_col]) if np.isfinite(held[y_col]).all() else np.nan
                 if rest["bin"].nunique() < 2 or not np.isfinite(actual):
                     continue
-                fit = Line(rest[[f"mean_{m}"]], rest[y_col], data_sets(rest)).fit
                 x = held[f"mean_{m}"].mean()
-                predicted = fit.params[0] + fit.params[1] * x
+                predicted = Line(rest[[f"mean_{m}"]], rest[y_col], data_sets(rest)).mean_at([x])
                 rows.append({"predictor": m, "target": target, "measure": measure, "bin": int(b), "x": x,
                              "actual": actual, "predicted": predicted, "error": predicted - actual,
-                             "baseline_error": rest.groupby("bin")[y_col].mean().mean() - actual})
+                             "baseline_error": _mean_of_bins(rest, y_col) - actual})
     return pd.DataFrame(rows)
 
 
@@ -165,7 +176,9 @@ class Line:
     noise of a mean of k seeds (k: the harmonic mean of seeds per data set), and s2_seeds is the
     pooled seed-to-seed variance within data sets (a one-way ANOVA). Without `groups` every row is its
     own data set: plain OLS and the textbook interval of one new row (then `observations` cannot
-    shrink it: nothing tells a data set's deviation from its seeds' noise)."""
+    shrink it: nothing tells a data set's deviation from its seeds' noise). A target equal in every
+    job (`is_constant`) is predicted exactly: slope 0, that value, intervals of zero width (OLS
+    would give the same up to rounding noise, which then ranks predictors by noise)."""
 
     def __init__(self, x: pd.DataFrame, y, groups=None):
         x = pd.DataFrame(x).reset_index(drop=True)
@@ -180,6 +193,13 @@ class Line:
             self.within = float(deviations @ deviations / (len(y) - len(seeds)))
             self.seeds = len(seeds) / float((1 / seeds).sum())
         self.low, self.high = means[list(x.columns)].min().to_numpy(), means[list(x.columns)].max().to_numpy()
+        self.constant = float(y[0]) if is_constant(y) else None
+        self.coef = (np.array([self.constant, *np.zeros(x.shape[1])]) if self.constant is not None
+                     else np.asarray(self.fit.params, dtype=float))  # intercept, then one slope per column
+
+    def mean_at(self, point) -> float:
+        """The line's value at `point` (one value per column of x)."""
+        return float(self.coef[0] + self.coef[1:] @ np.atleast_1d(np.asarray(point, dtype=float)))
 
     def predict(self, point, observations: int = 1) -> dict:
         """At `point` (one value per column of x): the line's mean, its 95% CI, the 95% prediction
@@ -188,10 +208,13 @@ class Line:
         from scipy import stats  # as statsmodels in fit_ols (which has imported it by now anyway)
 
         point = np.atleast_1d(np.asarray(point, dtype=float))  # one value per column; a number for one column
+        inside = bool(np.all(point >= self.low) and np.all(point <= self.high))
+        if self.constant is not None:
+            c = self.constant
+            return {"mean": c, "ci_low": c, "ci_high": c, "pi_low": c, "pi_high": c, "within_range": inside}
         frame = self.fit.get_prediction(np.array([[1.0, *point]])).summary_frame(alpha=0.05).iloc[0]
         new = max(self.fit.scale - self.within / self.seeds, 0.0) + self.within / observations
         half = stats.t.ppf(0.975, self.fit.df_resid) * np.sqrt(frame["mean_se"] ** 2 + new)
-        inside = bool(np.all(np.asarray(point) >= self.low) and np.all(np.asarray(point) <= self.high))
         return {"mean": frame["mean"], "ci_low": frame["mean_ci_lower"], "ci_high": frame["mean_ci_upper"],
                 "pi_low": frame["mean"] - half, "pi_high": frame["mean"] + half, "within_range": inside}
 
@@ -236,8 +259,8 @@ def held_out_validation(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame
         predicted = predict_targets(jobs, predictors, targets, means, observations=len(part))
         for r in predicted.itertuples():
             measured = part[f"{r.target}_fraction"]
-            actual = float(measured.mean()) if np.isfinite(measured).all() else np.nan
-            baseline = float(bins[f"{r.target}_fraction"].mean())
+            actual = exact_mean(measured) if np.isfinite(measured).all() else np.nan
+            baseline = exact_mean(bins[f"{r.target}_fraction"])
             rows.append({key: int(digit), "target": r.target, "predictor": r.model,
                          "complexity": r.complexity, "predicted": r.mean, "pi_low": r.pi_low,
                          "pi_high": r.pi_high, "measured": actual, "measured_sd": float(measured.std(ddof=1))
@@ -292,7 +315,7 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     predicted = target[np.isfinite(target[y_col])]
     if len(set(data_sets(fit_jobs))) < 3 or predicted.empty:
         return pd.DataFrame(columns=list(CROSS_DOMAIN_COLUMNS))
-    baseline = float(predicted[y_col].mean())
+    baseline = exact_mean(predicted[y_col])
     for m in predictors:
         fitted = Line(fit_jobs[[f"mean_{m}"]], fit_jobs[y_col], data_sets(fit_jobs))
         for r in predicted.itertuples():
@@ -305,8 +328,8 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
                          "covered": bool(line["pi_low"] <= actual <= line["pi_high"]),
                          "within_range": line["within_range"], "error": line["mean"] - actual,
                          "baseline": baseline, "baseline_error": baseline - actual,
-                         "source_mean_error": float(fit_jobs[y_col].mean()) - actual,
-                         "slope": fitted.fit.params[1], "intercept": fitted.fit.params[0],
+                         "source_mean_error": exact_mean(fit_jobs[y_col]) - actual,
+                         "slope": fitted.coef[1], "intercept": fitted.coef[0],
                          "n_fit": len(fit_jobs)})
     return pd.DataFrame(rows, columns=list(CROSS_DOMAIN_COLUMNS))
 

@@ -160,9 +160,17 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
             part = ranking[ranking["target"] == target]
             if part.empty:
                 continue
-            best = part.iloc[0]
+            best, held = part.iloc[0], ", ".join(str(d) for d in sorted(validation[key].unique()))
+            values = bins[f"{target}_fraction"]
+            values = values[np.isfinite(values)]
+            if is_constant(values):  # every line is that constant: nothing to rank
+                sentences.append(
+                    f"On the held-out {noun} ({held}), every line predicts the {target} fraction the bin jobs all "
+                    f"had, {_fmt(values.iloc[0])}: mean absolute error {_fmt(best['mae'])}, so there is no best "
+                    "predictor to name.")
+                continue
             sentences.append(
-                f"On the held-out {noun} ({', '.join(str(d) for d in sorted(validation[key].unique()))}), the best "
+                f"On the held-out {noun} ({held}), the best "
                 f"predictor of the {target} fraction is {best['predictor']}: mean absolute error {_fmt(best['mae'])}, "
                 f"{'better' if best['beats_baseline'] else 'no better'} than ignoring complexity "
                 f"({_fmt(best['baseline_mae'])}); its 95% prediction intervals covered {best['covered']:.0%} of the "
