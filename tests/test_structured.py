@@ -331,6 +331,8 @@ def test_run_compress_writes_a_resumable_run_folder(trained, data_dir, test_spli
             run_compress(trained, tmp_path / "seed", **{**kwargs, "seed": seed})
     with pytest.raises(ConfigError, match="rounds 30 would leave rounds that remove nothing: 24 units of one kind"):
         run_compress(trained, tmp_path / "many", **{**kwargs, "rounds": 30})  # 24 of 48 neurons per block, 1 block
+    with pytest.raises(ConfigError, match="rounds 2 would leave rounds that remove nothing: 1 unit of one kind goes"):
+        run_compress(trained, tmp_path / "one", **{**kwargs, "neurons": 0.02, "rounds": 2})  # 1 of 48
     run_compress(trained, tmp_path / "most", **{**kwargs, "layers": 0.0, "rounds": 24, "finetune_steps": 0,
                                                "importance": "magnitude",
                                                "eval_sequences": 20, "score_sequences": 20})

@@ -131,6 +131,9 @@ def test_a_target_equal_in_every_job_has_slope_zero_and_no_p_value():
     text = " ".join(study_verdict(jobs, ols_table(jobs, ["L"], ["bits"]), pd.DataFrame(), delta=0.01,
                                   targets={"bits": "bits fraction"}))
     assert "Bits fraction: 0.125 in every bin job (n = 10), so no complexity measure moves it." in text
+    text = " ".join(study_verdict(jobs, ols_table(jobs, ["L"], ["bits"]), pd.DataFrame(), delta=0.01,
+                                  targets={"bits": "bits (fewest GPFQ bits)"}))
+    assert "Bits (fewest GPFQ bits): 0.125" in text  # the first letter capitalized, no other ("Gpfq")
     # predicted exactly too: rounding noise would rank the predictors (errors of 1e-17, intervals
     # [0.12499999, 0.12500001]); 0.1 is no binary fraction, so a sum of copies divided by their count misses it
     jobs["bits_fraction"] = 0.1

@@ -184,8 +184,9 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
     schedules = {kind: removal_schedule(totals[kind], counts[kind], rounds) for kind in KINDS}
     if not all(any(schedules[kind][r] for kind in KINDS) for r in range(rounds)):
         most = max(counts.values())
-        raise ConfigError(f"rounds {rounds} would leave rounds that remove nothing: {most} units of one kind go "
-                          f"(per block for heads and neurons); choose fewer rounds ({most} or fewer always work)")
+        go = f"{most} units of one kind go" if most != 1 else "1 unit of one kind goes"
+        raise ConfigError(f"rounds {rounds} would leave rounds that remove nothing: {go} (per block for heads "
+                          f"and neurons); choose fewer rounds ({most} or fewer always work)")
     domain = get_domain(dense.cfg.domain)
     test = domain.load("test", data_dir)
     evaluated, scored = _test_slices(test, dense.cfg, eval_sequences, score_sequences if importance == "taylor" else 0)

@@ -105,22 +105,23 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
                          "pruning levels: their needed fraction is only known to be below the last level's density "
                          "and is left out of the fits (more levels would bracket it).")
     for target, label in targets.items():
+        start = label[:1].upper() + label[1:]  # not capitalize(): it would lower MLP and GPFQ
         rows = ols[(ols["target"] == target) & (ols["model"] != "joint")]
         if rows.empty:
             continue
         significant = rows[rows["p_value"] < alpha]
         values = bins[f"{target}_fraction"]
         if is_constant(values[np.isfinite(values)]):  # as ols_table found: no slope, no p-value
-            sentences.append(f"{label.capitalize()}: {_fmt(rows['intercept'].iloc[0])} in every bin job "
+            sentences.append(f"{start}: {_fmt(rows['intercept'].iloc[0])} in every bin job "
                              f"(n = {int(rows['n'].iloc[0])}), so no complexity measure moves it.")
         elif significant.empty:
-            sentences.append(f"{label.capitalize()}: no single complexity measure shows a slope distinguishable from "
+            sentences.append(f"{start}: no single complexity measure shows a slope distinguishable from "
                              f"zero at the 5% level (smallest p = {_fmt(rows['p_value'].min())}).")
         else:
             best = significant.sort_values("p_value").iloc[0]
             direction = "rises" if best["coef"] > 0 else "falls"
             sentences.append(
-                f"{label.capitalize()} {direction} with {best['term']} (slope {_fmt(best['coef'])}, 95% CI "
+                f"{start} {direction} with {best['term']} (slope {_fmt(best['coef'])}, 95% CI "
                 f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], p = {_fmt(best['p_value'])}{_clustered(best)}, "
                 f"R² = {best['r2']:.2f}, n = {int(best['n'])} jobs); {len(significant)} of {len(rows)} measures are "
                 "significant at the 5% level" + _correlated(bins, significant["term"]) + "."
