@@ -86,6 +86,8 @@ def test_train_then_sample(data_dir, tmp_path):
     result = run("train", "--out", str(run_dir), "--steps", "3", "--d-model", "16", "--n-layers", "1")
     assert result.returncode == 0, result.stderr
     assert "test NLL" in result.stdout
+    # the final line's NLL covers the whole split, metrics.csv's the first eval_sequences: both said
+    assert "on all 10,000 test sequences (metrics.csv: the first 2,000 test sequences)" in result.stdout
     import json
 
     model = json.loads((run_dir / "config.json").read_text())["model"]

@@ -249,10 +249,14 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
         {**train_values, **{k: v for k, v in {"steps": steps, "lr": lr, "seed": seed}.items() if v is not None}})
     held_out = chosen.load(chosen.eval_split, data_dir)
     result = train(chosen.load("train", data_dir), out, model_config, train_config, eval_data=held_out)
-    nll = evaluate_nll(result.model, held_out if chosen.eval_split == "test" else chosen.load("test", data_dir))
+    test = held_out if chosen.eval_split == "test" else chosen.load("test", data_dir)
+    nll = evaluate_nll(result.model, test)
     seconds = result.history["seconds"].iloc[-1]
+    periodic = min(train_config.eval_sequences, len(held_out))  # what metrics.csv's held-out NLL averages over
     console.print(f"trained {result.model.num_params():,} parameters for {train_config.steps} steps "
-                  f"in {seconds / 60:.1f} min; test NLL {chosen.describe_nll(nll)}; checkpoint {out}")
+                  f"in {seconds / 60:.1f} min; test NLL {chosen.describe_nll(nll)} on all {len(test):,} test "
+                  f"{chosen.samples} (metrics.csv: the first {periodic:,} {chosen.eval_split} {chosen.samples}); "
+                  f"checkpoint {out}")
     _note_short_run(train_config)
 
 
