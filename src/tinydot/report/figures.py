@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tinydot.fits import Line, data_sets, fit_ols
+from tinydot.fits import Line, data_sets, fit_ols, is_constant
 
 
 def complexity_histograms(table: pd.DataFrame, binned: str, edges: pd.DataFrame) -> Figure:
@@ -136,7 +138,9 @@ def ols_fits(jobs: pd.DataFrame, predictors, targets: dict[str, str], validation
         for j, m in enumerate(predictors):
             ax = axes[i, j]
             x, y = fine[f"mean_{m}"].to_numpy(), fine[f"{target}_fraction"].to_numpy()
-            if len(x) >= 3:
+            if is_constant(y):  # OLS would draw its rounding noise as a slope and a p-value
+                ax.axhline(y[0], label=f"{y[0]:.3g} in every job")
+            elif len(x) >= 3:
                 fit = fit_ols(x, y)
                 grid = np.linspace(x.min(), x.max(), 50)
                 band = fit.get_prediction(np.column_stack([np.ones_like(grid), grid])).summary_frame(alpha=0.05)
@@ -152,7 +156,7 @@ def ols_fits(jobs: pd.DataFrame, predictors, targets: dict[str, str], validation
                         label="held-out classes" if "digit" in held else "held-out groups")
             ax.set_xlabel(f"mean {m}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(label, fontsize=7)
+                ax.set_ylabel(textwrap.fill(label, 32), fontsize=7)  # long labels would run off the figure
             ax.legend(fontsize=6)
             ax.tick_params(labelsize=7)
     return fig

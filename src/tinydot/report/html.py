@@ -224,15 +224,14 @@ def write_study_report(run_dir: str | Path) -> Path:
     assignments = pd.read_csv(run_dir / "assignments.csv")
     measures, predictors = list(study.study.measures), list(study.study.predictors)
     fig_dir = run_dir / "figures"
+    drawn = {t: label for t, label in study.targets.items() if t != "unused"}  # unused: its two parts are drawn
     images = {
         "histograms": _png(figures.study_histograms(assignments, measures, study.study.bins),
                            fig_dir / "histograms.png"),
         "per_bin": _png(figures.per_bin(jobs, measures), fig_dir / "per_bin.png"),
         "curves": _png(figures.nll_vs_density(study_curves(run_dir, jobs), jobs, study.prune.delta),
                        fig_dir / "nll_vs_density.png"),
-        "ols": _png(figures.ols_fits(jobs, predictors, {t: TARGETS[t] for t in ("needed", "untouched",
-                                                                                 "trained_to_small")},
-                                     tables["validation"]), fig_dir / "ols.png"),
+        "ols": _png(figures.ols_fits(jobs, predictors, drawn, tables["validation"]), fig_dir / "ols.png"),
     }
     if study.study.sample_digits:
         images["samples"] = _png(_samples_figure(run_dir, jobs, measures), fig_dir / "samples.png")
