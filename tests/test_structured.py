@@ -224,7 +224,7 @@ def test_removal_counts_and_errors():
         removal_count(ModelConfig(), "heads", 0.5)
     with pytest.raises(ConfigError, match="would remove all of them"):
         removal_count(HEADS4, "heads", 0.9)
-    with pytest.raises(ConfigError, match="rounds to none; choose at least 0.333"):
+    with pytest.raises(ConfigError, match=r"rounds to none; choose at least 0.333 \(one of them\)"):
         removal_count(HEADS4, "layers", 0.1)
     with pytest.raises(ConfigError, match="in \\[0, 1\\)"):
         removal_count(HEADS4, "layers", 1.0)

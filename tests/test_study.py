@@ -421,10 +421,12 @@ def test_rightsize_trains_the_predicted_model_beside_the_reference(tiny_study, t
     assert summary["within_delta"] == bool(small.test_bits_per_step
                                            <= reference.test_bits_per_step * (1 + study.prune.delta))
     assert summary["flops_saved"] == pytest.approx(1 - small.train_flops / reference.train_flops)
+    assert summary["nll_change"] == pytest.approx(small.test_bits_per_step / reference.test_bits_per_step - 1)
     assert summary["cpu_saved"] == pytest.approx(1 - small.cpu_seconds / reference.cpu_seconds)  # may be < 0
     assert summary["test_sequences"] == int((load_strokes_test(data_dir).labels == 1).sum())
     html = write_study_report(result.run_dir).read_text()
     assert "what right-sizing saves" in html and "train:1" in html
+    assert f"the reference's test NLL ({100 * summary['nll_change']:+.1f}%), with" in html  # the gap, not only delta
     assert ("% less\nmeasured CPU time" if summary["cpu_saved"] >= 0 else "% more\nmeasured CPU time") in html
 
 

@@ -133,6 +133,8 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
         "delta": study.prune.delta, "test_sequences": len(test), "train_sequences": len(selection),
         "study_train_sequences": int(jobs.loc[jobs["kind"] == "bin", "n_train"].max()),
         "predictor_beats_baseline": predictor_beats_baseline(study_dir, predictor),
+        # the right-sized model's test NLL relative to the reference's (0.02: 2% worse; negative: better)
+        "nll_change": rightsized["test_bits_per_step"] / reference["test_bits_per_step"] - 1,
         "within_delta": bool(rightsized["test_bits_per_step"]
                              <= reference["test_bits_per_step"] * (1 + study.prune.delta)),
         "flops_saved": 1 - rightsized["train_flops"] / reference["train_flops"],

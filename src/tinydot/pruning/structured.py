@@ -91,7 +91,7 @@ def removal_count(cfg: ModelConfig, kind: str, fraction: float) -> int:
                           "models trained with n_heads > 1")
     if fraction > 0 and count == 0:
         raise ConfigError(f"removing {fraction} of the {total} {_UNIT_NAMES[kind]} rounds to none; "
-                          f"choose at least {1 / total:.3g}")
+                          f"choose at least {1 / total:.3g} (one of them)")
     if count >= total:
         raise ConfigError(f"removing {fraction} of the {total} {_UNIT_NAMES[kind]} would remove all of them; "
                           f"choose a smaller fraction")
