@@ -773,7 +773,7 @@ def quantize_cmd(checkpoint: Path = CheckpointOption,
     domain = compression_domain(out)
     figure = write_compress_figures(out, domain.unit)
     result = Table(title=f"quantization: test NLL in {domain.unit} on {eval_sequences:,} {domain.samples}")
-    for column in ("bits", "method", "NLL", "change", "bits/weight", "file bytes", "vs float32"):
+    for column in ("bits", "method", "NLL", "change", "stored bits/weight", "file bytes", "vs float32"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
         result.add_row(str(r.bits), r.method, f"{r.bits_per_step:.4f}", f"{r.relative_change:+.2%}",

@@ -87,7 +87,7 @@ TARGETS = {
 }
 COMPRESSION_TARGETS = {
     "neurons": "MLP neurons needed (fewest kept within delta, one-shot Taylor removal, no fine-tuning)",
-    "bits": "bits needed / 32 (fewest GPFQ bits per weight within delta)",
+    "bits": "bits needed / 32 (narrowest GPFQ code width within delta; scales not counted)",
 }
 CALIBRATION_SEQUENCES = 128  # training sequences that score neurons (Taylor) and calibrate GPFQ
 JOB_THREADS = 1  # every job pins one torch thread: identical numbers under every executor
