@@ -9,7 +9,9 @@ A compress run folder:
   round_<r>/finetune/           the fine-tuning run (a `train` run folder), if finetune_steps > 0
   round_<r>/results.json        round r's row; a round with this file is skipped on re-runs
   model.safetensors             the final model (fine-tuned if fine-tuning)
-  results.csv                   one row per round (round 0: the dense model)
+  results.csv                   one row per round (round 0: the dense model): its shape (n_heads and d_mlp
+                                per block), parameters, NLLs, file size; removed_heads and removed_neurons
+                                count per block, removed_layers blocks, all since round 0
 
 A quantize run folder:
   config.json                   the source checkpoint and the quantize settings
