@@ -255,6 +255,10 @@ def test_held_out_classes_are_predicted_with_intervals():
         assert needed.loc[digit, "baseline_error"] == pytest.approx(bins - exact)
     ranking = predictor_ranking(validation)
     assert ranking.query("target == 'needed'").iloc[0].beats_baseline
+    # a bin job "not reached" (NaN) is left out of the baseline, not spread through it
+    jobs.loc[0, "needed_fraction"] = np.nan
+    needed = held_out_validation(jobs, ["L"], ["needed"]).set_index("digit")
+    assert needed.loc[1, "baseline"] == pytest.approx(np.nanmean(jobs[jobs.kind == "bin"].needed_fraction))
 
 
 @pytest.fixture(scope="module")

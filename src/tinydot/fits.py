@@ -58,10 +58,12 @@ def is_constant(y) -> bool:
 
 
 def exact_mean(values) -> float:
-    """The mean of `values`; exactly their value when they are all equal (summing n equal floats and
-    dividing by n can miss it by a rounding step, which would show as an error of 1e-17)."""
-    values = np.asarray(values, dtype=float)
-    return float(values[0]) if is_constant(values) else float(values.mean())
+    """The mean of `values`, NaN skipped (a job "not reached"), as pandas takes it; exactly their value
+    when they are all equal (summing n equal floats and dividing by n can miss it by a rounding step,
+    which would show as an error of 1e-17)."""
+    values = pd.Series(np.asarray(values, dtype=float))
+    present = values.dropna()
+    return float(present.iloc[0]) if is_constant(present) else float(values.mean())
 
 
 def _fit_rows(fit, model: str, target: str, terms, clustered=None, clusters: int = 0,
