@@ -277,11 +277,11 @@ def cross_domain(studies: list[tuple[str, pd.DataFrame]], predictors, target: st
                 ax.plot(held[f"mean_{m}"], held[y_col], "D", color=colour, ms=5, mfc="none",
                         label=f"{label} held out")
             if len(set(data_sets(bins))) >= 3:
-                fit = Line(bins[[f"mean_{m}"]], bins[y_col], data_sets(bins)).fit  # the line that predicted
+                coef = Line(bins[[f"mean_{m}"]], bins[y_col], data_sets(bins)).coef  # the line that predicted
                 low, high = bins[f"mean_{m}"].min(), bins[f"mean_{m}"].max()
                 for a, b, style in ((x_all.min(), low, "--"), (low, high, "-"), (high, x_all.max(), "--")):
                     grid = np.linspace(a, b, 20)
-                    ax.plot(grid, fit.params[0] + fit.params[1] * grid, style, color=colour, lw=1)
+                    ax.plot(grid, coef[0] + coef[1] * grid, style, color=colour, lw=1)
         ax.set_xlabel(f"mean {m} (per job)", fontsize=8)
         ax.set_ylabel(f"{target} fraction", fontsize=8)
         ax.tick_params(labelsize=7)
