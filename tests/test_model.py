@@ -155,6 +155,29 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, few):
     assert torch.equal(model.nll(inputs, labels, targets), loaded.nll(inputs, labels, targets))
 
 
+def test_the_same_checkpoint_is_the_same_bytes_in_every_process(tmp_path):
+    # safetensors writes its metadata in hash-map order, which Rust seeds afresh in every process:
+    # the same run gave files with different sha256 (and compress refused an identical checkpoint)
+    import hashlib
+    import subprocess
+    import sys
+
+    script = ("import sys; from tinydot.checkpoint import save_model; from tinydot.training import init_model; "
+              "from tinydot.config import ModelConfig; "
+              "save_model(sys.argv[1], init_model(ModelConfig(n_layers=1, d_model=8, d_mlp=16), 0), {'note': 'x'})")
+    digests = set()
+    for i in range(4):
+        path = tmp_path / f"m{i}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        data = path.read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + size])["__metadata__"]
+        assert list(metadata) == sorted(metadata) == ["extra", "format", "model_config"]
+        assert load_model(path).cfg.d_model == 8  # still a valid safetensors file
+        digests.add(hashlib.sha256(data).hexdigest())
+    assert len(digests) == 1
+
+
 def test_bad_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "missing.safetensors")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from tinydot.config import ModelConfig, check_domain_name
 from tinydot.errors import ConfigError, TinydotError
@@ -29,8 +29,26 @@ class CheckpointError(TinydotError):
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` and `metadata` as a safetensors file, atomically, with bytes that depend on
+    them alone: safetensors writes the metadata in hash-map order, which changes from process to
+    process, so the same run would give files with different sha256 (`_sorted_metadata`)."""
+    data = save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        tmp.write_bytes(_sorted_metadata(data))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file's bytes with its header's metadata keys in sorted order. The header (8
+    bytes of length, then JSON padded with spaces) keeps its length, so the tensors do not move."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if "__metadata__" not in header:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # never seen: the same JSON written compactly; keep safetensors' own bytes then
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size:]
 
 
 @contextmanager
