@@ -128,6 +128,28 @@ def test_pruned_model_spectrum_is_over_surviving_weights_only(setup):
     assert np.allclose(spectrum.eigenvalues_, reference, rtol=1e-3)
 
 
+def test_a_lottery_level_is_analysed_under_its_mask_given_as_folder_or_file(data_dir, tmp_path):
+    # the level's model.safetensors given alone once dropped the mask beside it: every coordinate free
+    from tinydot.checkpoint import save_model
+    from tinydot.pruning.mask import save_mask
+    from tinydot.runs import write_hessian
+
+    model = init_model(ModelConfig(n_layers=1, d_model=16, d_mlp=32), 0)
+    mask = prune(model, full_mask(model), 0.5)
+    level = tmp_path / "level_1"
+    save_model(level / "model.safetensors", model)
+    save_mask(level / "mask.safetensors", mask)
+    kept = sum(int(m.sum()) for m in mask.values()) + sum(
+        p.numel() for n, p in model.named_parameters() if n not in mask)
+    settings = dict(top_k=2, density=False, sequences=4, lanczos_steps=6, trace_samples=2, data_dir=data_dir,
+                    progress=False)
+    by_folder = write_hessian(level, tmp_path / "h_folder", **settings)
+    by_file = write_hessian(level / "model.safetensors", tmp_path / "h_file", **settings)
+    assert by_folder["coordinates"] == by_file["coordinates"] == kept < model.num_params()
+    assert by_folder["pruned"] and by_file["pruned"]
+    assert by_folder["top_eigenvalues"] == by_file["top_eigenvalues"]
+
+
 def test_outlier_rule():
     assert outlier_count([50.0, 40.0, 30.0, 3.0, 2.5, 2.0]) == 3
     assert outlier_count([5.0, 4.0, 3.0, 2.5]) == 0  # no gap of 2x

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tinydot.analysis.activations import hidden_states
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
 from tinydot.analysis.similarity import SVCCA, intrinsic_dimension
-from tinydot.checkpoint import load_model
+from tinydot.checkpoint import MODEL_FILE, load_model, resolve
 from tinydot.complexity import bin_table, quantile_bins, summary
 from tinydot.config import check_seed
 from tinydot.cost import CostMeter
@@ -95,8 +95,8 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
                   data_dir=None, progress: bool = True) -> dict:
     """Hessian spectrum of a checkpoint's training loss on a fixed sample of train sequences.
 
-    A run folder holding `mask.safetensors` (a lottery level) is analysed over its surviving
-    weights only. Writes eigenvalues.csv, summary.json and (with `density`) density.csv into
+    A lottery level (a run folder holding `mask.safetensors`, or that folder's model.safetensors) is
+    analysed over its surviving weights only. Writes eigenvalues.csv, summary.json and (with `density`) density.csv into
     `out`; returns the summary.
     """
     out = check_writable_dir(out)  # before the meter makes the folder
@@ -111,7 +111,9 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
              data_dir, progress) -> dict:
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)  # strokes or text: the train split of the model's own domain
-    mask_path = checkpoint / "mask.safetensors" if checkpoint.is_dir() else None
+    # a lottery level's mask lies beside its model: the folder or its model.safetensors, the same level
+    source = resolve(checkpoint)
+    mask_path = source.parent / "mask.safetensors" if source.name == MODEL_FILE else None
     mask = load_mask(mask_path) if mask_path is not None and mask_path.exists() else None
     batch = sample_batch(get_domain(model.cfg.domain).load("train", data_dir), model.cfg, sequences, seed)
     operator = HessianOperator(model, batch, mask)
