@@ -198,6 +198,11 @@ def test_segments_add_up_across_a_resume(tmp_path):
     total = read_cost(tmp_path)
     assert total["energy_kwh"] is None and total["cpu_seconds"] > 0
     assert "off" in total["energy_mode"].split(" | ")
+    # an analysis run again recomputes everything: its cost.json is that run's alone
+    with CostMeter(tmp_path, counters=lambda: {"train_flops_dense": 5}, energy=False, resumes=False) as again:
+        pass
+    total = read_cost(tmp_path)
+    assert len(total["segments"]) == 1 and total["train_flops_dense"] == 5 and total == again.total
 
 
 def test_country_resolution():

@@ -250,6 +250,8 @@ class CostMeter:
     country  : ISO 3166 code for the CO2 conversion (see `resolve_country` for the default)
     energy   : False skips codecarbon (energy recorded as null, mode "off")
     verbose  : let codecarbon log (INFO)
+    resumes  : False for a run that recomputes everything when run again (an analysis): cost.json then
+               holds this run alone, not its sum with earlier runs into the same folder
 
         with CostMeter(run_dir, counters=tally.totals) as meter:
             ...
@@ -258,8 +260,9 @@ class CostMeter:
 
     def __init__(self, run_dir: str | os.PathLike, *, counters: Callable[[], dict[str, int]] | None = None,
                  country: str | None = None, energy: bool = True, verbose: bool | None = None,
-                 record_user_errors: bool = True):
+                 record_user_errors: bool = True, resumes: bool = True):
         self.run_dir = Path(run_dir)
+        self.resumes = resumes
         self.record_user_errors = record_user_errors  # False: a TinydotError leaves no cost.json behind
         self.counters = counters or dict
         self.country, self.country_source = resolve_country(country)
@@ -272,7 +275,7 @@ class CostMeter:
         self._created = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)  # codecarbon's output_dir must exist (it writes nothing)
         try:
-            self._previous = (read_cost(self.run_dir) or {}).get("segments", [])
+            self._previous = (read_cost(self.run_dir) or {}).get("segments", []) if self.resumes else []
         except (json.JSONDecodeError, OSError) as error:
             log.warning("%s unreadable (%s): cost totals start again", self.run_dir / COST_FILE, error)
             self._previous = []

@@ -162,7 +162,7 @@ def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bo
     config.check()
     out = check_writable_dir(out)  # nothing stays in it unless the inputs pass their checks
     check_run_kind(out, "redundancy")
-    with CostMeter(out, record_user_errors=False):
+    with CostMeter(out, record_user_errors=False, resumes=False):
         return _redundancy(config, out, data_dir, progress)
 
 

@@ -102,7 +102,7 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     out = check_writable_dir(out)  # before the meter makes the folder
     check_run_kind(out, "hessian")
     check_seed(seed)
-    with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
+    with CostMeter(out, record_user_errors=False, resumes=False):  # cost.json: time and energy of the analysis
         return _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs,
                         seed, data_dir, progress)
 
@@ -166,7 +166,7 @@ def write_svcca(checkpoints, out, *, sequences: int = 500, keep: float = 0.99, s
     check_seed(seed)
     if isinstance(checkpoints, (str, os.PathLike)):  # one checkpoint, not a sequence of characters
         checkpoints = [checkpoints]
-    with CostMeter(out, record_user_errors=False):  # cost.json: time and energy of the analysis
+    with CostMeter(out, record_user_errors=False, resumes=False):  # cost.json: time and energy of the analysis
         return _svcca(checkpoints, out, sequences, keep, seed, data_dir)
 
 
