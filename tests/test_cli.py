@@ -119,8 +119,9 @@ def test_errors_name_the_options_the_user_typed():
         assert option_words(unchanged, hessian) == unchanged
     assert option_words("model n_heads must be a positive integer", redundancy) == \
         "model n_heads must be a positive integer"  # a config-file field, though --model is an option
-    assert option_words("trace_samples must be >= 2, density_runs >= 1 and density_steps >= 2", hessian) == \
-        "--trace-samples must be >= 2, --density-runs >= 1 and density_steps >= 2"  # no such option
+    assert option_words("density_runs must be >= 1, got 0", hessian) == "--density-runs must be >= 1, got 0"
+    assert option_words("density_steps must be >= 2, got 1", hessian) == \
+        "density_steps must be >= 2, got 1"  # no such option
     for listed in ("unknown ModelConfig field(s) foo; known: activation, d_mlp, d_model, n_layers",  # JSON keys
                    "out holds a compress run with other settings (eval_sequences 2000 -> 100, "
                    "score_sequences 1000 -> 50); choose another output folder or delete it"):
@@ -268,7 +269,7 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     similarity = pd.read_csv(tmp_path / "s" / "similarity.csv", index_col=0).to_numpy()
     assert np.allclose(np.diag(similarity), 1.0)  # a model against itself, layer by layer
     bad = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "bad"), "--top-k", "0")
-    assert_user_error(bad, "--top-k must be between 1")  # the option's name, not the API's top_k
+    assert_user_error(bad, "--top-k must be >= 1, got 0")  # the option's name, not the API's top_k
 
 
 def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path, monkeypatch, capsys, data_dir):
@@ -296,6 +297,10 @@ def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path
     ok(*hessian)  # the same folder without a density: the earlier one must not pass for this run's
     assert not (tmp_path / "h" / "density.csv").exists() and not (tmp_path / "h" / "density.png").exists()
     assert "density_trace" not in json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert len(json.loads((tmp_path / "h" / "cost.json").read_text())["segments"]) == 1  # this run's cost alone
+    for bad, message in ((["--trace-samples", "1"], "--trace-samples must be >= 2, got 1"),
+                         (["--density-runs", "0"], "--density-runs must be >= 1, got 0")):
+        assert user_error(monkeypatch, capsys, *hessian, *bad) == f"error: {message}"
     for command, kind in ((["complexity"], "complexity"),
                           (["train", "--steps", "2", "--data-dir", data_dir], "training"),
                           (["compress", "--checkpoint", tiny_run, "--neurons", "0.5", "--data-dir", data_dir],

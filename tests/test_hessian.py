@@ -161,8 +161,15 @@ def test_bad_arguments(setup):
     operator = HessianOperator(model, batch)
     with pytest.raises(ConfigError, match="lanczos_steps"):
         HessianSpectrum(top_k=10, lanczos_steps=5).fit(operator)
-    with pytest.raises(ConfigError, match="top_k must be between 1"):
+    with pytest.raises(ConfigError, match="^top_k must be >= 1, got 0$"):
         HessianSpectrum(top_k=0).fit(operator)
+    with pytest.raises(ConfigError, match=f"^top_k must be at most the {operator.dim} coordinates"):
+        HessianSpectrum(top_k=operator.dim + 1, lanczos_steps=operator.dim + 1).fit(operator)
+    for settings, message in (({"trace_samples": 1}, "^trace_samples must be >= 2, got 1$"),  # which one, alone
+                              ({"density_runs": 0}, "^density_runs must be >= 1, got 0$"),
+                              ({"density_steps": 1}, "^density_steps must be >= 2, got 1$")):
+        with pytest.raises(ConfigError, match=message):
+            HessianSpectrum(top_k=2, lanczos_steps=4, **settings).check()
 
 
 def test_the_hessian_of_a_text_model_matches_its_exact_hessian():

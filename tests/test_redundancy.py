@@ -263,13 +263,17 @@ def test_redundancy_cli_errors(tiny_checkpoint, tmp_path, monkeypatch, capsys):
         (["--model", tiny_checkpoint, "--task", "sentiment", "--out", tmp_path / "b"], "unknown task 'sentiment'"),
         (["--model", tmp_path / "nowhere", "--task", "ner", "--out", tmp_path / "c"], "does not exist"),
         (["--model", tmp_path / "empty", "--task", "ner", "--out", tmp_path / "d"], "has no config.json"),
+        # a folder that is no model at all: said so, not "a text model takes ner or pos"
+        (["--model", tmp_path / "empty", "--task", "digit", "--out", tmp_path / "g"], "has no config.json"),
+        (["--model", tiny_checkpoint, "--task", "digit", "--alpha", "-1", "--out", tmp_path / "h"],
+         "--alpha must be > 0, got -1.0"),
         (["--model", tiny_checkpoint, "--task", "digit", "--tokens", "50", "--out", tmp_path / "e"],
          "tokens must be an integer >= 200"),
         (["--model", tiny_checkpoint, "--task", "digit", "--tokens", "200", "--out", tmp_path / "f"],
          "too few tokens for a probe"),
     ]:
         assert message in user_error(monkeypatch, capsys, "redundancy", *args)
-    assert not any((tmp_path / name).exists() for name in "abcdef")
+    assert not any((tmp_path / name).exists() for name in "abcdefgh")
 
 
 def test_minilm_ner_activations_align_words():

@@ -65,8 +65,10 @@ class RedundancyConfig:
             raise ConfigError(f"tokens must be an integer >= 200, got {self.tokens!r}")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not ((self.alpha is None or self.alpha > 0) and 0 <= self.l1_ratio <= 1):
-            raise ConfigError(f"need alpha > 0 and 0 <= l1_ratio <= 1, got {self.alpha} and {self.l1_ratio}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.l1_ratio <= 1:
+            raise ConfigError(f"l1_ratio must be in [0, 1], got {self.l1_ratio}")
 
 
 def model_kind(model: str) -> str:
@@ -128,10 +130,10 @@ def check_model_task(config: RedundancyConfig) -> str:
         raise ConfigError(f"task {config.task!r} is a text task; a stroke tinyDOT checkpoint takes "
                           f"{' or '.join(STROKE_TASKS)}")
     if kind == "hf":
+        resolve_hf_model(config.model)  # first: a folder that is no model at all is not "a text model"
         if config.task not in TEXT_TASKS:
             raise ConfigError(f"task {config.task!r} needs a tinyDOT checkpoint; a text model takes "
                               f"{' or '.join(TEXT_TASKS)}")
-        resolve_hf_model(config.model)
     return kind
 
 

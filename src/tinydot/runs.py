@@ -102,6 +102,10 @@ def write_hessian(checkpoint, out, *, top_k: int = 10, density: bool = True, seq
     out = check_writable_dir(out)  # before the meter makes the folder
     check_run_kind(out, "hessian")
     check_seed(seed)
+    if lanczos_steps < 2:  # each density run takes as many Lanczos steps
+        raise ConfigError(f"lanczos_steps must be >= 2, got {lanczos_steps}")
+    HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
+                    density_runs=density_runs, density_steps=lanczos_steps).check()  # before any data loads
     with CostMeter(out, record_user_errors=False, resumes=False):  # cost.json: time and energy of the analysis
         return _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_samples, density_runs,
                         seed, data_dir, progress)

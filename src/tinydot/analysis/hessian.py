@@ -165,17 +165,23 @@ class HessianSpectrum:
         self.min_gap = min_gap
         self.seed = seed
 
-    def _check(self, dim):
-        if not 1 <= self.top_k <= dim:
-            raise ConfigError(f"top_k must be between 1 and the {dim} coordinates, got {self.top_k}")
+    def check(self, dim: int | None = None) -> HessianSpectrum:
+        """A ConfigError for settings that cannot run; with `dim` (the operator's size) also a top_k above it."""
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if dim is not None and self.top_k > dim:
+            raise ConfigError(f"top_k must be at most the {dim} coordinates, got {self.top_k}")
         if self.lanczos_steps < self.top_k:
             raise ConfigError(f"lanczos_steps ({self.lanczos_steps}) must be >= top_k ({self.top_k})")
-        if self.trace_samples < 2 or self.density_runs < 1 or self.density_steps < 2:
-            raise ConfigError("trace_samples must be >= 2, density_runs >= 1 and density_steps >= 2")
+        for name, value, least in (("trace_samples", self.trace_samples, 2), ("density_runs", self.density_runs, 1),
+                                   ("density_steps", self.density_steps, 2)):
+            if value < least:
+                raise ConfigError(f"{name} must be >= {least}, got {value}")
+        return self
 
     def fit(self, operator: HessianOperator, density: bool = True, progress=None) -> HessianSpectrum:
         dim = operator.dim
-        self._check(dim)
+        self.check(dim)
         self.dim_ = dim
         generator = torch.Generator().manual_seed(self.seed)
         start = torch.randn(dim, generator=generator, dtype=operator.dtype)

@@ -138,8 +138,10 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> ElasticNetProbe:
         if self.solver not in ("fista", "saga"):
             raise ConfigError(f"unknown probe solver {self.solver!r}; choose fista or saga")
-        if not (self.alpha > 0 and 0 <= self.l1_ratio <= 1):
-            raise ConfigError(f"need alpha > 0 and 0 <= l1_ratio <= 1, got {self.alpha} and {self.l1_ratio}")
+        if not self.alpha > 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.l1_ratio <= 1:
+            raise ConfigError(f"l1_ratio must be in [0, 1], got {self.l1_ratio}")
         X = np.asarray(X, dtype=np.float32)
         self.classes_, codes = np.unique(np.asarray(y), return_inverse=True)
         if len(self.classes_) < 2:
