@@ -177,6 +177,8 @@ def test_eval_checks_out_and_temperature_before_the_evaluation(tiny_checkpoint, 
     cache.mkdir()
     env = {"TINYDOT_CACHE": str(cache)}
     refused(["eval", "--checkpoint", tiny_checkpoint, "--out", folder], "is a folder; give a file path", env=env)
+    refused(["eval", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "results.csv"],
+            "results.csv must end in .json (the results are written as JSON)", env=env)
     refused(["eval", "--checkpoint", tiny_checkpoint, "--temperature", "0"],
             "--temperature must be between 0.05 and 10, got 0.0", env=env)
     refused(["eval", "--checkpoint", tiny_checkpoint, "--per-class", "100000"],

