@@ -408,3 +408,10 @@ def test_the_verdict_draws_no_conclusion_from_a_probe_that_learnt_nothing():
     learnt = {**summary, "oracle": {"test": 0.8, "dev": 0.8},
               "selections": [{**selection, "test": 0.79, "oracle_share": 0.79 / 0.8}]}
     assert "98.8% of the oracle - the paper's headline" in " ".join(redundancy_verdict(learnt))
+    # the oracle learnt something but the selection's probe did not (dev 0: any one neuron meets the rule)
+    degenerate = {**learnt, "oracle": {"test": 0.167, "dev": 0.18},
+                  "selections": [{**selection, "neurons": 1, "test": 0.0, "oracle_share": 0.0}]}
+    text = " ".join(redundancy_verdict(degenerate))
+    assert ("1 neuron kept (10.0% of all), test macro-F1 0.000: no better than the majority label, so this "
+            "selection says nothing about redundancy") in text
+    assert "headline" not in text

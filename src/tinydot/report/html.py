@@ -434,16 +434,24 @@ def redundancy_verdict(summary: dict) -> list[str]:
         lines.append("The oracle probe does no better than the majority label: there is nothing for a subset of "
                      "neurons to keep, so the lines below say nothing about redundancy (too few labelled tokens, or a "
                      "task the model has not learnt; try more --tokens).")
-        return lines + [f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: {row['neurons']:,} "
-                        f"neurons kept, test {metric} {row['test']:.3f}." for row in summary["selections"]]
+        return lines + [f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: {_neurons(row)} "
+                        f"kept, test {metric} {row['test']:.3f}." for row in summary["selections"]]
     for row in summary["selections"]:
+        start = (f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: layers 0..{row['layer']} "
+                 f"selected, {_neurons(row)} kept ({100 * row['neuron_share']:.1f}% of all), test {metric} "
+                 f"{row['test']:.3f}")
+        if not row["test"] > summary["majority_test"]:  # e.g. a clustered probe that learnt nothing (dev 0)
+            lines.append(f"{start}: no better than the majority label, so this selection says nothing about "
+                         "redundancy (its probe on the kept neurons learnt nothing; try more --tokens).")
+            continue
         meets = row["oracle_share"] >= 0.97 and row["neuron_share"] <= 0.10
-        lines.append(
-            f"With delta_L = {row['delta_L']:g}% and delta_N = {row['delta_N']:g}%: layers 0..{row['layer']} selected, "
-            f"{row['neurons']:,} neurons kept ({100 * row['neuron_share']:.1f}% of all), test {metric} "
-            f"{row['test']:.3f} = {100 * row['oracle_share']:.1f}% of the oracle - the paper's headline "
-            f"(>= 97% of performance with <= 10% of neurons) {'holds' if meets else 'does not hold'} here.")
+        lines.append(f"{start} = {100 * row['oracle_share']:.1f}% of the oracle - the paper's headline (>= 97% of "
+                     f"performance with <= 10% of neurons) {'holds' if meets else 'does not hold'} here.")
     return lines
+
+
+def _neurons(row: dict) -> str:
+    return f"{row['neurons']:,} neuron{'s' if row['neurons'] != 1 else ''}"
 
 
 def write_redundancy_report(out: str | Path) -> Path:
