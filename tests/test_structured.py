@@ -226,6 +226,8 @@ def test_removal_counts_and_errors():
         removal_count(HEADS4, "heads", 0.9)
     with pytest.raises(ConfigError, match=r"rounds to none; choose at least 0.333 \(one of them\)"):
         removal_count(HEADS4, "layers", 0.1)
+    with pytest.raises(ConfigError, match="^the model has a single block: none can be removed$"):
+        removal_count(ModelConfig(n_layers=1), "layers", 0.3)  # no fraction in [0, 1) removes the one block
     with pytest.raises(ConfigError, match="in \\[0, 1\\)"):
         removal_count(HEADS4, "layers", 1.0)
     with pytest.raises(ConfigError, match="unknown unit kind"):

@@ -155,6 +155,12 @@ def test_a_target_equal_in_every_job_has_slope_zero_and_no_p_value():
     assert ("On the held-out classes (1, 8), every line predicts the bits fraction the bin jobs all had, 0.1: "
             "mean absolute error 0, so there is no best predictor to name.") in text
     assert "the best predictor of the needed fraction is" in text  # a target that varies is still ranked
+    from tinydot.report.figures import ols_fits
+
+    fig = ols_fits(jobs, ["L"], {"needed": "needed", "bits": "bits"}, validation)
+    needed_axis, bits_axis = fig.axes
+    assert bits_axis.get_legend_handles_labels()[1][0] == "0.1 in every job"  # a flat line, not a noise slope
+    assert needed_axis.get_legend_handles_labels()[1][0].startswith("slope ")
 
 
 def test_a_line_without_data_sets_gives_the_textbook_prediction_interval():

@@ -43,7 +43,7 @@ def option_words(message: str, params) -> str:
 
     The API names a field at the start of its message ("top_k must be ...", "calibration_sequences 300
     exceeds ...", "data test:x: the digit ...") and a second one in a comparison ("... must be >=
-    top_k (10)", "..., density_runs >= 1"); only those places change, so prose ("the test sequences"),
+    top_k (10)", "... exceed ..., density_runs >= 1"); only those places change, so prose ("the test sequences"),
     config-file fields ("model n_heads must be") and lists of them ("known: d_mlp, d_model") stay.
     """
     for param in params:
@@ -253,10 +253,10 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
     nll = evaluate_nll(result.model, test)
     seconds = result.history["seconds"].iloc[-1]
     periodic = min(train_config.eval_sequences, len(held_out))  # what metrics.csv's held-out NLL averages over
+    periodic = f"the first {periodic:,} {chosen.eval_split} {chosen.samples}" if periodic else "no held-out NLL"
     console.print(f"trained {result.model.num_params():,} parameters for {train_config.steps} steps "
                   f"in {seconds / 60:.1f} min; test NLL {chosen.describe_nll(nll)} on all {len(test):,} test "
-                  f"{chosen.samples} (metrics.csv: the first {periodic:,} {chosen.eval_split} {chosen.samples}); "
-                  f"checkpoint {out}")
+                  f"{chosen.samples} (metrics.csv: {periodic}); checkpoint {out}")
     _note_short_run(train_config)
 
 

@@ -130,10 +130,12 @@ def check_model_task(config: RedundancyConfig) -> str:
         raise ConfigError(f"task {config.task!r} is a text task; a stroke tinyDOT checkpoint takes "
                           f"{' or '.join(STROKE_TASKS)}")
     if kind == "hf":
-        resolve_hf_model(config.model)  # first: a folder that is no model at all is not "a text model"
+        if config.model != MINILM:  # first: a folder that is no model at all is not "a text model"
+            resolve_hf_model(config.model)
         if config.task not in TEXT_TASKS:
             raise ConfigError(f"task {config.task!r} needs a tinyDOT checkpoint; a text model takes "
                               f"{' or '.join(TEXT_TASKS)}")
+        resolve_hf_model(config.model)  # minilm: whether its package is installed
     return kind
 
 

@@ -89,6 +89,9 @@ def removal_count(cfg: ModelConfig, kind: str, fraction: float) -> int:
     if fraction > 0 and kind == "heads" and cfg.n_heads == 1:
         raise ConfigError("the model has a single attention head per block: heads can be removed only from "
                           "models trained with n_heads > 1")
+    if fraction > 0 and total == 1:
+        raise ConfigError(f"the model has a single {_UNIT_NAMES[kind].split(' per ')[0].rstrip('s')}"
+                          f"{' per block' if kind != 'layers' else ''}: none can be removed")
     if fraction > 0 and count == 0:
         raise ConfigError(f"removing {fraction} of the {total} {_UNIT_NAMES[kind]} rounds to none; "
                           f"choose at least {1 / total:.3g} (one of them)")
