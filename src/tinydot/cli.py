@@ -348,7 +348,8 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
                 config: Optional[Path] = typer.Option(None, help="JSON file with 'model' and 'train' sections."),
                 steps: Optional[int] = typer.Option(None, help="Optimizer steps per training run."),
                 eval_sequences: int = typer.Option(10_000, help="Held-out sequences (text: sentences) for each "
-                                                   "level's NLL: the test split, for text the valid split."),
+                                                   "level's NLL, the first ones of the test split (text: the valid "
+                                                   "split)."),
                 data_dir: Optional[Path] = DataDirOption) -> None:
     """Iterative magnitude pruning with rewinding, controls and used-parameter counts.
 
@@ -377,7 +378,7 @@ def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finishe
     held_out = split.subset(np.arange(min(eval_sequences, len(split))))
     result = run_lottery(chosen.load("train", data_dir), out, held_out, model_config, train_config, prune_config)
     write_lottery_figures(out)
-    table = Table(title=f"lottery tickets: {chosen.eval_split} NLL in {chosen.unit} on {len(held_out):,} "
+    table = Table(title=f"lottery tickets: {chosen.eval_split} NLL in {chosen.unit} on the first {len(held_out):,} "
                         f"{chosen.eval_split} {chosen.samples}")
     columns = {"level": "level", "sparsity": "sparsity", "bits_per_step": "ticket", "reinit_bits_per_step": "reinit",
                "random_bits_per_step": "random", "unused_fraction": "unused", "unused_fraction_relative": "unused rel",

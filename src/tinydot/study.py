@@ -616,6 +616,8 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     jobs.csv or config.json) is refused with one line."""
     run_dir = Path(run_dir)
     check_exists(run_dir, "study run folder")
+    if not run_dir.is_dir():
+        raise TinydotError(f"{run_dir} is a file, not a study run folder; give the folder that holds its jobs.csv")
     missing = [name for name in ("jobs.csv", "config.json") if not (run_dir / name).exists()]
     if missing:
         unfinished = (run_dir / "assignments.csv").exists()  # a study that was stopped before its job table
