@@ -555,15 +555,14 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
         table.add_row(r.model, f"{r.n_layers} x {r.d_model}", f"{r.parameters:,}", f"{r.train_flops:.3g}",
                       f"{r.cpu_seconds:.1f}", energy, f"{r.test_bits_per_step:.4f}", recognizable)
     console.print(table)
-    change = summary.get("nll_change")  # absent in summaries written before it was recorded
-    change = "" if change is None else f" ({100 * change:+.1f}%)"
-    verdict = ("stays within {:g}% of" if summary["within_delta"] else "is more than {:g}% worse than") + \
-        f" the reference's test NLL{change}"
+    limit = f"{100 * summary['delta']:g}%"
+    verdict = (f"stays within {limit} of" if summary["within_delta"] else f"is more than {limit} worse than") + \
+        f" the reference's test NLL ({100 * summary['nll_change']:+.1f}%)"
     measured = str(result["table"]["energy_mode"].iloc[0]).startswith("measured")
     cpu = summary.get("cpu_saved")
     cpu = ("" if cpu is None else f" and {100 * cpu:.0f}% less CPU time" if cpu >= 0 else
            f" but {-100 * cpu:.0f}% more CPU time (at this size per-call overheads, not FLOPs, set a step's time)")
-    console.print(f"the right-sized model {verdict.format(100 * summary['delta'])}, with "
+    console.print(f"the right-sized model {verdict}, with "
                   f"{100 * summary['flops_saved']:.0f}% fewer training FLOPs{cpu}; energy is "
                   f"{'measured' if measured else 'an estimate'} (see cost.json); wrote {result['run_dir']}")
     write_study_report(study)

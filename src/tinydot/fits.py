@@ -126,7 +126,7 @@ def seed_slopes(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:
 
 def _mean_of_bins(jobs: pd.DataFrame, y_col: str) -> float:
     """The mean over bins of each bin's mean (exact for a constant target: `exact_mean`)."""
-    return exact_mean(jobs[y_col]) if is_constant(jobs[y_col]) else float(jobs.groupby("bin")[y_col].mean().mean())
+    return float(jobs[y_col].iloc[0]) if is_constant(jobs[y_col]) else float(jobs.groupby("bin")[y_col].mean().mean())
 
 
 def leave_one_bin_out(jobs: pd.DataFrame, predictors, targets) -> pd.DataFrame:

@@ -130,12 +130,15 @@ def check_model_task(config: RedundancyConfig) -> str:
         raise ConfigError(f"task {config.task!r} is a text task; a stroke tinyDOT checkpoint takes "
                           f"{' or '.join(STROKE_TASKS)}")
     if kind == "hf":
-        if config.model != MINILM:  # first: a folder that is no model at all is not "a text model"
+        # a folder that is no model at all is said so first (not "a text model"); for minilm the task
+        # comes first, then whether its package is installed
+        if config.model != MINILM:
             resolve_hf_model(config.model)
         if config.task not in TEXT_TASKS:
             raise ConfigError(f"task {config.task!r} needs a tinyDOT checkpoint; a text model takes "
                               f"{' or '.join(TEXT_TASKS)}")
-        resolve_hf_model(config.model)  # minilm: whether its package is installed
+        if config.model == MINILM:
+            resolve_hf_model(config.model)
     return kind
 
 

@@ -59,6 +59,7 @@ from tinydot.model import Decoder, build_model
 KINDS = ("layers", "heads", "neurons")  # also the order in which a combined removal applies them
 IMPORTANCES = ("magnitude", "taylor")
 _UNIT_NAMES = {"layers": "blocks", "heads": "heads per block", "neurons": "MLP neurons per block"}
+_UNIT_NAME = {"layers": "block", "heads": "head per block", "neurons": "MLP neuron per block"}  # one of them
 
 
 def check_kind(kind: str) -> None:
@@ -90,8 +91,7 @@ def removal_count(cfg: ModelConfig, kind: str, fraction: float) -> int:
         raise ConfigError("the model has a single attention head per block: heads can be removed only from "
                           "models trained with n_heads > 1")
     if fraction > 0 and total == 1:
-        raise ConfigError(f"the model has a single {_UNIT_NAMES[kind].split(' per ')[0].rstrip('s')}"
-                          f"{' per block' if kind != 'layers' else ''}: none can be removed")
+        raise ConfigError(f"the model has a single {_UNIT_NAME[kind]}: none can be removed")
     if fraction > 0 and count == 0:
         raise ConfigError(f"removing {fraction} of the {total} {_UNIT_NAMES[kind]} rounds to none; "
                           f"choose at least {1 / total:.3g} (one of them)")

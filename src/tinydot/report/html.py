@@ -81,6 +81,13 @@ def _correlated(bins: pd.DataFrame, terms) -> str:
             "possibly one effect counted more than once)" if np.isfinite(top) and top >= 0.7 else "")
 
 
+def _constant(bins: pd.DataFrame, target: str) -> float | None:
+    """The value a target has in every bin job (finite values; `is_constant`), or None when it varies."""
+    values = bins[f"{target}_fraction"]
+    values = values[np.isfinite(values)]
+    return float(values.iloc[0]) if is_constant(values) else None
+
+
 def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFrame, delta: float,
                   alpha: float = 0.05, targets: dict[str, str] = TARGETS) -> list[str]:
     """Plain sentences generated from the fitted and measured numbers (not fixed text)."""
@@ -110,8 +117,7 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
         if rows.empty:
             continue
         significant = rows[rows["p_value"] < alpha]
-        values = bins[f"{target}_fraction"]
-        if is_constant(values[np.isfinite(values)]):  # as ols_table found: no slope, no p-value
+        if _constant(bins, target) is not None:  # as ols_table found: no slope, no p-value
             sentences.append(f"{start}: {_fmt(rows['intercept'].iloc[0])} in every bin job "
                              f"(n = {int(rows['n'].iloc[0])}), so no complexity measure moves it.")
         elif significant.empty:
@@ -162,12 +168,11 @@ def study_verdict(jobs: pd.DataFrame, ols: pd.DataFrame, validation: pd.DataFram
             if part.empty:
                 continue
             best, held = part.iloc[0], ", ".join(str(d) for d in sorted(validation[key].unique()))
-            values = bins[f"{target}_fraction"]
-            values = values[np.isfinite(values)]
-            if is_constant(values):  # every line is that constant: nothing to rank
+            constant = _constant(bins, target)
+            if constant is not None:  # every line is that constant: nothing to rank
                 sentences.append(
                     f"On the held-out {noun} ({held}), every line predicts the {target} fraction the bin jobs all "
-                    f"had, {_fmt(values.iloc[0])}: mean absolute error {_fmt(best['mae'])}, so there is no best "
+                    f"had, {_fmt(constant)}: mean absolute error {_fmt(best['mae'])}, so there is no best "
                     "predictor to name.")
                 continue
             sentences.append(
