@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tinydot.executors import run_jobs
+from tinydot.executors import passing_bar, run_jobs
 
 # Two workers, four jobs of a minute each: every job writes "<job>-<pid>.started" and sleeps.
 SCRIPT = textwrap.dedent("""
@@ -112,3 +112,12 @@ def square(x: int) -> int:
 def test_results_come_back_in_order_under_every_local_runner():
     assert run_jobs(square, list(range(6)), workers=1, progress=False) == [x * x for x in range(6)]
     assert run_jobs(square, list(range(6)), workers=2, progress=False) == [x * x for x in range(6)]
+
+
+def test_a_passing_bar_leaves_nothing_in_piped_output(capsys):
+    # rich's transient bar printed an empty line where it had been, even when it drew nothing
+    with passing_bar("steps", enabled=True, status=True) as bar:
+        task = bar.add_task("steps", total=3, status="")
+        for _ in range(3):
+            bar.advance(task)
+    assert capsys.readouterr().out == ""

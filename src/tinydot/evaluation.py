@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tinydot.executors import passing_bar
 
 from tinydot.checkpoint import load_tensors, save_tensors
 from tinydot.config import check_seed
@@ -101,8 +101,7 @@ def train_classifier(train: Strokes, *, epochs: int = CLASSIFIER_EPOCHS, seed: i
     rng = np.random.default_rng(seed)
     classifier.train()
     batches = max(1, len(train) // 128)
-    with Progress(TextColumn("training the stroke classifier (once; cached)"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), disable=not progress, transient=True) as bar:
+    with passing_bar("training the stroke classifier (once; cached)", progress) as bar:
         task = bar.add_task("classifier", total=epochs * batches)
         for epoch in range(epochs):
             for lr_group in optimizer.param_groups:

@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from tinydot.errors import ConfigError
 
@@ -35,6 +37,17 @@ def progress_bar(total: int | None, enabled: bool, description: str):
     bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[status]}"), disable=not enabled)
     return bar, bar.add_task(description, total=total, status="")
+
+
+def passing_bar(description: str, enabled: bool, status: bool = False) -> Progress:
+    """A progress bar that leaves nothing behind: drawn on a terminal only, so that piped or logged
+    output gets no blank lines where it was (`status`: a column for the task's `status` field)."""
+    columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    console = Console()
+    return Progress(*columns, TimeRemainingColumn(), console=console, transient=True,
+                    disable=not (enabled and console.is_terminal))
 
 
 def check_executor(executor: str, workers: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tinydot.executors import passing_bar
 
 from tinydot.analysis.activations import hidden_states
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
@@ -124,8 +124,7 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
     spectrum = HessianSpectrum(top_k=top_k, lanczos_steps=lanczos_steps, trace_samples=trace_samples,
                                density_runs=density_runs, density_steps=lanczos_steps, seed=seed)
     expected = lanczos_steps + trace_samples + (density_runs * lanczos_steps if density else 0)
-    with Progress(TextColumn("Hessian-vector products"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
+    with passing_bar("Hessian-vector products", progress) as bar:
         task = bar.add_task("hvp", total=expected)
         operator.on_matvec = lambda: bar.advance(task)
         spectrum.fit(operator, density=density)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tinydot.executors import passing_bar
 
 from tinydot.checkpoint import MODEL_FILE, CheckpointError, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig, changes
@@ -286,8 +286,7 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     flops = FlopTally(model_config, mask)  # counts the forward passes of training steps and evaluations
     with CostMeter(run_dir, counters=flops.totals, country=country, verbose=verbose) as meter, \
             flops.counting(model), \
-            Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                     TimeRemainingColumn(), disable=not progress, transient=True) as bar:
+            passing_bar("training", progress, status=True) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=step, status="")
         snapshot()
         while step < cfg.steps:

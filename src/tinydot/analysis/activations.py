@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import track
 
 from tinydot.data.batching import encode, length_buckets, scored_mask
 from tinydot.data.strokes import Strokes
 from tinydot.data.text import UNK_WORD, Sentences
 from tinydot.errors import ConfigError
+from tinydot.executors import passing_bar
 from tinydot.io import atomic_path
 from tinydot.model import Decoder, TinyDOT
 
@@ -203,18 +203,19 @@ def word_states(tokenizer, model, sentences: list[list[str]], *, path: str | os.
     def fill(out):
         offset = 0
         starts = range(0, len(sentences), batch_size)
-        for start in track(starts, description="activations", disable=not progress, transient=True):
-            batch = sentences[start:start + batch_size]
-            encoding = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=limit,
-                                 padding=True, return_tensors="pt")
-            hidden = model(**encoding, output_hidden_states=True).hidden_states  # (layers+1) x (B, T, d)
-            stacked = torch.stack(hidden)  # (layers+1, B, T, d)
-            for b, first in enumerate(_first_subtokens(encoding, len(batch), n_words[start:start + len(batch)])):
-                if (first < 0).any():
-                    raise ConfigError(f"sentence {start + b} is longer than the model's {limit} tokens; "
-                                      "split it into shorter pieces")
-                out[:, offset:offset + len(first)] = stacked[:, b, torch.from_numpy(first)].numpy()
-                offset += len(first)
+        with passing_bar("activations", progress) as bar:
+            for start in bar.track(starts):
+                batch = sentences[start:start + batch_size]
+                encoding = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=limit,
+                                     padding=True, return_tensors="pt")
+                hidden = model(**encoding, output_hidden_states=True).hidden_states  # (layers+1) x (B, T, d)
+                stacked = torch.stack(hidden)  # (layers+1, B, T, d)
+                for b, first in enumerate(_first_subtokens(encoding, len(batch), n_words[start:start + len(batch)])):
+                    if (first < 0).any():
+                        raise ConfigError(f"sentence {start + b} is longer than the model's {limit} tokens; "
+                                          "split it into shorter pieces")
+                    out[:, offset:offset + len(first)] = stacked[:, b, torch.from_numpy(first)].numpy()
+                    offset += len(first)
         return out
 
     if path is None:
