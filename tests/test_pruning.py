@@ -1,7 +1,8 @@
 """Lottery tickets: exact pruning, masked training, rewinding, controls, resumability."""
 
-import json
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tinydot.checkpoint import load_tensors
+from tinydot.checkpoint import load_model, load_tensors
 from tinydot.config import ModelConfig, PruneConfig, TrainConfig
 from tinydot.errors import ConfigError, TinydotError
-from tinydot.pruning import density, full_mask, prunable_names, prune, random_mask
+from tinydot.pruning import density, full_mask, load_mask, prunable_names, prune, random_mask
 from tinydot.lottery import run_lottery
 from tinydot.pruning.usage import needed_density, usage_counts, usage_fractions
 from tinydot.report.pages import write_lottery_figures, write_report
@@ -343,3 +344,27 @@ def test_bad_prune_arguments(trained_model):
         prune(trained_model, full_mask(trained_model), 1.5)
     with pytest.raises(ConfigError, match="scope must be one of"):
         prune(trained_model, full_mask(trained_model), 0.1, "local")
+
+
+def test_a_finished_lottery_grows_by_its_new_levels_only(lottery, tmp_path):
+    data, held_out, prune_cfg, result = lottery
+    folder = tmp_path / "grown"
+    shutil.copytree(result.run_dir, folder)
+    written = {p: p.stat().st_mtime_ns for p in folder.glob("level_*/**/*") if p.is_file()}
+    grown = run_lottery(data, folder, held_out, TINY, QUICK, dataclasses.replace(prune_cfg, levels=4),
+                        progress=False).table
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing of levels 0-3 was redone
+    pd.testing.assert_frame_equal(grown.iloc[:4], result.table)
+    assert grown["level"].tolist() == [0, 1, 2, 3, 4]
+    # level 4 prunes level 3's trained model under level 3's mask, as in a run of 4 levels from the start
+    expected = prune(load_model(folder / "level_3"), load_mask(folder / "level_3" / "mask.safetensors"),
+                     prune_cfg.fraction, prune_cfg.scope)
+    got = load_mask(folder / "level_4" / "mask.safetensors")
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+    assert grown["kept"].iloc[4] == sum(int(m.sum()) for m in expected.values())
+    assert json.loads((folder / "config.json").read_text())["prune"]["levels"] == 4
+    # fewer levels report fewer; the folder keeps level 4 for a later re-run
+    fewer = run_lottery(data, folder, held_out, TINY, QUICK, dataclasses.replace(prune_cfg, levels=2),
+                        progress=False).table
+    pd.testing.assert_frame_equal(fewer, result.table.iloc[:3])
+    assert (folder / "level_4" / "results.json").exists()

@@ -333,7 +333,8 @@ def _parse_rewind(rewind: str) -> int:
 
 
 @app.command("lottery")
-def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finished levels are skipped on re-runs)."),
+def lottery_cmd(out: Path = typer.Option(..., "--out", help="Run folder (finished levels are skipped on re-runs; "
+                                                        "more --levels add levels)."),
                 domain: str = DomainOption,
                 levels: int = typer.Option(5, help="Pruning rounds after the dense run."),
                 fraction: float = typer.Option(0.2, help="Fraction of surviving weights pruned per round."),

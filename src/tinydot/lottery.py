@@ -82,15 +82,17 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, held_out: Encoded 
 
 def _differences(stored, configs: dict, stop_above_delta: bool) -> list[str]:
     """Where a folder's stored configuration and these would train other levels, as "section.field
-    stored -> given" (none: the same run). delta decides which levels are trained only with
-    `stop_above_delta`; otherwise it is the summary's tolerance, free to change on a re-run. A folder
-    written before the held-out count was recorded is taken to match it."""
+    stored -> given" (none: the same run). The number of levels is free: level k does not depend on
+    how many follow it, so a re-run with more levels adds them and one with fewer reports fewer.
+    delta decides which levels are trained only with `stop_above_delta`; otherwise it is the
+    summary's tolerance, free to change on a re-run. A folder written before the held-out count was
+    recorded is taken to match it."""
     if not isinstance(stored, dict) or not isinstance(stored.get("prune", {}), dict):
         return ["config.json (damaged)"]
     stored = {"eval_sequences": configs["eval_sequences"], **stored}
-    if not stop_above_delta:
-        stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k != "delta"}}
-                           for c in (stored, configs))
+    free = {"levels"} if stop_above_delta else {"levels", "delta"}
+    stored, configs = ({**c, "prune": {k: v for k, v in c.get("prune", {}).items() if k not in free}}
+                       for c in (stored, configs))
     return changes(stored, configs)
 
 
