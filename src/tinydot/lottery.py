@@ -103,8 +103,8 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     """Dense training, then `levels` rounds of prune -> rewind -> retrain, with controls.
 
     Resumable at two depths: a finished level (its results.json) is skipped, and an unfinished
-    training run resumes from its last checkpoint. `max_level` stops after that level (the study
-    needs only the first round). With `stop_above_delta`, no further level is trained once a
+    training run resumes from its last checkpoint. `max_level` stops after that level. With
+    `stop_above_delta` (as every study job runs), no further level is trained once a
     ticket's NLL exceeds the dense NLL by more than prune_config.delta (relative): the needed
     density is bracketed. Returns a LotteryResult: the per-level table (`.table`, as results.csv)
     and the run folder.
