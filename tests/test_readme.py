@@ -1,6 +1,6 @@
-"""The README's examples stay true: every `tinydot ...` line parses with the options the CLI has, every
-command and option its prose names exists
-(without running it), and the Python examples run (with a 5-step training instead of 500)."""
+"""The README's examples stay true: every `tinydot ...` line parses with the options the CLI has
+(without running it), every command and option its prose names exists, and the Python examples
+run (with a 5-step training instead of 500)."""
 
 import re
 import shlex
