@@ -186,6 +186,13 @@ def test_lottery_cli(data_dir, tmp_path, monkeypatch, capsys):
         monkeypatch, capsys, "train", "--out", tmp_path / "run", "--config", tmp_path / "cfg.json")
     bad = run("lottery", "--out", str(tmp_path / "bad"), "--rewind", "epoch:3")
     assert_user_error(bad, "--rewind must be 'init' or 'step:K'")
+    # the lottery folder given where a model goes: its levels are named
+    where = f"{tmp_path / 'run'} holds a lottery run: give one of its models, e.g. {tmp_path / 'run' / 'level_0'}"
+    assert where in user_error(monkeypatch, capsys, "sample", "--checkpoint", tmp_path / "run",
+                               "--out", tmp_path / "x.png")
+    assert where in user_error(monkeypatch, capsys, "redundancy", "--model", tmp_path / "run", "--task", "pos",
+                               "--out", tmp_path / "red")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "red").exists()
 
 
 def finished_stroke_study(folder):

@@ -16,7 +16,7 @@ from safetensors.torch import save
 
 from tinydot.config import ModelConfig, check_domain_name
 from tinydot.errors import ConfigError, TinydotError
-from tinydot.io import atomic_path
+from tinydot.io import atomic_path, run_kind
 from tinydot.model import Decoder, build_model
 
 MODEL_FILE = "model.safetensors"
@@ -51,11 +51,26 @@ def _sorted_metadata(data: bytes) -> bytes:
     return data[:8] + text.ljust(size, b" ") + data[8 + size:]
 
 
+def where_models_are(folder: str | os.PathLike) -> str:
+    """For a run folder that holds no model of its own, what it holds and where its models are, as
+    "X holds a lottery run: give one of its models, e.g. X/level_0"; "" for any other folder."""
+    folder = Path(folder)
+    kind = run_kind(folder)
+    if kind in (None, "training", "compress"):
+        return ""
+    inside = {"lottery": "level_*", "quantize": "bits_*", "study": "jobs/*/level_*"}.get(kind)
+    found = sorted(folder.glob(f"{inside}/{MODEL_FILE}")) if inside else []
+    if found:
+        return f"{folder} holds a {kind} run: give one of its models, e.g. {found[0].parent}"
+    return f"{folder} holds a {kind} run, not a model"
+
+
 @contextmanager
 def _opened(path: Path):
     """The safetensors file at `path`, open; a CheckpointError if it is missing or unreadable."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        hint = where_models_are(path.parent) if path.name == MODEL_FILE and path.parent.is_dir() else ""
+        raise CheckpointError(f"checkpoint {path} does not exist" + (f"; {hint}" if hint else ""))
     try:
         with safe_open(str(path), framework="pt") as handle:
             yield handle

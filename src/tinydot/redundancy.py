@@ -38,7 +38,7 @@ from tinydot.analysis.neurons import (
 )
 from tinydot.analysis.similarity import cka_matrix
 from tinydot.analysis.tasks import STROKE_TASKS, TEXT_TASKS, Task, check_task, stroke_task, text_task
-from tinydot.checkpoint import is_tinydot_checkpoint, load_config, load_model
+from tinydot.checkpoint import is_tinydot_checkpoint, load_config, load_model, where_models_are
 from tinydot.config import check_seed
 from tinydot.data.strokes import load_strokes
 from tinydot.data.text import UNK_WORD, load_sentences
@@ -82,6 +82,8 @@ def model_kind(model: str) -> str:
                           "or a tinyDOT checkpoint")
     if Path(model).is_file():
         raise ConfigError(f"{model} is not a tinyDOT checkpoint; give a checkpoint, 'minilm' or a model folder")
+    if hint := where_models_are(model):  # a tinydot run folder without a model is no Hugging Face model either
+        raise ConfigError(hint)
     return "hf"
 
 

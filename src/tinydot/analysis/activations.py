@@ -162,8 +162,9 @@ def load_hf_model(spec: str | os.PathLike):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, add_prefix_space=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot load a Hugging Face model from {folder}: {first}") from None
+        first = str(err).strip().splitlines()[0].rstrip(":. ") if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot load a Hugging Face model from {folder} ({first}); it needs the model and "
+                          "tokenizer files that save_pretrained writes") from None
     if not tokenizer.is_fast:
         raise ConfigError(f"{folder} has no fast tokenizer (tokenizer.json); word alignment needs one")
     if tokenizer.pad_token is None:  # decoders such as GPT-2 have none; padded positions are masked anyway
