@@ -257,6 +257,28 @@ def test_a_damaged_lottery_config_is_refused_in_one_line(train, test_split, tmp_
     with pytest.raises(ConfigError, match=r"different configuration \(config.json \(damaged\)\)"):
         run_lottery(train.subset(np.arange(20)), tmp_path, test_split.subset(np.arange(5)), TINY, QUICK,
                     PruneConfig(levels=1), progress=False)
+    (tmp_path / "config.json").write_text("garbage{")  # not JSON at all: a traceback before
+    with pytest.raises(TinydotError, match=r"config.json is damaged \(not JSON: Expecting value\); choose another"):
+        run_lottery(train.subset(np.arange(20)), tmp_path, test_split.subset(np.arange(5)), TINY, QUICK,
+                    PruneConfig(levels=1), progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("")  # a training run's
+    with pytest.raises(TinydotError, match=r"config.json is damaged \(not JSON: Expecting value\); choose another"):
+        train_run(train.subset(np.arange(20)), tmp_path / "run", None, 1)
+
+
+def test_damaged_files_of_a_finished_lottery_are_named(lottery, tmp_path):
+    data, held_out, prune_cfg, result = lottery
+    folder = tmp_path / "copy"
+    shutil.copytree(result.run_dir, folder)
+    (folder / "level_1" / "results.json").write_text("{")
+    with pytest.raises(TinydotError, match=r"level_1/results.json is damaged .*; delete it to score level 1 again"):
+        run_lottery(data, folder, held_out, TINY, QUICK, prune_cfg, progress=False)
+    for text, reason in (("", "empty"), ("level,sparsity\n0,0\n", "no column 'bits_per_step'"),
+                         (result.table.iloc[:0].to_csv(index=False), "no rows")):
+        (folder / "results.csv").write_text(text)
+        with pytest.raises(TinydotError, match=rf"results.csv is damaged \({reason}\); re-run the command"):
+            write_report(folder)
 
 
 RESUMABLE = TrainConfig(steps=12, tokens_per_batch=800, warmup_steps=2, eval_every=0, checkpoint_every=4)

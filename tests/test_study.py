@@ -542,3 +542,20 @@ def test_verdict_says_when_clustering_takes_a_slope_past_5_percent(slope, caveat
     assert ("None of them is once errors are clustered by data set" in text) == caveat
     if caveat:
         assert f"smallest p = {row['p_cluster']:.3g}" in text
+
+
+def test_a_damaged_study_folder_is_refused_by_the_report_as_by_predict(tiny_study, tmp_path):
+    import shutil
+
+    _, result = tiny_study
+    folder = tmp_path / "copy"
+    shutil.copytree(result.run_dir, folder, ignore=shutil.ignore_patterns("jobs"))
+    shutil.copytree(result.run_dir / "jobs", folder / "jobs", ignore=shutil.ignore_patterns("level_*"))
+    jobs = (folder / "jobs.csv").read_text().splitlines(keepends=True)
+    (folder / "jobs.csv").write_text("".join(jobs[:2]))  # the header and one job of several
+    with pytest.raises(TinydotError, match=rf"jobs.csv is damaged \(truncated: 1 rows for {len(jobs) - 1} finished"):
+        write_report(folder)
+    (folder / "jobs.csv").write_text("".join(jobs))
+    (folder / "assignments.csv").write_text("")
+    with pytest.raises(TinydotError, match=r"assignments.csv is damaged \(empty\); re-run the command that wrote it"):
+        write_report(folder)

@@ -44,7 +44,7 @@ from tinydot.data.text import Sentences
 from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind, sha256_file
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json, sha256_file
 from tinydot.model import Decoder
 from tinydot.pruning.structured import (KINDS, check_importance, remove_units, removal_count, removal_schedule,
                                         unit_shape)
@@ -117,7 +117,7 @@ def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
     path = out / "config.json"
     check_run_kind(out, section)  # a folder another command wrote, with or without a config.json
     if path.exists():
-        stored, given = json.loads(path.read_text()), json.loads(json.dumps(configs))
+        stored, given = read_json(path, "choose another output folder or delete it"), json.loads(json.dumps(configs))
         if not isinstance(stored, dict) or not isinstance(stored.get(section, {}), dict):
             raise ConfigError(f"{out}/config.json is damaged; choose another output folder or delete it")
         if section not in stored:  # a config.json no command of tinydot wrote (run_kind knows the others)
@@ -203,7 +203,7 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
     for r in range(1, rounds + 1):
         folder = out / f"round_{r}"
         if (folder / "results.json").exists():
-            rows.append(json.loads((folder / "results.json").read_text()))
+            rows.append(read_json(folder / "results.json", "delete it to redo this step"))
             current = load_model(folder / "finetune" if finetune_steps else folder)
             continue
         if (folder / MODEL_FILE).exists():  # removed before an interruption: same units, no re-scoring
@@ -271,7 +271,7 @@ def run_quantize(checkpoint, out, *, bits=(8, 4, 3, 2), method: str = "gpfq", ca
     for b in cfg.bits:
         folder = out / f"bits_{b}"
         if (folder / "results.json").exists():
-            rows.append(json.loads((folder / "results.json").read_text()))
+            rows.append(read_json(folder / "results.json", "delete it to redo this step"))
             continue
         quantized = quantize_model(model, b, method, calibration)
         tensors, metadata = pack_model(quantized)

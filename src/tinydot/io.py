@@ -104,6 +104,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def read_json(path: str | os.PathLike, fix: str = "re-run the command that wrote it"):
+    """The JSON value in a run folder's file; a damaged file (not JSON, not text) is refused in one
+    line that ends with `fix` (a missing file raises FileNotFoundError as usual)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+        raise TinydotError(f"{path} is damaged (not JSON: {reason}); {fix}") from None
+
+
 def not_a_folder(path: Path) -> str | None:
     """Why `path` cannot be read as a folder ("does not exist", "is not a folder"), or None if it can."""
     return None if path.is_dir() else "is not a folder" if path.exists() else "does not exist"

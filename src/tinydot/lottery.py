@@ -40,7 +40,7 @@ from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json
 from tinydot.model import Decoder
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
@@ -125,7 +125,7 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     config_path = run_dir / "config.json"
     check_run_kind(run_dir, "lottery")
     if config_path.exists():
-        stored = json.loads(config_path.read_text())
+        stored = read_json(config_path, "choose another output folder or delete it")
         differ = _differences(stored, json.loads(json.dumps(configs)), stop_above_delta)
         if differ:
             raise ConfigError(f"{run_dir} holds a lottery run with a different configuration ({', '.join(differ)}); "
@@ -148,7 +148,7 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
         level_dir = run_dir / f"level_{level}"
         results = level_dir / "results.json"
         if results.exists():
-            rows.append(json.loads(results.read_text()))
+            rows.append(read_json(results, f"delete it to score level {level} again"))
             continue
         if level == 0:
             mask = full_mask(skeleton, names)

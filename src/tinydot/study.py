@@ -68,7 +68,7 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
                           predict_targets, seed_slopes)
-from tinydot.io import atomic_path, atomic_write_text, check_exists, check_writable_dir, run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_exists, check_writable_dir, read_json, run_kind
 from tinydot.lottery import run_lottery
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
@@ -504,7 +504,7 @@ def run_job(spec: dict) -> dict:
     folder = run_dir / "jobs" / job_name(spec["measure"], spec["bin"], spec["seed"])
     done = folder / "job.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return read_json(done, "delete it to run this job again")
     started = time.perf_counter()
     study = Study.from_dict(spec["config"])
     seed = spec["seed"]

@@ -40,7 +40,7 @@ from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.flops import FlopTally
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind
+from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json
 from tinydot.model import Decoder, build_model
 from tinydot.pruning.mask import Mask, masked_pairs
 
@@ -226,9 +226,10 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     config_path = run_dir / "config.json"
     check_run_kind(run_dir, "training")
     if config_path.exists():
-        refusal = _refusal(run_dir, json.loads(config_path.read_text()), configs, inputs)
+        fix = "choose another output folder or delete it"
+        refusal = _refusal(run_dir, read_json(config_path, fix), configs, inputs)
         if refusal:
-            raise ConfigError(f"{refusal}; choose another output folder or delete it")
+            raise ConfigError(f"{refusal}; {fix}")
     else:
         atomic_write_text(config_path, json.dumps({**configs, "inputs": inputs}, indent=2) + "\n")
 

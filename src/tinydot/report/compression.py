@@ -6,7 +6,6 @@ reads a run folder and writes its PNG (`tinydot report` redraws it too).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from matplotlib.figure import Figure
 from tinydot.checkpoint import MODEL_FILE, load_config
 from tinydot.domains import Domain, get_domain
 from tinydot.errors import TinydotError
-from tinydot.io import atomic_path
+from tinydot.io import atomic_path, read_json, run_kind
+from tinydot.report.files import read_table
 
 REMOVAL_FIGURE = "nll_vs_removed.png"
 BITS_FIGURE = "nll_vs_bits.png"
@@ -67,7 +67,8 @@ def compression_domain(run_dir: str | os.PathLike) -> Domain:
     """The domain of a compress or quantize run folder: that of the checkpoint it was made from
     (config.json's source), or, if that file is gone, of a model it wrote."""
     run_dir = Path(run_dir)
-    source = json.loads((run_dir / "config.json").read_text()).get("source", "")
+    config = read_json(run_dir / "config.json")
+    source = config.get("source", "") if isinstance(config, dict) else ""
     for path in ([Path(source)] if source else []) + [run_dir / MODEL_FILE, *sorted(run_dir.glob(f"*/{MODEL_FILE}"))]:
         if path.is_file():
             return get_domain(load_config(path).domain)
@@ -85,8 +86,9 @@ def write_compress_figures(run_dir: str | os.PathLike, unit: str | None = None) 
     unit: the NLL's, if the caller knows it already (else `compression_unit` reads it)."""
     run_dir = Path(run_dir)
     unit = unit or compression_unit(run_dir)
-    table = pd.read_csv(run_dir / "results.csv")
-    quantize = "method" in table.columns
+    quantize = run_kind(run_dir) == "quantize"
+    table = read_table(run_dir / "results.csv", ("bits_per_step", "method", "bits_per_weight") if quantize
+                       else ("bits_per_step", "params", "finetuned_bits_per_step"))
     fig = bits_curve(table, unit) if quantize else removal_curve(table, unit)
     path = run_dir / (BITS_FIGURE if quantize else REMOVAL_FIGURE)
     with atomic_path(path) as tmp:

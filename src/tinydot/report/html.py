@@ -25,8 +25,9 @@ from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_o
                           loo_summary, predictor_ranking)
 from tinydot.io import atomic_path, atomic_write_text, check_run_kind
 from tinydot.report import figures
+from tinydot.report.files import read_table
 from tinydot.sampling import sample
-from tinydot.study import TARGETS, job_name, load_study, read_study_config
+from tinydot.study import TARGETS, job_name, load_study
 
 
 def _environment() -> Environment:
@@ -220,13 +221,13 @@ def _samples_figure(run_dir: Path, jobs: pd.DataFrame, measures):
 def write_study_report(run_dir: str | Path) -> Path:
     """Build figures and report.html in `run_dir` from its config, assignments and tables."""
     run_dir = Path(run_dir)
-    study = read_study_config(json.loads((run_dir / "config.json").read_text()), run_dir)
-    tables = {name: _read_table(run_dir / f"{name}.csv")
-              for name in ("jobs", "ols", "loo", "validation", "seed_slopes")}
+    study, jobs = load_study(run_dir)  # refuses a damaged or truncated config.json or jobs.csv in one line
+    tables = {"jobs": jobs, **{name: _read_table(run_dir / f"{name}.csv") for name in ("ols", "loo", "validation",
+                                                                                       "seed_slopes")}}
     if not tables["ols"].empty and "p_cluster" not in tables["ols"]:  # written before clustered errors existed
         tables["ols"] = tables["ols"].assign(p_cluster=np.nan, clusters=0)
     jobs = tables["jobs"].assign(job=lambda frame: _job_names(frame))
-    assignments = pd.read_csv(run_dir / "assignments.csv")
+    assignments = read_table(run_dir / "assignments.csv", tuple(f"bin_{m}" for m in study.study.measures))
     measures, predictors = list(study.study.measures), list(study.study.predictors)
     fig_dir = run_dir / "figures"
     drawn = {t: label for t, label in study.targets.items() if t != "unused"}  # unused: its two parts are drawn
@@ -320,10 +321,8 @@ def rightsize_results(run_dir: Path) -> list[dict]:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # an empty table (e.g. no held-out classes) is written as an empty file
-        return pd.DataFrame()
+    """A fitted table, empty when the study has none (e.g. no held-out classes: an empty file)."""
+    return pd.DataFrame() if path.stat().st_size == 0 else read_table(path, rows=False)
 
 
 def _slope_spread(seed_slopes: pd.DataFrame) -> pd.DataFrame:

@@ -12,10 +12,20 @@ import pandas as pd
 
 from tinydot.domains import get_domain
 from tinydot.errors import TinydotError
-from tinydot.io import check_run_folder, run_kind, save_figure
+from tinydot.io import check_run_folder, read_json, run_kind, save_figure
 from tinydot.report import figures
 from tinydot.report.compression import write_compress_figures
+from tinydot.report.files import read_table
 from tinydot.report.html import write_redundancy_report, write_study_report
+
+
+def _summary(path: Path, keys: tuple[str, ...]) -> dict:
+    """A run's JSON summary holding `keys`; a damaged one is refused in one line."""
+    summary = read_json(path)
+    if not isinstance(summary, dict) or (missing := [k for k in keys if k not in summary]):
+        what = f"no {missing[0]!r}" if isinstance(summary, dict) else "not a JSON object"
+        raise TinydotError(f"{path} is damaged ({what}); re-run the command that wrote it")
+    return summary
 
 
 def write_lottery_figures(run_dir: str | Path) -> list[Path]:
@@ -26,16 +36,17 @@ def write_lottery_figures(run_dir: str | Path) -> list[Path]:
         domain = json.loads((run_dir / "config.json").read_text())["model"].get("domain", "strokes")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a folder without its config: the default
         domain = "strokes"
-    save_figure(figures.lottery_curve(pd.read_csv(run_dir / "results.csv"), get_domain(domain).unit), path)
+    table = read_table(run_dir / "results.csv", ("level", "sparsity", "bits_per_step"))
+    save_figure(figures.lottery_curve(table, get_domain(domain).unit), path)
     return [path]
 
 
 def write_complexity_figures(run_dir: str | Path) -> list[Path]:
     """histograms.png (every measure; the binned one with its bin edges) from measures.csv and bins.csv."""
     run_dir = Path(run_dir)
-    edges = pd.read_csv(run_dir / "bins.csv")
+    edges = read_table(run_dir / "bins.csv", ("measure", "high"))
     path = run_dir / "histograms.png"
-    save_figure(figures.complexity_histograms(pd.read_csv(run_dir / "measures.csv"), edges["measure"].iloc[0], edges),
+    save_figure(figures.complexity_histograms(read_table(run_dir / "measures.csv"), edges["measure"].iloc[0], edges),
                 path)
     return [path]
 
@@ -43,12 +54,12 @@ def write_complexity_figures(run_dir: str | Path) -> list[Path]:
 def write_hessian_figures(run_dir: str | Path) -> list[Path]:
     """spectrum.png (top eigenvalues, outliers marked) and, when estimated, density.png."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    eigenvalues = pd.read_csv(run_dir / "eigenvalues.csv")["eigenvalue"].to_numpy()
+    summary = _summary(run_dir / "summary.json", ("outliers", "bulk_edge"))
+    eigenvalues = read_table(run_dir / "eigenvalues.csv", ("eigenvalue",))["eigenvalue"].to_numpy()
     paths = [run_dir / "spectrum.png"]
     save_figure(figures.hessian_spectrum(eigenvalues, summary["outliers"]), paths[0])
     if (run_dir / "density.csv").exists():
-        density = pd.read_csv(run_dir / "density.csv")
+        density = read_table(run_dir / "density.csv", ("eigenvalue", "density"))
         paths.append(run_dir / "density.png")
         save_figure(figures.hessian_density(density["eigenvalue"].to_numpy(), density["density"].to_numpy(),
                                             summary["bulk_edge"]), paths[1])
@@ -58,8 +69,10 @@ def write_hessian_figures(run_dir: str | Path) -> list[Path]:
 def write_svcca_figures(run_dir: str | Path) -> list[Path]:
     """similarity.png: the layer-by-layer SVCCA table as a heatmap."""
     run_dir = Path(run_dir)
-    info = json.loads((run_dir / "svcca.json").read_text())
-    similarity = pd.read_csv(run_dir / "similarity.csv", index_col=0)
+    info = _summary(run_dir / "svcca.json", ("keep", "positions"))
+    similarity = read_table(run_dir / "similarity.csv", index_col=0)
+    if similarity.empty or not all(pd.api.types.is_numeric_dtype(t) for t in similarity.dtypes):
+        raise TinydotError(f"{run_dir / 'similarity.csv'} is damaged (not a table of numbers); re-run tinydot svcca")
     title = f"SVCCA ({info['keep']:.0%} variance), {info['positions']:,} test positions"
     path = run_dir / "similarity.png"
     save_figure(figures.similarity_heatmap(similarity, title), path)
