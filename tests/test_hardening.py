@@ -179,6 +179,13 @@ def test_eval_checks_out_and_temperature_before_the_evaluation(tiny_checkpoint, 
     refused(["eval", "--checkpoint", tiny_checkpoint, "--out", folder], "is a folder; give a file path", env=env)
     refused(["eval", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "results.csv"],
             "results.csv must end in .json (the results are written as JSON)", env=env)
+    run = tmp_path / "run"  # a training run's folder: eval's JSON must not replace the files it reads back
+    run.mkdir()
+    (run / "config.json").write_text('{"model": {}, "train": {}}')
+    refused(["eval", "--checkpoint", tiny_checkpoint, "--out", run / "config.json"],
+            f"--out {run / 'config.json'} is a file its run folder reads back; give another name "
+            f"(e.g. {run / 'eval.json'})", env=env)
+    assert (run / "config.json").read_text() == '{"model": {}, "train": {}}'
     refused(["eval", "--checkpoint", tiny_checkpoint, "--temperature", "0"],
             "--temperature must be between 0.05 and 10, got 0.0", env=env)
     refused(["eval", "--checkpoint", tiny_checkpoint, "--per-class", "100000"],

@@ -61,7 +61,14 @@ def check_writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
         example = path / ("result" + (path.suffix or ".json"))
         raise ConfigError(f"{what} {path} is a folder; give a file path (e.g. {example})")
     _check_folder(path.parent, what, path)
+    if path.name in RUN_FILES and run_kind(path.parent) is not None:
+        raise ConfigError(f"{what} {path} is a file its run folder reads back; give another name "
+                          f"(e.g. {path.with_name('eval' + path.suffix)})")
     return path
+
+
+# files that run folders read back (their configuration, costs, results): no command's --out may replace them
+RUN_FILES = ("config.json", "cost.json", "results.json", "summary.json", "job.json", "svcca.json")
 
 
 # --------------------------------------------------------------------------- atomic writes
