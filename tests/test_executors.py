@@ -121,3 +121,16 @@ def test_a_passing_bar_leaves_nothing_in_piped_output(capsys):
         for _ in range(3):
             bar.advance(task)
     assert capsys.readouterr().out == ""
+
+
+def test_an_unreachable_ray_address_is_refused_before_any_work(tmp_path):
+    # ray.init retries an address nothing answers at for minutes; the check connects once
+    from tinydot.errors import ConfigError
+    from tinydot.study import Study, run_study
+
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 \(.*\); start one with"):
+        run_study(Study.preset("quick"), tmp_path / "out", executor="ray", ray_address="127.0.0.1:1")
+    assert not (tmp_path / "out").exists()
+    for address in ("nohost", "host:port"):
+        with pytest.raises(ConfigError, match=rf"Ray address '{address}' is not HOST:PORT"):
+            run_jobs(abs, [1], executor="ray", ray_address=address)

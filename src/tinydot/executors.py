@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,11 +51,22 @@ def passing_bar(description: str, enabled: bool, status: bool = False) -> Progre
                     disable=not (enabled and console.is_terminal))
 
 
-def check_executor(executor: str, workers: int) -> None:
+def check_executor(executor: str, workers: int, ray_address: str | None = None) -> None:
+    """Refuse an unknown executor, a worker count below one, and a Ray address ("HOST:PORT" or
+    "ray://HOST:PORT") that nothing answers at: ray.init would retry it for minutes."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if ray_address and ray_address not in ("auto", "local"):
+        host, _, port = ray_address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"Ray address {ray_address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as err:
+            raise ConfigError(f"cannot reach the Ray cluster at {ray_address} ({err.strerror or err}); start one "
+                              "with `ray start --head` there, or check the address") from None
 
 
 def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = "local", workers: int = 1,
@@ -62,7 +74,7 @@ def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = 
              status: Callable[[list[Any]], str] | None = None) -> list[Any]:
     """Apply `fn` to every spec and return the results in the order of `specs`. `status`, given the
     results finished so far, returns a short text for the progress bar."""
-    check_executor(executor, workers)
+    check_executor(executor, workers, ray_address)
     results: list[Any] = [None] * len(specs)
     bar, task = progress_bar(len(specs), progress, description)
 

@@ -574,10 +574,10 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
 
     The report is the report layer's: `tinydot.report.html.write_study_report(result.run_dir)`.
     """
-    check_executor(executor, workers)
     if ray_address and executor != "ray":
         raise ConfigError(f"a Ray address is for the ray executor (--executor ray); got {ray_address!r} with "
                           f"executor {executor!r}")
+    check_executor(executor, workers, ray_address)  # an unreachable cluster before the folder is written
     started = time.perf_counter()
     run_dir = _run_folder(check_writable_dir(out), study)
     domain = study.domain
