@@ -176,7 +176,7 @@ def test_lottery_cli(data_dir, tmp_path, monkeypatch, capsys):
     assert "--eval-sequences must be a positive integer, got 0" in user_error(
         monkeypatch, capsys, "lottery", "--out", tmp_path / "none", "--eval-sequences", "0")
     (tmp_path / "text.json").write_text(json.dumps({"model": {"domain": "text", "vocab_size": 10_000}}))
-    assert "--domain strokes, but the config file's model domain is 'text'" in user_error(
+    assert "model domain is 'text', but the command runs --domain strokes; give --domain text" in user_error(
         monkeypatch, capsys, "lottery", "--out", tmp_path / "text", "--config", tmp_path / "text.json")
     assert not (tmp_path / "none").exists() and not (tmp_path / "text").exists()
     # a folder another stage wrote is named as such

@@ -72,8 +72,12 @@ def test_bad_text_study_config(values, message):
 
 
 def test_preset_domain_must_agree_with_the_config():
-    with pytest.raises(ConfigError, match="^domain 'strokes', but the config's study domain is 'text'"):
+    with pytest.raises(ConfigError, match="^the config's study domain is 'text', but the study runs the strokes "
+                                          "domain; give --domain text$"):
         Study.preset("quick", {"study": {"domain": "text"}})
+    with pytest.raises(ConfigError, match="^the config's model domain is 'strokes', but the study runs the text "
+                                          "domain; give --domain strokes$"):  # was: vocab_size is a text option
+        Study.preset("quick", {"model": {"domain": "strokes"}}, domain="text")
     with pytest.raises(ConfigError, match="unknown preset 'slow'"):
         Study.preset("slow", domain="text")
 

@@ -145,7 +145,7 @@ def write_corpus(folder, train, valid="a b\n", test="b a\n"):
     (["data", "info", "--domain", "text", "--data-dir", "empty"], "ptb.train.txt holds no tokens"),
     (["train", "--domain", "text", "--data-dir", "empty", "--out", "run"], "ptb.train.txt holds no tokens"),
     (["train", "--domain", "text", "--config", "strokes.json", "--out", "run"],
-     "--domain text, but the config file's model domain is 'strokes'"),
+     "the config file's model domain is 'strokes', but the command runs --domain text; give --domain strokes"),
     (["complexity", "--domain", "text", "--measure", "S", "--out", "run"],
      "measure 'S' is not defined for the text domain; choose from L, compressed_bytes, surprisal, type_token_ratio"),
     (["complexity", "--domain", "strokes", "--measure", "surprisal", "--out", "run"],

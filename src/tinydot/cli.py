@@ -205,7 +205,8 @@ def _domain_configs(chosen: Domain, model_values: dict, train_values: dict) -> t
     """The model and training configs of train and lottery: the chosen domain's defaults with the
     config file's and the options' values over them (a config file of the other domain is refused)."""
     if model_values.get("domain", chosen.name) != chosen.name:
-        raise ConfigError(f"--domain {chosen.name}, but the config file's model domain is {model_values['domain']!r}")
+        raise ConfigError(f"the config file's model domain is {model_values['domain']!r}, but the command runs "
+                          f"--domain {chosen.name}; give --domain {model_values['domain']}")
     return (ModelConfig.from_dict({**chosen.model_config.non_default(), **model_values}),
             TrainConfig.from_dict({**chosen.train_config.non_default(), **train_values}))
 

@@ -212,9 +212,11 @@ class Study:
         values = {section: dict(v) for section, v in presets[name].items()}
         for section, fields in (overrides or {}).items():
             values.setdefault(section, {}).update(fields)
-        chosen = values.get("study", {}).get("domain", "strokes")
-        if chosen != domain:
-            raise ConfigError(f"domain {domain!r}, but the config's study domain is {chosen!r}")
+        for section in ("study", "model"):  # the preset's own sections name its domain; a config's may not differ
+            chosen = values.get(section, {}).get("domain", domain)
+            if chosen != domain:
+                raise ConfigError(f"the config's {section} domain is {chosen!r}, but the study runs the {domain} "
+                                  f"domain; give --domain {chosen}")
         return cls.from_dict(values)
 
     @property
