@@ -220,6 +220,7 @@ def finished_stroke_study(folder):
     (["predict", "--study", "done", "--data", "valid"], "unknown split 'valid'"),
     (["predict", "--study", "done", "--data", "test:x"], "--data test:x: the digit after ':' must be 0..9"),
     (["predict", "--study", "done", "--data", "test:11"], "--data test:11: the digit after ':' must be 0..9"),
+    (["predict", "--study", "done", "--data", "test:"], "--data test:: the digit after ':' must be 0..9"),
     (["predict", "--study", "nowhere"], "study run folder nowhere does not exist"),
     (["predict", "--study", "ok.json"], "ok.json is a file, not a study run folder"),
     (["study", "--config", "list.json"], "must be a JSON object whose keys are among"),

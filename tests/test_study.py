@@ -470,6 +470,9 @@ def test_a_folder_of_another_study_edition_is_refused(tiny_study, tmp_path, test
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(TinydotError, match="written by edition 1 of the study"):
         predict(copy, test_split.subset(np.arange(50)))
+    (copy / "config.json").write_text("{}")  # no edition and no study either: not an old edition, damaged
+    with pytest.raises(TinydotError, match=r"config.json is damaged \(no study configuration\)"):
+        predict(copy, test_split.subset(np.arange(50)))
 
 
 def test_usage_shares_leave_the_class_embedding_out(tiny_study):

@@ -42,8 +42,8 @@ RECOGNIZABILITY_SAMPLES = 50  # per class
 
 def parse_selection(data: str) -> tuple[str, int | None]:
     """'train' or 'train:7' -> (split, digit or None)."""
-    split, _, digit = data.partition(":")
-    if digit and not (digit.isdigit() and 0 <= int(digit) <= 9):
+    split, colon, digit = data.partition(":")
+    if colon and not (digit.isdigit() and 0 <= int(digit) <= 9):
         raise ConfigError(f"data {data}: the digit after ':' must be 0..9")
     return split, int(digit) if digit else None
 

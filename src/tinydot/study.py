@@ -644,7 +644,10 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
 
 def read_study_config(values: dict, run_dir: Path) -> Study:
     """A run folder's Study, refused in one line when an older edition of the study wrote it."""
-    edition = values.pop("edition", 1)
+    if not {"edition", "study"} & set(values):
+        raise TinydotError(f"{run_dir}/config.json is damaged (no study configuration); re-run `tinydot study` "
+                           "with its configuration")
+    edition = values.pop("edition", 1)  # edition 1 wrote none
     if edition != STUDY_EDITION:
         raise TinydotError(f"{run_dir} was written by edition {edition} of the study (this tinydot reads edition "
                            f"{STUDY_EDITION}); re-run `tinydot study` with its configuration")
