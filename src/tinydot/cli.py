@@ -596,9 +596,11 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
     console.print(f"{summary['coordinates']:,} coordinates{' (surviving weights only)' if summary['pruned'] else ''}; "
                   f"loss {summary['loss_nats']:.4f} nats on {sequences} {get_domain(summary['domain']).samples}")
     console.print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in summary["top_eigenvalues"]))
+    slq = f"; SLQ trace {summary['density_trace']:.4g}" if density else ""
+    if density and density_runs > 1:  # one run has no spread (its standard error is NaN)
+        slq += f" +- {summary['density_trace_stderr']:.2g}"
     console.print(f"trace (Hutchinson) {summary['trace']:.4g} +- {summary['trace_stderr']:.2g}; "
-                  f"outliers {summary['outliers']}" + (f"; SLQ trace {summary['density_trace']:.4g} +- "
-                                                       f"{summary['density_trace_stderr']:.2g}" if density else ""))
+                  f"outliers {summary['outliers']}{slq}")
     console.print(f"wrote {out}/")
 
 

@@ -258,7 +258,7 @@ def run_quantize(checkpoint, out, *, bits=(8, 4, 3, 2), method: str = "gpfq", ca
         train_data = domain.load("train", data_dir)
         if calibration_sequences > len(train_data):
             raise ConfigError(f"calibration_sequences {calibration_sequences} exceeds the {len(train_data)} "
-                              "training sequences")
+                              f"training {domain.samples}")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(train_data))[:calibration_sequences])
         calibration = encode(train_data.subset(chosen), model.cfg)
     out = Path(out)
