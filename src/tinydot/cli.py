@@ -161,7 +161,7 @@ def data_show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
               n: int = typer.Option(64, "--n", help="How many sequences to draw (1..400)."),
               digit: Optional[int] = typer.Option(None, help="Only this digit class (0-9)."),
               seed: int = typer.Option(0, help="Seed for picking the sequences."),
-              scale: int = typer.Option(4, help="Pixels per 28x28-frame pixel."),
+              scale: int = typer.Option(4, help="Pixels per 28x28-frame pixel (1..16)."),
               data_dir: Optional[Path] = DataDirOption) -> None:
     """Render sequences of real digits to a PNG grid."""
     from tinydot.data.render import show_grid
@@ -265,7 +265,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", help="Run folder (resumed i
 def sample_cmd(checkpoint: Path = CheckpointOption,
                out: Path = typer.Option(..., "--out", help="PNG file to write."),
                digit: Optional[int] = typer.Option(None, help="Digit to draw (default: a grid of all ten)."),
-               n: int = typer.Option(16, "--n", help="Samples (per digit when drawing all ten)."),
+               n: int = typer.Option(16, "--n", help="Samples, 1..1000 (per digit when drawing all ten)."),
                temperature: float = typer.Option(0.8, help="Softmax temperature (0.05..10)."),
                seed: int = typer.Option(0, help="Sampling seed (0..2**32-1).")) -> None:
     """Generate digits of a requested class and draw them to a PNG grid."""
@@ -277,8 +277,8 @@ def sample_cmd(checkpoint: Path = CheckpointOption,
 
 @app.command("eval")
 def eval_cmd(checkpoint: Path = CheckpointOption,
-             per_class: Optional[int] = typer.Option(None, help="Samples per digit for recognizability "
-                                                     "(strokes; default 100)."),
+             per_class: Optional[int] = typer.Option(None, help="Samples per digit for recognizability, "
+                                                     "1..1000 (strokes; default 100)."),
              temperature: Optional[float] = typer.Option(None, help="Sampling temperature, 0.05..10 (strokes; "
                                                          "default 0.8)."),
              seed: Optional[int] = typer.Option(None, help="Sampling seed, 0..2**32-1 (strokes; default 0)."),
@@ -575,7 +575,7 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
                 out: Path = typer.Option(..., "--out", help="Folder for tables and plots."),
                 top_k: int = typer.Option(10, help="Top eigenvalues (Lanczos)."),
                 density: bool = typer.Option(False, "--density", help="Also estimate the spectral density (SLQ)."),
-                sequences: int = typer.Option(64, help="Train sequences in the fixed loss sample."),
+                sequences: int = typer.Option(64, help="Train sequences (text: sentences) in the fixed loss sample."),
                 lanczos_steps: int = typer.Option(60, help="Lanczos iterations (top eigenvalues and each SLQ run)."),
                 trace_samples: int = typer.Option(50, help="Hutchinson probes for the trace."),
                 density_runs: int = typer.Option(5, help="Independent SLQ runs for the density."),
@@ -607,7 +607,8 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
 @app.command("svcca")
 def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="One or two run folders / files."),
               out: Path = typer.Option(..., "--out", help="Folder for tables and plots."),
-              sequences: int = typer.Option(500, help="Test sequences whose positions are compared."),
+              sequences: int = typer.Option(500, help="Test sequences (text: sentences) whose positions are compared "
+                                                "(at least 2)."),
               keep: float = typer.Option(0.99, help="Share of variance each SVD keeps."),
               data_dir: Optional[Path] = DataDirOption) -> None:
     """SVCCA similarity between layers (of one checkpoint, or across two) and intrinsic dimensionality."""
@@ -630,8 +631,8 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
                    task: str = typer.Option(..., "--task", help="ner or pos (text models); digit or pen (tinyDOT)."),
                    out: Path = typer.Option(..., "--out", help="Folder for activations, tables, figures, "
                                             "section.html."),
-                   tokens: int = typer.Option(10_000, help="Tokens (words or pen positions) to analyse, split 80/10/10 "
-                                              "by sentence or sequence."),
+                   tokens: int = typer.Option(10_000, help="Tokens (words or pen positions) to analyse, at least 200, "
+                                              "split 80/10/10 by sentence or sequence."),
                    seed: int = typer.Option(0, help="Seed for the token sample and the split."),
                    threshold: float = typer.Option(0.3, help="Correlation-clustering cut c of the task pipeline."),
                    alpha: Optional[float] = typer.Option(None, help="Elastic-net strength of the probes "
