@@ -131,6 +131,28 @@ def test_an_unreachable_ray_address_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at 127.0.0.1:1 \(.*\); start one with"):
         run_study(Study.preset("quick"), tmp_path / "out", executor="ray", ray_address="127.0.0.1:1")
     assert not (tmp_path / "out").exists()
-    for address in ("nohost", "host:port"):
+    for address in ("nohost", "host:port", "http://127.0.0.1:1"):
         with pytest.raises(ConfigError, match=rf"Ray address '{address}' is not HOST:PORT"):
             run_jobs(abs, [1], executor="ray", ray_address=address)
+
+
+def test_a_ray_address_that_answers_passes_the_check():
+    import socket
+
+    from tinydot.executors import check_executor
+
+    listening = []
+    for family, host, forms in ((socket.AF_INET, "127.0.0.1", ("{h}:{p}", "ray://{h}:{p}")),
+                                (socket.AF_INET6, "::1", ("[{h}]:{p}", "ray://[{h}]:{p}"))):
+        server = socket.socket(family)
+        try:
+            server.bind((host, 0))
+        except OSError:  # no IPv6 on this machine
+            server.close()
+            continue
+        server.listen()
+        listening.append(host)
+        for form in forms:
+            check_executor("ray", 1, form.format(h=host, p=server.getsockname()[1]))  # raises if refused
+        server.close()
+    assert "127.0.0.1" in listening

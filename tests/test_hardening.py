@@ -183,9 +183,14 @@ def test_eval_checks_out_and_temperature_before_the_evaluation(tiny_checkpoint, 
     run.mkdir()
     (run / "config.json").write_text('{"model": {}, "train": {}}')
     refused(["eval", "--checkpoint", tiny_checkpoint, "--out", run / "config.json"],
-            f"--out {run / 'config.json'} is a file its run folder reads back; give another name "
-            f"(e.g. {run / 'eval.json'})", env=env)
+            f"--out {run / 'config.json'}: config.json is a name run folders keep for their own files (a stage would "
+            f"read it back); give another name (e.g. {run / 'eval.json'})", env=env)
     assert (run / "config.json").read_text() == '{"model": {}, "train": {}}'
+    (run / "bits_4").mkdir()  # a quantize step folder holds no config.json; its results.json marks the step done
+    refused(["eval", "--checkpoint", tiny_checkpoint, "--out", run / "bits_4" / "results.json"],
+            "results.json is a name run folders keep for their own files", env=env)
+    assert check_writable_file(run / "eval.json") == run / "eval.json"  # any other name is free
+    assert check_writable_file(tmp_path / "results.json") == tmp_path / "results.json"  # outside a run too
     refused(["eval", "--checkpoint", tiny_checkpoint, "--temperature", "0"],
             "--temperature must be between 0.05 and 10, got 0.0", env=env)
     refused(["eval", "--checkpoint", tiny_checkpoint, "--per-class", "100000"],

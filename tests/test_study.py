@@ -562,3 +562,14 @@ def test_a_damaged_study_folder_is_refused_by_the_report_as_by_predict(tiny_stud
     (folder / "assignments.csv").write_text("")
     with pytest.raises(TinydotError, match=r"assignments.csv is damaged \(empty\); re-run the command that wrote it"):
         write_report(folder)
+
+
+def test_a_fitted_table_without_rows_is_drawn_as_empty(tmp_path):
+    # a study with no held-out classes writes validation.csv from an empty frame: a bare newline
+    from tinydot.report.html import _read_table
+
+    pd.DataFrame().to_csv(tmp_path / "validation.csv", index=False)
+    assert (tmp_path / "validation.csv").read_bytes() == b"\n"
+    assert _read_table(tmp_path / "validation.csv").empty
+    (tmp_path / "ols.csv").write_text("target,predictor\n")  # columns, no rows: kept as they are
+    assert list(_read_table(tmp_path / "ols.csv").columns) == ["target", "predictor"]

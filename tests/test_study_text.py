@@ -78,6 +78,11 @@ def test_preset_domain_must_agree_with_the_config():
     with pytest.raises(ConfigError, match="^the config's model domain is 'strokes', but the study runs the text "
                                           "domain; give --domain strokes$"):  # was: vocab_size is a text option
         Study.preset("quick", {"model": {"domain": "strokes"}}, domain="text")
+    with pytest.raises(ConfigError, match="^the config's study domain is 'text' but its model domain is 'strokes'; "
+                                          "make them agree$"):
+        Study.preset("quick", {"study": {"domain": "text"}, "model": {"domain": "strokes"}}, domain="text")
+    with pytest.raises(ConfigError, match=r"^unknown domain 'txt' \(did you mean text\?\)"):
+        Study.preset("quick", {"study": {"domain": "txt"}})
     with pytest.raises(ConfigError, match="unknown preset 'slow'"):
         Study.preset("slow", domain="text")
 

@@ -204,7 +204,7 @@ def _note_short_run(train_config: TrainConfig) -> None:
 def _domain_configs(chosen: Domain, model_values: dict, train_values: dict) -> tuple[ModelConfig, TrainConfig]:
     """The model and training configs of train and lottery: the chosen domain's defaults with the
     config file's and the options' values over them (a config file of the other domain is refused)."""
-    if model_values.get("domain", chosen.name) != chosen.name:
+    if check_domain_name(model_values.get("domain", chosen.name)) != chosen.name:
         raise ConfigError(f"the config file's model domain is {model_values['domain']!r}, but the command runs "
                           f"--domain {chosen.name}; give --domain {model_values['domain']}")
     return (ModelConfig.from_dict({**chosen.model_config.non_default(), **model_values}),

@@ -117,7 +117,8 @@ def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
     path = out / "config.json"
     check_run_kind(out, section)  # a folder another command wrote, with or without a config.json
     if path.exists():
-        stored, given = read_json(path, "choose another output folder or delete it"), json.loads(json.dumps(configs))
+        stored = read_json(path, f"choose another output folder or delete {out}")
+        given = json.loads(json.dumps(configs))
         if not isinstance(stored, dict) or not isinstance(stored.get(section, {}), dict):
             raise ConfigError(f"{out}/config.json is damaged; choose another output folder or delete it")
         if section not in stored:  # a config.json no command of tinydot wrote (run_kind knows the others)

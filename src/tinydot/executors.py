@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,14 +42,14 @@ def progress_bar(total: int | None, enabled: bool, description: str):
 
 
 def passing_bar(description: str, enabled: bool, status: bool = False) -> Progress:
-    """A progress bar that leaves nothing behind: drawn on a terminal only, so that piped or logged
-    output gets no blank lines where it was (`status`: a column for the task's `status` field)."""
+    """A progress bar that leaves nothing behind: drawn on a terminal or in Jupyter only, so that
+    piped or logged output gets no blank lines where it was (`status`: a column for the task's `status` field)."""
     columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
     if status:
         columns.append(TextColumn("{task.fields[status]}"))
     console = Console()
     return Progress(*columns, TimeRemainingColumn(), console=console, transient=True,
-                    disable=not (enabled and console.is_terminal))
+                    disable=not (enabled and (console.is_terminal or console.is_jupyter)))
 
 
 def check_executor(executor: str, workers: int, ray_address: str | None = None) -> None:
@@ -59,11 +60,15 @@ def check_executor(executor: str, workers: int, ray_address: str | None = None) 
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if ray_address and ray_address not in ("auto", "local"):
-        host, _, port = ray_address.removeprefix("ray://").rpartition(":")
-        if not host or not port.isdigit():
+        parts = urllib.parse.urlsplit(ray_address if "://" in ray_address else "//" + ray_address)
+        try:
+            host, port = parts.hostname, parts.port  # IPv6 in brackets: [::1]:6379
+        except ValueError:  # a port that is no number
+            host = port = None
+        if parts.scheme not in ("", "ray") or not host or port is None:
             raise ConfigError(f"Ray address {ray_address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)")
         try:
-            socket.create_connection((host, int(port)), timeout=5).close()
+            socket.create_connection((host, port), timeout=5).close()
         except OSError as err:
             raise ConfigError(f"cannot reach the Ray cluster at {ray_address} ({err.strerror or err}); start one "
                               "with `ray start --head` there, or check the address") from None

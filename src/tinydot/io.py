@@ -61,14 +61,20 @@ def check_writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
         example = path / ("result" + (path.suffix or ".json"))
         raise ConfigError(f"{what} {path} is a folder; give a file path (e.g. {example})")
     _check_folder(path.parent, what, path)
-    if path.name in RUN_FILES and run_kind(path.parent) is not None:
-        raise ConfigError(f"{what} {path} is a file its run folder reads back; give another name "
-                          f"(e.g. {path.with_name('eval' + path.suffix)})")
+    if path.name in RUN_FILES and _in_a_run(path.parent):
+        raise ConfigError(f"{what} {path}: {path.name} is a name run folders keep for their own files (a stage would "
+                          f"read it back); give another name (e.g. {path.with_name('eval' + path.suffix)})")
     return path
 
 
-# files that run folders read back (their configuration, costs, results): no command's --out may replace them
+# the names of the files stages read back (configuration, costs, finished steps): in a run folder or one of its
+# step folders (level_k, bits_b, round_r, jobs/<job>) no command's --out may take them
 RUN_FILES = ("config.json", "cost.json", "results.json", "summary.json", "job.json", "svcca.json")
+_STEP_FOLDER = re.compile(r"(level|bits|round)_\d+")
+
+
+def _in_a_run(folder: Path) -> bool:
+    return run_kind(folder) is not None or bool(_STEP_FOLDER.fullmatch(folder.name)) or folder.parent.name == "jobs"
 
 
 # --------------------------------------------------------------------------- atomic writes

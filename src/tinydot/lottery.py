@@ -125,7 +125,7 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     config_path = run_dir / "config.json"
     check_run_kind(run_dir, "lottery")
     if config_path.exists():
-        stored = read_json(config_path, "choose another output folder or delete it")
+        stored = read_json(config_path, f"choose another output folder or delete {run_dir}")
         differ = _differences(stored, json.loads(json.dumps(configs)), stop_above_delta)
         if differ:
             raise ConfigError(f"{run_dir} holds a lottery run with a different configuration ({', '.join(differ)}); "

@@ -44,7 +44,7 @@ def parse_selection(data: str) -> tuple[str, int | None]:
     """'train' or 'train:7' -> (split, digit or None)."""
     split, colon, digit = data.partition(":")
     if colon and not (digit.isdigit() and 0 <= int(digit) <= 9):
-        raise ConfigError(f"data {data}: the digit after ':' must be 0..9")
+        raise ConfigError(f"data {data!r}: the digit after ':' must be 0..9")
     return split, int(digit) if digit else None
 
 

@@ -57,8 +57,8 @@ import torch
 
 from tinydot.checkpoint import load_model
 from tinydot.complexity import measure_all, quantile_bins
-from tinydot.config import (PRESET_NAMES, ModelConfig, PruneConfig, StudyConfig, TrainConfig, check_preset_name,
-                            config_hash)
+from tinydot.config import (PRESET_NAMES, ModelConfig, PruneConfig, StudyConfig, TrainConfig, check_domain_name,
+                            check_preset_name, config_hash)
 from tinydot.cost import total_cost
 from tinydot.data.batching import encode
 from tinydot.data.strokes import Strokes, load_strokes
@@ -212,8 +212,13 @@ class Study:
         values = {section: dict(v) for section, v in presets[name].items()}
         for section, fields in (overrides or {}).items():
             values.setdefault(section, {}).update(fields)
-        for section in ("study", "model"):  # the preset's own sections name its domain; a config's may not differ
-            chosen = values.get(section, {}).get("domain", domain)
+        given = overrides or {}  # the preset's own sections name its domain; the config's may not differ
+        named = {section: check_domain_name(given[section]["domain"])  # an unknown name is refused as such
+                 for section in ("study", "model") if "domain" in given.get(section, {})}
+        if len(set(named.values())) > 1:
+            raise ConfigError(f"the config's study domain is {named['study']!r} but its model domain is "
+                              f"{named['model']!r}; make them agree")
+        for section, chosen in named.items():
             if chosen != domain:
                 raise ConfigError(f"the config's {section} domain is {chosen!r}, but the study runs the {domain} "
                                   f"domain; give --domain {chosen}")

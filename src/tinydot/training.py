@@ -226,7 +226,7 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     config_path = run_dir / "config.json"
     check_run_kind(run_dir, "training")
     if config_path.exists():
-        fix = "choose another output folder or delete it"
+        fix = f"choose another output folder or delete {run_dir}"
         refusal = _refusal(run_dir, read_json(config_path, fix), configs, inputs)
         if refusal:
             raise ConfigError(f"{refusal}; {fix}")

@@ -199,7 +199,7 @@ def study_curves(run_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
     """Every job's per-level table (jobs/<job>/results.csv), labelled for the NLL-vs-density figure."""
     frames, key = [], held_out_column(jobs)
     for r, name in zip(jobs.itertuples(), _job_names(jobs)):
-        table = pd.read_csv(run_dir / "jobs" / name / "results.csv")
+        table = read_table(run_dir / "jobs" / name / "results.csv", ("density", "bits_per_step"))
         group = f"binned by {r.measure}" if r.kind == "bin" else ("held-out classes" if r.kind == "class"
                                                                    else f"held-out groups ({r.measure})")
         label = f"bin {r.bin}" if r.kind == "bin" else _held_out_label(r.kind, getattr(r, key))
@@ -321,8 +321,9 @@ def rightsize_results(run_dir: Path) -> list[dict]:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    """A fitted table, empty when the study has none (e.g. no held-out classes: an empty file)."""
-    return pd.DataFrame() if path.stat().st_size == 0 else read_table(path, rows=False)
+    """A fitted table, empty when the study has none (e.g. no held-out classes: pandas writes a table
+    without columns as a bare newline)."""
+    return pd.DataFrame() if not path.read_bytes().strip() else read_table(path, rows=False)
 
 
 def _slope_spread(seed_slopes: pd.DataFrame) -> pd.DataFrame:
