@@ -340,7 +340,9 @@ def test_ctrl_c_says_that_the_same_command_resumes(tmp_path, data_dir):
 
 
 def test_country_option_is_checked_before_any_work(tmp_path):
-    assert_user_error(run("--country", "XYZ", "complexity", "--out", str(tmp_path / "c")), "unknown country code 'XYZ'")
+    assert_user_error(run("--country", "XYZ", "complexity", "--out", str(tmp_path / "c")),
+                      "unknown country code 'XYZ' (--country)")
+    assert_user_error(run("--country", "", "complexity", "--out", str(tmp_path / "c")), "--country is empty")
     assert not (tmp_path / "c").exists()
 
 
