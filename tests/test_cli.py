@@ -221,6 +221,8 @@ def finished_stroke_study(folder):
     (["predict", "--study", "done", "--data", "test:x"], "--data 'test:x': the digit after ':' must be 0..9"),
     (["predict", "--study", "done", "--data", "test:11"], "--data 'test:11': the digit after ':' must be 0..9"),
     (["predict", "--study", "done", "--data", "test:"], "--data 'test:': the digit after ':' must be 0..9"),
+    (["rightsize", "--study", "done", "--data", "train:1", "--predictor", "s"],
+     "predictor 's' is not one of the study's (did you mean S?); choose one of L, S"),
     (["predict", "--study", "nowhere"], "study run folder nowhere does not exist"),
     (["predict", "--study", "ok.json"], "ok.json is a file, not a study run folder"),
     (["study", "--config", "list.json"], "must be a JSON object whose keys are among"),

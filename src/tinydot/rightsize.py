@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tinydot.config import did_you_mean
 from tinydot.cost import read_cost
 from tinydot.data.strokes import digit_subset
 from tinydot.errors import ConfigError
@@ -77,6 +78,10 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     study_dir = Path(study_dir)
     study, jobs = load_study(study_dir)
     domain = study.domain
+    if predictor is not None and predictor not in study.study.predictors:  # before any data loads
+        known = study.study.predictors
+        raise ConfigError(f"predictor {predictor!r} is not one of the study's{did_you_mean(predictor, known)}; "
+                          f"choose one of {', '.join(known)}")
     split, digit = parse_selection(data)
     if split != "train":
         raise ConfigError(f"data {data}: right-sizing trains on the selection and scores on the test split; "
