@@ -141,6 +141,8 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
     (["compare", "study-s", "study-s", "--out", "cmp"], "is given twice"),
     (["compare", "study-s", "study-t", "--out", "study-t"], "study-t holds a study run, not a compare run; choose "
                                                             "another output folder"),
+    (["compare", "study-s", "study-t", "--out", "study-t/figures"], "--out study-t/figures is inside the study "
+                                                                    "folder study-t; choose a folder outside both"),
 ])
 def test_bad_compare_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))

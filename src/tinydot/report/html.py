@@ -387,6 +387,9 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     labels = [d if domains.count(d) == 1 else f"{d} ({run.name})" for d, run in zip(domains, runs)]
     if runs[0].resolve() == runs[1].resolve():
         raise ConfigError(f"{runs[0]} is given twice; compare two different study run folders")
+    for run in runs:  # a study's folder belongs to the study (its report, figures): the comparison lives apart
+        if Path(out).resolve().is_relative_to(run.resolve()):
+            raise ConfigError(f"--out {out} is inside the study folder {run}; choose a folder outside both studies")
     for (_, jobs), run in zip(loaded, runs):
         missing = [m for m in SHARED_PREDICTORS if f"mean_{m}" not in jobs]
         if missing:
