@@ -95,9 +95,12 @@ def preset(study: Study, out: Path, data_dir: str, workers: int) -> None:
     for label, job in (("baseline", baseline_run_job), ("new", RUN_JOB)):
         study_module.run_job = job  # run_study hands this function to its workers
         started = time.perf_counter()
-        result = run_study(study, out / label, data_dir=data_dir, workers=workers, progress=False)
+        try:
+            result = run_study(study, out / label, data_dir=data_dir, workers=workers, progress=False)
+        finally:  # one worker runs the jobs in this process: the baseline's patch must not outlive its run
+            study_module.run_job = RUN_JOB
+            use_baseline(False)
         times[label] = (time.perf_counter() - started, steps_trained(result.run_dir))
-        study_module.run_job = RUN_JOB
     print(f"preset ({len(job_specs(study, out, data_dir))} jobs, {workers} workers):")
     for label, (seconds, steps) in times.items():
         print(f"  {label:9s} {seconds / 60:6.2f} min  {steps:7d} training steps")
