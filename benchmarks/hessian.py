@@ -1,6 +1,6 @@
 """Top-5 Hessian eigenvalues: tinydot's Lanczos vs PyHessian 0.1's power iteration with deflation.
 
-Same model (an untrained-then-briefly-trained ~19k-parameter tinyDOT), same batch (32 train
+Same model (an untrained-then-briefly-trained ~20k-parameter tinyDOT), same batch (32 train
 sequences cut to 40 positions), one run. Accuracy is measured against a converged reference (200
 Lanczos steps, float64). Goal (issue 7): at least 2x faster at equal or better accuracy. If
 PyHessian is not installed (`pip install pyhessian==0.1 --no-deps`), the baseline is a plain power

@@ -82,7 +82,7 @@ def main():
     base = {k: statistics.median(v[name]) for k, v, name in (("f", forward, "dense"), ("s", sampling, "dense"))}
     base["p"] = base["s"] / positions["dense"]
     print(f"{args.threads} thread(s), {args.repeats} interleaved repeats, medians; forward: batch 32 x 64 positions; "
-          f"sampling: {len(digits)} digits")
+          f"sampling: {len(digits)} digits; ratio: model time / dense time (below 1: faster than dense)")
     print(f"{'model':22s} {'params':>8s} {'forward ms':>11s} {'ratio':>6s} {'sample ms':>10s} {'positions':>9s} "
           f"{'ms/position':>11s} {'ratio':>6s}")
     for name, model in models:
