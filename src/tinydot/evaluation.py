@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-from tinydot.executors import passing_bar
 
 from tinydot.checkpoint import load_tensors, save_tensors
 from tinydot.config import check_seed
@@ -16,6 +15,7 @@ from tinydot.data.render import rasterize_all
 from tinydot.data.strokes import NUM_CLASSES, Strokes, cache_dir, load_strokes
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
+from tinydot.executors import passing_bar
 from tinydot.model import Decoder, TinyDOT
 from tinydot.sampling import check_temperature, sample
 

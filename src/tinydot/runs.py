@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tinydot.executors import passing_bar
 
 from tinydot.analysis.activations import hidden_states
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, sample_batch
@@ -26,6 +25,7 @@ from tinydot.data.strokes import NUM_CLASSES, Strokes, check_digit
 from tinydot.data.text import Sentences
 from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
+from tinydot.executors import passing_bar
 from tinydot.io import atomic_path, atomic_write_text, check_run_kind, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
 from tinydot.sampling import check_temperature, sample

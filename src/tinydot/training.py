@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tinydot.executors import passing_bar
 
 from tinydot.checkpoint import MODEL_FILE, CheckpointError, load_model, load_tensors, save_model, save_tensors
 from tinydot.config import ModelConfig, TrainConfig, changes
@@ -39,6 +38,7 @@ from tinydot.data.text import Sentences
 from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
+from tinydot.executors import passing_bar
 from tinydot.flops import FlopTally
 from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json
 from tinydot.model import Decoder, build_model
