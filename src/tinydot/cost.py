@@ -81,22 +81,22 @@ def locale_territory(environ=os.environ) -> str | None:
     return None
 
 
-def resolve_country(country: str | None = None, environ=os.environ) -> tuple[str, str]:
+def resolve_country(country: str | None = None, environ=os.environ, source: str = "argument") -> tuple[str, str]:
     """(alpha-3 country code, where it came from) for converting energy to CO2.
 
-    Order: `country`, then $TINYDOT_COUNTRY, then the territory of the locale (a setting that
-    usually, not always, matches where the machine is), then DEFAULT_COUNTRY. The CLI hands its
-    `--country` to every run (study workers included) as $TINYDOT_COUNTRY and names itself in
-    $TINYDOT_COUNTRY_SOURCE, so the recorded source is "--country".
+    Order: `country` (`source` names it in messages), then $TINYDOT_COUNTRY, then the territory of
+    the locale (a setting that usually, not always, matches where the machine is), then
+    DEFAULT_COUNTRY. The CLI hands its `--country` to every run (study workers included) as
+    $TINYDOT_COUNTRY and names itself in $TINYDOT_COUNTRY_SOURCE, so the recorded source is "--country".
     """
     given = environ.get("TINYDOT_COUNTRY_SOURCE", "TINYDOT_COUNTRY")
-    for code, source in ((country, "argument"), (environ.get("TINYDOT_COUNTRY"), given)):
+    for code, named in ((country, source), (environ.get("TINYDOT_COUNTRY"), given)):
         if code:
             alpha3 = _alpha3(code.strip().upper())
             if alpha3 is None:
-                raise ConfigError(f"unknown country code {code!r} ({source}); "
+                raise ConfigError(f"unknown country code {code!r} ({named}); "
                                   "give an ISO 3166 code such as USA, FRA or DEU")
-            return alpha3, source
+            return alpha3, named
     if (territory := locale_territory(environ)) and (alpha3 := _alpha3(territory)):
         return alpha3, f"locale ({territory})"
     return DEFAULT_COUNTRY, "default"
