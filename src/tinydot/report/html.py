@@ -323,7 +323,7 @@ def rightsize_results(run_dir: Path) -> list[dict]:
 def _read_table(path: Path) -> pd.DataFrame:
     """A fitted table, empty when the study has none (e.g. no held-out classes: pandas writes a table
     without columns as a bare newline)."""
-    return pd.DataFrame() if not path.read_bytes().strip() else read_table(path, rows=False)
+    return read_table(path, rows=False, empty=True)
 
 
 def _slope_spread(seed_slopes: pd.DataFrame) -> pd.DataFrame:

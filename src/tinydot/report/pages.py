@@ -12,20 +12,11 @@ import pandas as pd
 
 from tinydot.domains import get_domain
 from tinydot.errors import TinydotError
-from tinydot.io import check_run_folder, read_json, run_kind, save_figure
+from tinydot.io import check_run_folder, run_kind, save_figure
 from tinydot.report import figures
 from tinydot.report.compression import write_compress_figures
-from tinydot.report.files import read_table
+from tinydot.report.files import read_summary, read_table
 from tinydot.report.html import write_redundancy_report, write_study_report
-
-
-def _summary(path: Path, keys: tuple[str, ...]) -> dict:
-    """A run's JSON summary holding `keys`; a damaged one is refused in one line."""
-    summary = read_json(path)
-    if not isinstance(summary, dict) or (missing := [k for k in keys if k not in summary]):
-        what = f"no {missing[0]!r}" if isinstance(summary, dict) else "not a JSON object"
-        raise TinydotError(f"{path} is damaged ({what}); re-run the command that wrote it")
-    return summary
 
 
 def write_lottery_figures(run_dir: str | Path) -> list[Path]:
@@ -54,7 +45,7 @@ def write_complexity_figures(run_dir: str | Path) -> list[Path]:
 def write_hessian_figures(run_dir: str | Path) -> list[Path]:
     """spectrum.png (top eigenvalues, outliers marked) and, when estimated, density.png."""
     run_dir = Path(run_dir)
-    summary = _summary(run_dir / "summary.json", ("outliers", "bulk_edge"))
+    summary = read_summary(run_dir / "summary.json", ("outliers", "bulk_edge"))
     eigenvalues = read_table(run_dir / "eigenvalues.csv", ("eigenvalue",))["eigenvalue"].to_numpy()
     paths = [run_dir / "spectrum.png"]
     save_figure(figures.hessian_spectrum(eigenvalues, summary["outliers"]), paths[0])
@@ -69,7 +60,7 @@ def write_hessian_figures(run_dir: str | Path) -> list[Path]:
 def write_svcca_figures(run_dir: str | Path) -> list[Path]:
     """similarity.png: the layer-by-layer SVCCA table as a heatmap."""
     run_dir = Path(run_dir)
-    info = _summary(run_dir / "svcca.json", ("keep", "positions"))
+    info = read_summary(run_dir / "svcca.json", ("keep", "positions"))
     similarity = read_table(run_dir / "similarity.csv", index_col=0)
     if similarity.empty or not all(pd.api.types.is_numeric_dtype(t) for t in similarity.dtypes):
         raise TinydotError(f"{run_dir / 'similarity.csv'} is damaged (not a table of numbers); re-run tinydot svcca")
