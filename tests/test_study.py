@@ -397,6 +397,11 @@ def test_report_is_self_contained_and_generated_from_the_numbers(tiny_study):
     reached = jobs[(jobs.kind == "bin") & jobs.needed_reached]
     if len(reached):
         assert f"{reached.needed_fraction.min():.3g} to {reached.needed_fraction.max():.3g}" in html
+    # the Data section's statistics are over the binned sequences, which its sentence describes
+    assignments = pd.read_csv(result.run_dir / "assignments.csv")
+    binned = assignments[~assignments.held_class]
+    assert 0 < len(binned) < len(assignments)
+    assert f'<td class="left">L</td><td>{len(binned):,}</td><td>{round(binned.L.mean(), 3):.3g}</td>' in html
 
 
 def test_jobs_account_for_their_cost(tiny_study):

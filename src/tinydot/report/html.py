@@ -274,9 +274,10 @@ def _data_summary(assignments: pd.DataFrame, study) -> dict:
     """What the Data section says: samples, binned samples, the classes binned (strokes) or the
     held-out groups' sizes (text), and the recorded measures' statistics over the binned samples."""
     if study.study.domain == "strokes":
-        return {"sequences": len(assignments), "binned": int((~assignments["held_class"]).sum()),
+        binned = assignments[~assignments["held_class"]]
+        return {"sequences": len(assignments), "binned": len(binned),
                 "classes": sorted(set(assignments["label"]) - set(study.study.held_out_classes)),
-                "measures": assignments[study.recorded_measures].describe().T.round(3)}
+                "measures": binned[study.recorded_measures].describe().T.round(3)}
     train = assignments[assignments["split"] == "train"]
     held = assignments[assignments["group"] >= 0]
     groups = held.groupby("group").agg(sentences=("index", "size"),
