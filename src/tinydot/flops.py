@@ -1,10 +1,11 @@
 """Analytic FLOP counts of tinyDOT, from its shape and the batches it actually processed.
 
 What is counted: every matrix multiplication, one multiply-add = 2 FLOPs.
-  per block   qkv (d -> 3d), the attention scores Q K^T and the weighted sum A V (each 2*B*T*T_k*d
+  per block   qkv (d -> 3i), the attention scores Q K^T and the weighted sum A V (each 2*B*T*T_k*i
               over all heads, T_k = cached + new positions: the full T x T_k rectangle, although the
               causal mask discards half of it; that is what a dense kernel computes), the output
-              projection (d -> d), the MLP (d -> d_mlp -> d)
+              projection (i -> d), the MLP (d -> d_mlp -> d); i = n_heads x head width, the
+              attention's inner width: d, unless `tinydot compress` removed heads
   heads       strokes: pen (d -> 3), dx (d -> 2*max_move+1), and dy given dx: dy_in (d -> d),
               then head_dy (d -> 2*max_move+1); all three at every position, padding included.
               text: the softmax over the vocabulary (d -> vocab_size) at every position; tied or
@@ -53,11 +54,11 @@ TRAIN_STEP_FACTOR = 3  # forward + backward (gradients of inputs and of weights)
 def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """(out_features, in_features) of every weight the model of `cfg` multiplies a hidden state
     by, by parameter name: its Linear weights, and the tied word embedding of a text model."""
-    d, moves = cfg.d_model, 2 * cfg.max_move + 1
+    d, moves, inner = cfg.d_model, 2 * cfg.max_move + 1, cfg.n_heads * cfg.head_width
     shapes = {}
     for i in range(cfg.n_layers):
-        shapes[f"blocks.{i}.attn.qkv.weight"] = (3 * d, d)
-        shapes[f"blocks.{i}.attn.proj.weight"] = (d, d)
+        shapes[f"blocks.{i}.attn.qkv.weight"] = (3 * inner, d)
+        shapes[f"blocks.{i}.attn.proj.weight"] = (d, inner)
         shapes[f"blocks.{i}.mlp.0.weight"] = (cfg.d_mlp, d)
         shapes[f"blocks.{i}.mlp.2.weight"] = (d, cfg.d_mlp)
     if cfg.domain == "text":
@@ -94,7 +95,8 @@ def forward_flops(cfg: ModelConfig, batch_size: int, positions: int, *, cached: 
     shapes = linear_shapes(cfg)
     weights = sum(kept[name] if kept is not None else out * inp for name, (out, inp) in shapes.items())
     tokens = batch_size * positions
-    attention = cfg.n_layers * 2 * (2 * tokens * (cached + positions) * cfg.d_model)  # Q K^T and A V
+    inner = cfg.n_heads * cfg.head_width  # the queries' and values' width over all heads
+    attention = cfg.n_layers * 2 * (2 * tokens * (cached + positions) * inner)  # Q K^T and A V
     return 2 * tokens * weights + attention
 
 
