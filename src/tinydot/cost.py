@@ -150,7 +150,8 @@ class _Energy:
             self._fail(f"{type(error).__name__}: {error}")
 
     def _start(self, run_dir, country, verbose):
-        # codecarbon is imported here, not at the top: it is optional and takes ~0.2 s to import
+        # codecarbon is imported here, not at the top: it takes ~0.2 s to import (a run that fails to
+        # load or start it goes on without energy)
         import codecarbon
         from codecarbon import OfflineEmissionsTracker
         from codecarbon.output import BaseOutput

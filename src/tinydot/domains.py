@@ -6,16 +6,16 @@ A `Domain` bundles, for one kind of data:
   eval_split                 the split a training run evaluates on as it goes
   measures, measure(...)     the per-sample complexity measures; `check_measure` rejects others
   encode(data, cfg)          the model's length-bucketed batches (`tinydot.data.batching.encode`)
-  model_class                the model a ModelConfig of this domain builds (`tinydot.model.MODELS`)
   unit, describe_nll(...)    the unit of the headline NLL, and the line that reports it
   samples                    what one sample is called in messages: sequences or sentences
   model_config, train_config the defaults of `tinydot train --domain NAME` (and of `tinydot lottery`)
   prunable                   what pruning removes and counts (text: the trunk, not the word embedding)
 
 `DOMAINS` holds one per name of `tinydot.config.DOMAIN_NAMES`; `get_domain(name)` looks one up,
-`domain_of(data)` finds the one a dataset belongs to. Training, evaluation and the lottery do not
-need the registry: they dispatch on the model config's `domain` (`build_model`) and on the data's
-type (`encode`). The registry serves the callers that choose a domain by name: the CLI and the study.
+`domain_of(data)` finds the one a dataset belongs to. Models are built from the model config's
+`domain` (`build_model`) and batches from the data's type (`encode`); the registry serves the
+callers that choose a domain by name (the CLI, the study, the stages that load a checkpoint's data,
+the report) and those that only name its unit or samples (training's progress bar).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from tinydot.data.batching import Encoded, EncodedText, encode
 from tinydot.data.strokes import Strokes, load_strokes, locate_data_dir
 from tinydot.data.text import PUBLISHED_VOCABULARY, Sentences, load_sentences
 from tinydot.errors import ConfigError
-from tinydot.model import MODELS
 
 Data = Strokes | Sentences
 
@@ -84,10 +83,6 @@ class Domain:
         self._check_data(data)
         return encode(data, cfg)
 
-    @property
-    def model_class(self) -> type:
-        return MODELS[self.name]
-
     def _check_data(self, data) -> None:
         if not isinstance(data, self.data_type):
             raise ConfigError(f"the {self.name} domain needs {self.data_type.__name__}, got {type(data).__name__}")
@@ -111,8 +106,8 @@ STROKES = Domain(
 
 # The default text model: the stroke model's recipe (pre-norm blocks, one head, GELU MLP of
 # 4 x d_model, no dropout) at 4 layers of width 128: 2.09M parameters, 1.28M of them the tied
-# 10,000 x 128 word embedding. Its training defaults spend the paper study preset's budget of
-# predictions (500 x 8192 = 4.1M, 4.4 epochs of PTB train) in 4,000 batches of ~1024 positions
+# 10,000 x 128 word embedding. Its training defaults spend ~4.0M predictions (4.3 epochs of PTB
+# train, as an earlier default of 500 x 8192 positions did) in 4,000 batches of ~1,010 positions
 # (~46 sentences): on 2 CPU cores a step's cost is proportional to its positions from 1024 to
 # 4096, and at equal predictions the smaller batches learned far faster (README, "quality anchor").
 TEXT = Domain(

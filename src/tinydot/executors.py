@@ -1,8 +1,8 @@
 """Running independent jobs: in this process, a local process pool, or Ray. One interface.
 
-A job is a picklable top-level function applied to a picklable spec. Every job pins its own
-torch thread count (`threads`), so a result does not depend on where it ran: the same config gives
-identical numbers under every executor.
+A job is a picklable top-level function applied to a picklable spec. A job that must give the same
+numbers under every executor pins its own torch thread count (the study's jobs do: `study.run_job`),
+so its result does not depend on where it ran.
 
 Workers die with the process that started them: an exception, Ctrl-C (SIGINT) or SIGTERM in that
 process cancels the queued jobs and kills the running ones, and every local worker watches its

@@ -150,10 +150,11 @@ class TinyDOT(Decoder):
         self._init_weights()
 
     def forward(self, inputs, labels, past=None, offset: int = 0):
-        """Hidden states for integer `inputs` (B, T, 5) and digit `labels` (B,) -> (B, T, d).
+        """(hidden states (B, T, d), per-layer key/value caches) for integer `inputs` (B, T, 5) and
+        digit `labels` (B,).
 
         With `past` (a list of per-layer key/value caches) the inputs continue a sequence whose
-        first `offset` positions are cached; returns (hidden, presents).
+        first `offset` positions are cached.
         """
         pos = self._positions(inputs.shape[1], offset, inputs.device)
         x = (self.emb_dx(inputs[..., IN_DX]) + self.emb_dy(inputs[..., IN_DY]) + self.emb_pen(inputs[..., IN_PEN])
@@ -199,7 +200,8 @@ class TextDOT(Decoder):
         self._init_weights()
 
     def forward(self, inputs, *, past=None, offset: int = 0):
-        """Hidden states (B, T, d) for word ids `inputs` (B, T); `past` and `offset` as in TinyDOT."""
+        """(hidden states (B, T, d), per-layer key/value caches) for word ids `inputs` (B, T); `past`
+        and `offset` as in TinyDOT."""
         pos = self._positions(inputs.shape[1], offset, inputs.device)
         return self._trunk(self.emb_token(inputs) + self.emb_pos(pos), past)  # (B, T, d)
 

@@ -1,7 +1,7 @@
 """Small stages, one run folder each: complexity tables, digit samples, the Hessian spectrum, SVCCA.
 
 Each runs pure computations from the layers below and writes its tables (CSV, JSON) atomically;
-the figures of these folders are drawn by `tinydot.report.runs` from those tables.
+the figures of these folders are drawn by `tinydot.report.pages` from those tables.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def sample(model: TinyDOT, digits, *, temperature: float = 0.8, seed: int = 0) -
     check_temperature(temperature)
     check_seed(seed)
     if len(digits) == 0 or digits.min() < 0 or digits.max() >= min(NUM_CLASSES, model.cfg.n_classes):
-        raise ConfigError(f"digits must be a non-empty list of classes 0..{NUM_CLASSES - 1}")
+        raise ConfigError(f"digits must be a non-empty list of classes 0..{min(NUM_CLASSES, model.cfg.n_classes) - 1}")
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     B, M, T = len(digits), model.cfg.max_move, model.cfg.max_len - 1  # T: positions m_0..m_{T-1}

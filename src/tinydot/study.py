@@ -3,14 +3,15 @@
 The train split minus a few held-out digit classes is cut, per binning measure, into K equal-count
 quantile bins; each bin keeps a share of its sequences for its own held-out NLL. Every
 (measure, bin, seed) job trains tinyDOT of a fixed size from the same initial weights (per seed)
-for the same token budget, then runs iterative magnitude pruning with rewinding to step K until a
-ticket's held-out NLL exceeds the dense NLL by more than delta. Per job:
+for the same token budget, then runs iterative magnitude pruning with rewinding (to step
+`prune.rewind_step`) until a ticket's held-out NLL exceeds the dense NLL by more than delta. Per job:
   - the dense network's prunable weights split into untouched (no gradient ever: the data never
     reaches them), trained to small (|w| <= epsilon) and used (tinydot.pruning.usage);
   - the needed fraction: the density at which the tickets' NLL crosses (1 + delta) x dense,
     interpolated in log density between the bracketing levels (NaN, "not reached", otherwise);
   - the mean of every predictor measure over its training sequences.
-Each held-out class is trained and pruned the same way, on as many sequences as a bin. OLS lines
+Each held-out class is trained and pruned the same way, on as many sequences as a bin when
+`study.max_train_per_bin` caps both (every preset does; 0 trains each on all its sequences). OLS lines
 (statsmodels) of each target against each measure, fitted on the bin jobs, predict the held-out
 classes from their complexity alone; the report compares prediction and measurement.
 

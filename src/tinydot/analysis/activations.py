@@ -1,8 +1,8 @@
 """Per-layer hidden states: tinyDOT on its own data (strokes or words), and Hugging Face
 encoders/decoders on words.
 
-Both give arrays of shape (n_layers + 1, n_tokens, width): the input embeddings, then the output of
-every block. Large token counts stream straight into a memory-mapped .npy file on disk.
+Both give n_layers + 1 arrays of shape (n_tokens, width): the input embeddings, then the output
+of every block. Large token counts stream straight into a memory-mapped .npy file on disk.
 """
 
 from __future__ import annotations

