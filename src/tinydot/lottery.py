@@ -99,15 +99,14 @@ def _differences(stored, configs: dict, stop_above_delta: bool) -> list[str]:
 def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data: Strokes | Sentences,
                 model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig(),
                 prune_config: PruneConfig = PruneConfig(), *, init_state: dict | None = None,
-                max_level: int | None = None, stop_above_delta: bool = False, progress: bool = True) -> LotteryResult:
+                stop_above_delta: bool = False, progress: bool = True) -> LotteryResult:
     """Dense training, then `levels` rounds of prune -> rewind -> retrain, with controls.
 
     Resumable at two depths: a finished level (its results.json) is skipped, and an unfinished
-    training run resumes from its last checkpoint. `max_level` stops after that level. With
-    `stop_above_delta` (as every study job runs), no further level is trained once a
-    ticket's NLL exceeds the dense NLL by more than prune_config.delta (relative): the needed
-    density is bracketed. Returns a LotteryResult: the per-level table (`.table`, as results.csv)
-    and the run folder.
+    training run resumes from its last checkpoint. With `stop_above_delta` (as every study job
+    runs), no further level is trained once a ticket's NLL exceeds the dense NLL by more than
+    prune_config.delta (relative): the needed density is bracketed. Returns a LotteryResult: the
+    per-level table (`.table`, as results.csv) and the run folder.
     """
     cfg, k = prune_config, prune_config.rewind_step
     if k >= train_config.steps:
@@ -135,13 +134,12 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
     atomic_write_text(config_path, json.dumps(configs, indent=2) + "\n")
     skeleton = init_model(model_config, 0)  # for parameter names and shapes only
     names = prunable_names(skeleton, cfg.prunable)
-    last = cfg.levels if max_level is None else min(max_level, cfg.levels)
 
     def trained(folder: Path, **kwargs) -> Decoder:  # a finished run folder returns at once
         return train(data, folder, model_config, train_config, progress=progress, **kwargs).model
 
     rows = []
-    for level in range(last + 1):
+    for level in range(cfg.levels + 1):
         lost = level > 1 and not rows[-1]["bits_per_step"] <= rows[0]["bits_per_step"] * (1 + cfg.delta)
         if stop_above_delta and lost:
             break  # the previous ticket already lost more than delta: the needed density is bracketed

@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tinydot.config import ModelConfig
 from tinydot.data.batching import encode, scored_positions
 from tinydot.errors import ConfigError
+from tinydot.pruning.mask import apply_mask
 
 
 class HessianOperator:
@@ -40,10 +41,8 @@ class HessianOperator:
         model = copy.deepcopy(model).to(dtype).eval()
         mask = mask or {}
         self.names = [n for n, _ in model.named_parameters()]
+        apply_mask(model, mask)  # a pruned model sits at zero in its pruned coordinates
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, keep in mask.items():
-                params[name].mul_(keep)  # a pruned model sits at zero in its pruned coordinates
         self.params = [params[n] for n in self.names]
         self.shapes = [p.shape for p in self.params]
         self.free = [mask[n].reshape(-1) if n in mask else None for n in self.names]  # None: all free
@@ -92,11 +91,6 @@ class HessianOperator:
         if self.on_matvec is not None:
             self.on_matvec()
         return self._flatten(hv)
-
-    def dense(self) -> np.ndarray:
-        """The full (dim, dim) Hessian by dim matvecs: for small models and tests only."""
-        eye = torch.eye(self.dim, dtype=self.dtype)
-        return torch.stack([self.matvec(eye[i]) for i in range(self.dim)]).numpy()
 
 
 def lanczos(operator: HessianOperator, steps: int, start: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +173,7 @@ class HessianSpectrum:
                 raise ConfigError(f"{name} must be >= {least}, got {value}")
         return self
 
-    def fit(self, operator: HessianOperator, density: bool = True, progress=None) -> HessianSpectrum:
+    def fit(self, operator: HessianOperator, density: bool = True) -> HessianSpectrum:
         dim = operator.dim
         self.check(dim)
         self.dim_ = dim

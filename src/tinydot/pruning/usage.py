@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tinydot.pruning.mask import apply_mask
+
 PARTS = ("pruned", "untouched", "trained_to_small", "used")
 
 
@@ -71,10 +73,7 @@ def zero_unused(model: nn.Module, names: list[str], touched: dict[str, torch.Ten
     """A copy of `model` with every unused prunable weight (pruned, untouched, trained to small) set to zero."""
     copy = deepcopy(model)  # no re-initialisation: no global random state touched
     used = usage_masks(model, names, touched, mask, epsilon)["used"]
-    params = dict(copy.named_parameters())
-    with torch.no_grad():
-        for name in names:
-            params[name].mul_(used[name])
+    apply_mask(copy, {name: used[name] for name in names})
     return copy.eval()
 
 
