@@ -333,14 +333,7 @@ def _assign_classes(strokes: Strokes, study: Study, seed: int = 0) -> pd.DataFra
     table.insert(0, "index", np.arange(len(strokes)))
     held_class = np.isin(strokes.labels, cfg.held_out_classes)
     table["held_class"] = held_class
-    rng = np.random.default_rng([seed, 1])
-
-    def hold(groups) -> np.ndarray:
-        held = np.zeros(len(table), dtype=bool)
-        for members in groups:
-            held[rng.permutation(members)[: int(round(cfg.held_out_fraction * len(members)))]] = True
-        return held
-
+    hold = _holder(np.random.default_rng([seed, 1]), cfg.held_out_fraction, len(table))
     pool = np.flatnonzero(~held_class)
     for m in cfg.measures:
         bins = np.full(len(table), -1)
