@@ -16,8 +16,8 @@ gradient: the data never reaches it), trained to small (touched, |w| <= epsilon)
 |w| > epsilon); see tinydot.pruning.usage. The default epsilon = 1e-3 is 1/20 of the initialisation
 std (0.02): a weight this small moves a d_model-wide dot product by well under 1% of its typical
 size. A scale-free variant counts |w| > relative_epsilon x the tensor's standard deviation. Each row
-also reports the test NLL with every unused weight set to zero (`zeroed_bits_per_step`), so the
-claim that they are unused is checked, not assumed.
+also reports the held-out NLL (on `eval_data`) with every unused weight set to zero
+(`zeroed_bits_per_step`), so the claim that they are unused is checked, not assumed.
 
 Either domain: the `*bits_per_step` columns are bits per pen step for strokes and bits per word
 for text (`evaluation.evaluate_nll`), as the model config's domain says.
