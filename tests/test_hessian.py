@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tinydot.analysis.hessian import HessianOperator, HessianSpectrum, outlier_count, sample_batch
 from tinydot.config import ModelConfig
-from tinydot.errors import ConfigError
+from tinydot.errors import ConfigError, TinydotError
 from tinydot.pruning import full_mask, prune
 from tinydot.training import init_model
 
@@ -148,6 +148,13 @@ def test_a_lottery_level_is_analysed_under_its_mask_given_as_folder_or_file(data
     assert by_folder["coordinates"] == by_file["coordinates"] == kept < model.num_params()
     assert by_folder["pruned"] and by_file["pruned"]
     assert by_folder["top_eigenvalues"] == by_file["top_eigenvalues"]
+    # `tinydot report` redraws a hessian folder, and names one that lost its summary as unfinished
+    from tinydot.report.pages import write_report
+
+    assert [p.name for p in write_report(tmp_path / "h_file")] == ["spectrum.png"]  # density=False
+    (tmp_path / "h_file" / "summary.json").unlink()
+    with pytest.raises(TinydotError, match="h_file holds an unfinished hessian run: run the command that made it"):
+        write_report(tmp_path / "h_file")
 
 
 def test_outlier_rule():

@@ -70,29 +70,31 @@ def write_svcca_figures(run_dir: str | Path) -> list[Path]:
     return [path]
 
 
-# the files that only a finished run folder of this kind holds, and the function that reports it
-KINDS = (
-    (("jobs.csv", "ols.csv", "assignments.csv"), write_study_report),
-    (("summary.json", "selections.csv"), write_redundancy_report),
-    (("results.csv", "level_0"), write_lottery_figures),
-    (("summary.json", "eigenvalues.csv"), write_hessian_figures),
-    (("svcca.json", "similarity.csv"), write_svcca_figures),
-    (("measures.csv", "bins.csv"), write_complexity_figures),
-    (("results.csv", "config.json"), write_compress_figures),  # compress or quantize (a lottery has level_0)
-)
+# per kind of run folder (`io.run_kind`): the files it holds once finished, and the function that reports it
+WRITERS = {
+    "study": (("jobs.csv", "ols.csv"), write_study_report),
+    "redundancy": ((), write_redundancy_report),
+    "lottery": (("results.csv",), write_lottery_figures),
+    "hessian": (("summary.json",), write_hessian_figures),
+    "svcca": (("similarity.csv",), write_svcca_figures),
+    "complexity": ((), write_complexity_figures),
+    "compress": (("results.csv",), write_compress_figures),
+    "quantize": (("results.csv",), write_compress_figures),
+}
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Recognise a finished run folder by its files and (re)write its figures and pages."""
+    """Recognise a finished run folder by its files (`io.run_kind`) and (re)write its figures and pages."""
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
-    for markers, writer in KINDS:
-        if all((run_dir / name).exists() for name in markers):
+    kind = run_kind(run_dir)
+    if kind in WRITERS:
+        finished, writer = WRITERS[kind]
+        if all((run_dir / name).exists() for name in finished):
             written = writer(run_dir)
             return [written] if isinstance(written, Path) else written
-    kind = run_kind(run_dir)
-    if kind in ("study", "lottery", "compress", "quantize"):
+        kept = " (finished parts are kept)" if kind in ("study", "lottery", "compress", "quantize") else ""
         raise TinydotError(f"{run_dir} holds an unfinished {kind} run: run the command that made it again to finish "
-                           "it (finished parts are kept), then draw its report")
+                           f"it{kept}, then draw its report")
     raise TinydotError(f"{run_dir} holds no report to draw: give a finished study, redundancy, lottery, hessian, "
                        "svcca, complexity, compress or quantize folder (a training run has none; see `tinydot eval`)")
