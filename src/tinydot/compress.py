@@ -44,7 +44,7 @@ from tinydot.data.text import Sentences
 from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json, sha256_file
+from tinydot.io import atomic_write_csv, atomic_write_text, check_run_kind, read_json, sha256_file
 from tinydot.model import Decoder
 from tinydot.pruning.structured import (KINDS, check_importance, remove_units, removal_count, removal_schedule,
                                         unit_shape)
@@ -138,11 +138,6 @@ def _start_run(out: Path, checkpoint, section: str, settings: dict) -> None:
     atomic_write_text(path, json.dumps(configs, indent=2) + "\n")
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def _test_slices(test: Strokes | Sentences, cfg, eval_sequences: int,
                  score_sequences: int = 0) -> tuple[Encoded | EncodedText, Encoded | EncodedText | None]:
     """The evaluated test sequences (the first ones) and the scoring ones (the last, disjoint),
@@ -229,7 +224,7 @@ def run_compress(checkpoint, out, *, heads: float = 0.0, neurons: float = 0.0, l
 
     save_model(out / MODEL_FILE, current, extra={"compress": asdict(cfg), "source": str(resolve(checkpoint).resolve())})
     table = pd.DataFrame(rows)
-    _write_csv(table, out / "results.csv")
+    atomic_write_csv(table, out / "results.csv")
     return table
 
 
@@ -286,5 +281,5 @@ def run_quantize(checkpoint, out, *, bits=(8, 4, 3, 2), method: str = "gpfq", ca
         atomic_write_text(folder / "results.json", json.dumps(row, indent=2) + "\n")
         rows.append(row)
     table = pd.DataFrame(rows)
-    _write_csv(table, out / "results.csv")
+    atomic_write_csv(table, out / "results.csv")
     return table

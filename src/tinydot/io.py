@@ -117,6 +117,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_write_csv(frame, path: str | os.PathLike, index: bool = False) -> None:
+    """Write a pandas DataFrame as CSV through `atomic_path` (without its index unless asked)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+
+
 def read_json(path: str | os.PathLike, fix: str = "re-run the command that wrote it"):
     """The JSON value in a run folder's file; a damaged file (not JSON, not text) is refused in one
     line that ends with `fix` (a missing file raises FileNotFoundError as usual)."""

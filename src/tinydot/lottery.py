@@ -40,7 +40,7 @@ from tinydot.data.strokes import Strokes
 from tinydot.data.text import Sentences
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json
+from tinydot.io import atomic_write_csv, atomic_write_text, check_run_kind, read_json
 from tinydot.model import Decoder
 from tinydot.pruning.magnitude import prune, random_mask
 from tinydot.pruning.mask import Mask, density, full_mask, load_mask, prunable_names, save_mask
@@ -68,8 +68,7 @@ def _level_row(level: int, model: Decoder, mask: Mask, names, held_out: Encoded 
                level_dir: Path):
     touched = load_touched(level_dir)
     counts = usage_counts(model, names, touched, mask, cfg.epsilon, cfg.relative_epsilon)
-    with atomic_path(level_dir / "used.csv") as tmp:
-        counts.to_csv(tmp, index=False)
+    atomic_write_csv(counts, level_dir / "used.csv")
     return {
         "level": level, "density": density(mask), "sparsity": 1 - density(mask),
         "kept": int(sum(int(m.sum()) for m in mask.values())), "prunable": int(counts["total"].sum()),
@@ -178,6 +177,5 @@ def run_lottery(data: Strokes | Sentences, run_dir: str | os.PathLike, eval_data
         rows.append(row)
 
     table = pd.DataFrame(rows)
-    with atomic_path(run_dir / "results.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    atomic_write_csv(table, run_dir / "results.csv")
     return LotteryResult(table, run_dir)

@@ -45,7 +45,7 @@ from tinydot.data.text import UNK_WORD, load_sentences
 from tinydot.cost import CostMeter
 from tinydot.errors import ConfigError
 from tinydot.executors import progress_bar
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind, check_writable_dir
+from tinydot.io import atomic_path, atomic_write_csv, atomic_write_text, check_run_kind, check_writable_dir
 
 
 @dataclass(frozen=True)
@@ -160,11 +160,6 @@ def layer_names(n_layers: int) -> list[str]:
     return ["emb"] + [f"block{i}" for i in range(1, n_layers)]
 
 
-def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index)
-
-
 def run_redundancy(config: RedundancyConfig, out, *, data_dir=None, progress: bool = True) -> dict:
     """Run the whole analysis into `out`; returns the summary (also written to summary.json, and
     its time and energy to cost.json)."""
@@ -179,15 +174,15 @@ def _redundancy(config: RedundancyConfig, out: Path, data_dir, progress: bool) -
     states, task, extra = activations_for(config, out, data_dir, progress)
     n_layers, n_tokens, width = states.shape
     names = layer_names(n_layers)
-    _write_csv(pd.DataFrame({**extra, "label": task.labels, "split": task.split}), out / "tokens.csv")
+    atomic_write_csv(pd.DataFrame({**extra, "label": task.labels, "split": task.split}), out / "tokens.csv")
 
     # general redundancy: layers (CKA) and neurons (correlation clusters), over all tokens
     cka = pd.DataFrame(cka_matrix(list(states)), index=names, columns=names)
-    _write_csv(cka, out / "cka.csv", index=True)
+    atomic_write_csv(cka, out / "cka.csv", index=True)
     all_neurons = np.ascontiguousarray(states.transpose(1, 0, 2).reshape(n_tokens, n_layers * width))
     sweep = CorrelationClustering().fit(all_neurons).sweep(THRESHOLDS)
     del all_neurons
-    _write_csv(sweep, out / "clusters.csv")
+    atomic_write_csv(sweep, out / "clusters.csv")
 
     # task-specific redundancy
     bar, counter = progress_bar(None, progress, "probes trained")  # their number depends on the data
@@ -196,10 +191,10 @@ def _redundancy(config: RedundancyConfig, out: Path, data_dir, progress: bool) -
                                   progress=lambda: bar.advance(counter)).fit(list(states), task.labels,
                                                                              task.split, task.scored)
     layers_table = pipeline.layers_.assign(name=[names[i] for i in pipeline.layers_["layer"]])
-    _write_csv(layers_table, out / "layers.csv")
-    _write_csv(pipeline.selections_, out / "selections.csv")
-    _write_csv(pipeline.curves_, out / "curves.csv")
-    _write_csv(pipeline.alphas_, out / "alphas.csv")
+    atomic_write_csv(layers_table, out / "layers.csv")
+    atomic_write_csv(pipeline.selections_, out / "selections.csv")
+    atomic_write_csv(pipeline.curves_, out / "curves.csv")
+    atomic_write_csv(pipeline.alphas_, out / "alphas.csv")
 
     label = f"{'MiniLM' if config.model == MINILM else Path(config.model).name} / {task.name}"
     summary = {

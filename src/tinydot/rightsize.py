@@ -33,7 +33,7 @@ from tinydot.data.strokes import digit_subset
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll, load_or_train_classifier, recognizability
 from tinydot.fits import predictor_ranking
-from tinydot.io import atomic_path, atomic_write_text
+from tinydot.io import atomic_write_csv, atomic_write_text
 from tinydot.sizing import smallest_config
 from tinydot.study import NO_NEEDED_LINE, load_study, predict
 from tinydot.training import train
@@ -128,8 +128,7 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
                      "test_bits_per_step": evaluate_nll(model, test)["bits_per_step"],
                      "recognizability": recognizable(model)})
     table = pd.DataFrame(rows)
-    with atomic_path(out / "rightsize.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    atomic_write_csv(table, out / "rightsize.csv")
     reference, rightsized = rows
     summary = {
         "data": data, "domain": domain.name, "unit": domain.unit, "predictor": predictor,

@@ -26,14 +26,9 @@ from tinydot.data.text import Sentences
 from tinydot.domains import domain_of, get_domain
 from tinydot.errors import ConfigError
 from tinydot.executors import passing_bar
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind, check_writable_dir, check_writable_file
+from tinydot.io import atomic_write_csv, atomic_write_text, check_run_kind, check_writable_dir, check_writable_file
 from tinydot.pruning.mask import load_mask
 from tinydot.sampling import check_temperature, sample
-
-
-def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index)
 
 
 def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str | os.PathLike, *,
@@ -66,7 +61,7 @@ def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str |
     correlations = table[list(domain.measures)].corr()
     for key, frame in (("measures", table), ("bins", edges), ("summary", summary(table, domain.measures)),
                        ("correlations", correlations)):
-        _write_csv(frame, paths[key], index=key in ("summary", "correlations"))
+        atomic_write_csv(frame, paths[key], index=key in ("summary", "correlations"))
     return paths
 
 
@@ -135,7 +130,7 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
                "trace": spectrum.trace_, "trace_stderr": spectrum.trace_stderr_, "outliers": spectrum.outliers_,
                "bulk_edge": float(eigenvalues[spectrum.outliers_]) if spectrum.outliers_ < len(eigenvalues) else None,
                "hessian_vector_products": operator.n_matvecs}
-    _write_csv(pd.DataFrame({"rank": np.arange(1, len(eigenvalues) + 1), "eigenvalue": eigenvalues,
+    atomic_write_csv(pd.DataFrame({"rank": np.arange(1, len(eigenvalues) + 1), "eigenvalue": eigenvalues,
                              "outlier": np.arange(len(eigenvalues)) < spectrum.outliers_}), out / "eigenvalues.csv")
     if density:
         low, high = spectrum.density_nodes_.min(), spectrum.density_nodes_.max()
@@ -147,7 +142,7 @@ def _hessian(checkpoint, out, top_k, density, sequences, lanczos_steps, trace_sa
         estimate, stderr = spectrum.density_trace()
         summary.update(density_trace=estimate, density_trace_stderr=stderr, density_sigma=sigma,
                        density_integral=float(trapezoid(values, grid)))
-        _write_csv(pd.DataFrame({"eigenvalue": grid, "density": values}), out / "density.csv")
+        atomic_write_csv(pd.DataFrame({"eigenvalue": grid, "density": values}), out / "density.csv")
     else:  # a density from an earlier run with --density would be drawn as this run's
         for name in ("density.csv", "density.png"):
             (out / name).unlink(missing_ok=True)
@@ -197,8 +192,8 @@ def _svcca(checkpoints, out: Path, sequences: int, keep: float, seed: int, data_
                          for c, states, layer_names in zip(checkpoints, layers, names)
                          for X, name in zip(states, layer_names)])
     out = Path(out)
-    _write_csv(similarity, out / "similarity.csv", index=True)
-    _write_csv(dims, out / "dims.csv")
+    atomic_write_csv(similarity, out / "similarity.csv", index=True)
+    atomic_write_csv(dims, out / "dims.csv")
     atomic_write_text(out / "svcca.json", json.dumps({"checkpoints": [str(c) for c in checkpoints], "keep": keep,
                                                       "sequences": sequences, "positions": len(first[0]),
                                                       "seed": seed}, indent=2) + "\n")

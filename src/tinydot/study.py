@@ -69,7 +69,7 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
                           predict_targets, seed_slopes)
-from tinydot.io import atomic_path, atomic_write_text, check_exists, check_writable_dir, read_json, run_kind
+from tinydot.io import atomic_write_csv, atomic_write_text, check_exists, check_writable_dir, read_json, run_kind
 from tinydot.lottery import run_lottery
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
@@ -595,8 +595,7 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     atomic_write_text(run_dir / "config.json",
                       json.dumps({**study.to_dict(), "edition": STUDY_EDITION}, indent=2) + "\n")
     if not assignments_path.exists():
-        with atomic_path(assignments_path) as tmp:
-            assignments.to_csv(tmp, index=False)
+        atomic_write_csv(assignments, assignments_path)
     rows = run_jobs(run_job, job_specs(study, run_dir, data_dir), executor=executor, workers=workers,
                     ray_address=ray_address, progress=progress, description="study jobs", status=cost_status)
     jobs = pd.DataFrame(rows)
@@ -604,8 +603,7 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
     tables["costs"] = jobs[["kind", "measure", "bin", held_out_column(jobs), "seed",
                             *[f"cost_{k}" for k in COST_COLUMNS], "energy_mode"]]
     for name, frame in {"jobs": jobs, **tables}.items():
-        with atomic_path(run_dir / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        atomic_write_csv(frame, run_dir / f"{name}.csv")
     return StudyResult(run_dir, jobs, tables["ols"], tables["loo"], tables["validation"],
                        time.perf_counter() - started)
 

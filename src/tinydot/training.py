@@ -40,7 +40,7 @@ from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.executors import passing_bar
 from tinydot.flops import FlopTally
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind, read_json
+from tinydot.io import atomic_write_csv, atomic_write_text, check_run_kind, read_json
 from tinydot.model import Decoder, build_model
 from tinydot.pruning.mask import Mask, masked_pairs
 
@@ -315,8 +315,7 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
             bar.update(task, completed=step)
 
     frame = pd.DataFrame(history)
-    with atomic_path(run_dir / "metrics.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+    atomic_write_csv(frame, run_dir / "metrics.csv")
     save_tensors(run_dir / TOUCHED_FILE, touched, {"format": "tinydot-touched"})
     save_model(run_dir / MODEL_FILE, model, extra={"train_config": cfg.to_dict(), "step": step})
     return TrainResult(model.eval(), frame, run_dir)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from tinydot.checkpoint import MODEL_FILE, load_config
 from tinydot.domains import Domain, get_domain
 from tinydot.errors import TinydotError
-from tinydot.io import atomic_path, read_json, run_kind
+from tinydot.io import read_json, run_kind, save_figure
 from tinydot.report.files import read_table
 
 REMOVAL_FIGURE = "nll_vs_removed.png"
@@ -91,6 +91,5 @@ def write_compress_figures(run_dir: str | os.PathLike, unit: str | None = None) 
                        else ("bits_per_step", "params", "finetuned_bits_per_step"))
     fig = bits_curve(table, unit) if quantize else removal_curve(table, unit)
     path = run_dir / (BITS_FIGURE if quantize else REMOVAL_FIGURE)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_figure(fig, path)
     return path

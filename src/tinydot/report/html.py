@@ -23,7 +23,7 @@ from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, is_constant,
                           loo_summary, predictor_ranking)
-from tinydot.io import atomic_path, atomic_write_text, check_run_kind
+from tinydot.io import atomic_path, atomic_write_csv, atomic_write_text, check_run_kind
 from tinydot.report import figures
 from tinydot.report.files import read_table
 from tinydot.sampling import sample
@@ -403,8 +403,7 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in (("predictions", predictions), ("summary", summary)):
-        with atomic_path(out / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        atomic_write_csv(frame, out / f"{name}.csv")
     image = _png(figures.cross_domain([(label, jobs) for label, (_, jobs) in zip(labels, loaded)],
                                       SHARED_PREDICTORS, target), out / "cross_domain.png")
     sides = [_side(label, run, study, jobs) for label, run, (study, jobs) in zip(labels, runs, loaded)]
