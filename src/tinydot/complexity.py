@@ -32,12 +32,12 @@ compressed_bytes  bytes per pen step of the steps' raw-deflate encoding (zlib, l
 
 from __future__ import annotations
 
-import difflib
 import zlib
 
 import numpy as np
 import pandas as pd
 
+from tinydot.config import did_you_mean
 from tinydot.data.strokes import PEN_DRAW, PEN_END_STROKE, Strokes
 from tinydot.errors import ConfigError
 
@@ -46,9 +46,8 @@ MEASURES = ("L", "S", "spectral_entropy", "turning", "strokes", "pen_up_travel",
 
 def check_measure(measure: str) -> None:
     if measure not in MEASURES:
-        close = difflib.get_close_matches(measure, MEASURES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"unknown measure {measure!r}{hint}; choose from {', '.join(MEASURES)}")
+        raise ConfigError(f"unknown measure {measure!r}{did_you_mean(measure, MEASURES)}; "
+                          f"choose from {', '.join(MEASURES)}")
 
 
 def _flow(strokes: Strokes):

@@ -57,12 +57,13 @@ class Domain:
     describe_nll: Callable[[dict], str]  # evaluate_nll's result -> e.g. "7.13 bits/word (perplexity 140.3)"
     _measure: Callable[[Data, tuple[str, ...], Data], pd.DataFrame]
 
-    def check_measure(self, measure: str) -> None:
-        """A ConfigError unless `measure` is one of this domain's complexity measures."""
+    def check_measure(self, measure: str, what: str = "measure") -> None:
+        """A ConfigError unless `measure` is one of this domain's complexity measures (`what` names
+        it in the message, e.g. "study measure")."""
         if measure not in self.measures:
             elsewhere = any(measure in domain.measures for domain in DOMAINS.values())
-            what = f"measure {measure!r} is not defined for the {self.name} domain" if elsewhere else \
-                f"unknown measure {measure!r}"
+            what = f"{what} {measure!r} is not defined for the {self.name} domain" if elsewhere else \
+                f"unknown {what} {measure!r}"
             raise ConfigError(f"{what}{did_you_mean(measure, self.measures)}; choose from {', '.join(self.measures)}")
 
     def measure(self, data: Data, measures: tuple[str, ...] | None = None, *,

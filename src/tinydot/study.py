@@ -184,7 +184,7 @@ class Study:
     def __post_init__(self):
         domain = self.domain
         for m in (*self.study.measures, *self.study.predictors, *filter(None, [self.study.held_out_measure])):
-            check_study_measure(domain, m)
+            domain.check_measure(m, "study measure")
         if self.model.domain != domain.name:
             raise ConfigError(f"the study's domain is {domain.name} but its model section's domain is "
                               f"{self.model.domain}; leave model domain out (the study sets it)")
@@ -247,15 +247,6 @@ class Study:
         domain's ALWAYS_RECORDED (strokes: L and S) and, for text, the held-out groups' measure."""
         extra = [*ALWAYS_RECORDED[self.study.domain], *filter(None, [self.study.held_out_measure])]
         return list(dict.fromkeys([*self.study.predictors, *self.study.measures, *extra]))
-
-
-def check_study_measure(domain: Domain, measure: str) -> None:
-    """A one-line ConfigError unless `measure` is one of `domain`'s measures."""
-    if measure not in domain.measures:
-        elsewhere = any(measure in d.measures for d in DOMAINS.values())
-        what = (f"study measure {measure!r} is not defined for the {domain.name} domain" if elsewhere
-                else f"unknown study measure {measure!r}")
-        raise ConfigError(f"{what}; choose from {', '.join(domain.measures)}")
 
 
 @dataclass

@@ -29,7 +29,6 @@ of all three splits in one ``.npz`` file keyed by the texts' sha256 values.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from collections import Counter
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tinydot.config import did_you_mean
 from tinydot.data.strokes import cache_dir, fingerprint, read_cached_arrays, selection
 from tinydot.errors import DataError
 from tinydot.io import atomic_path, not_a_folder
@@ -229,9 +229,7 @@ def parse_texts(texts: dict[str, tuple[str, str]]) -> dict[str, Sentences]:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        close = difflib.get_close_matches(split, SPLITS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise DataError(f"unknown text split {split!r}{hint}; choose one of {', '.join(SPLITS)}")
+        raise DataError(f"unknown text split {split!r}{did_you_mean(split, SPLITS)}; choose one of {', '.join(SPLITS)}")
 
 
 # --------------------------------------------------------------------------- the cache

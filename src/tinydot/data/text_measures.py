@@ -28,12 +28,12 @@ type_token_ratio  distinct words / words, in (0, 1]; 1 when no word repeats.
 
 from __future__ import annotations
 
-import difflib
 import zlib
 
 import numpy as np
 import pandas as pd
 
+from tinydot.config import did_you_mean
 from tinydot.data.text import EOS, Sentences
 from tinydot.errors import ConfigError
 
@@ -43,9 +43,8 @@ TEXT_MEASURES = ("L", "compressed_bytes", "surprisal", "type_token_ratio")
 def check_measure(measure: str) -> None:
     """Reject a measure the text domain lacks, with a close match as hint."""
     if measure not in TEXT_MEASURES:
-        close = difflib.get_close_matches(measure, TEXT_MEASURES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"unknown text measure {measure!r}{hint}; choose from {', '.join(TEXT_MEASURES)}")
+        raise ConfigError(f"unknown text measure {measure!r}{did_you_mean(measure, TEXT_MEASURES)}; "
+                          f"choose from {', '.join(TEXT_MEASURES)}")
 
 
 def _check_lengths(tokens: np.ndarray, lengths: np.ndarray) -> None:
