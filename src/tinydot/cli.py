@@ -753,7 +753,7 @@ def compress_cmd(checkpoint: Path = CheckpointOption,
     figure = write_compress_figures(out, domain.unit)
     result = Table(title=f"structured pruning ({importance}): test NLL in {domain.unit} on {eval_sequences:,} "
                          f"{domain.samples}")
-    for column in ("round", "layers", "heads", "d_mlp", "params", "NLL", "fine-tuned"):
+    for column in ("round", "layers", "heads per block", "d_mlp", "params", "NLL", "fine-tuned"):
         result.add_column(column, justify="right")
     for r in table.itertuples():
         result.add_row(str(r.round), str(r.n_layers), str(r.n_heads), str(r.d_mlp), f"{r.params:,}",
