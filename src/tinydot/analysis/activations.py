@@ -16,7 +16,7 @@ import torch
 
 from tinydot.data.batching import encode, length_buckets, scored_mask
 from tinydot.data.strokes import Strokes
-from tinydot.data.text import UNK_WORD, Sentences
+from tinydot.data.text import UNK_WORD, Sentences, word_index
 from tinydot.errors import ConfigError
 from tinydot.executors import passing_bar
 from tinydot.io import atomic_path
@@ -92,7 +92,7 @@ def stroke_states(model: TinyDOT, strokes: Strokes, tokens_per_batch: int = 8192
 def ptb_ids(sentences: list[list[str]], vocabulary: np.ndarray) -> tuple[Sentences, float]:
     """Word lists as ids of a Penn Treebank vocabulary (lower-cased, numbers as "N", other unknown words
     as "<unk>", as Mikolov's text writes them), and the share of words that became "<unk>"."""
-    index = {word: i for i, word in enumerate(vocabulary)}
+    index = word_index(vocabulary)
     unknown = index[UNK_WORD]
     number = index.get("N", unknown)
     ids = [index.get(w.lower(), number if any(c.isdigit() for c in w) else unknown)

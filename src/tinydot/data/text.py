@@ -103,7 +103,7 @@ class Sentences:
     @cached_property
     def word_ids(self) -> dict[str, int]:
         """word -> id."""
-        return {word: i for i, word in enumerate(self.vocabulary.tolist())}
+        return word_index(self.vocabulary)
 
     def sentence(self, i: int) -> np.ndarray:
         """The word ids of sentence `i`, shape (lengths[i],)."""
@@ -215,11 +215,16 @@ def encode(sentences: list[list[str]], word_ids: dict[str, int], *, source: str 
     return tokens, np.fromiter(map(len, sentences), dtype=np.int32, count=len(sentences))
 
 
+def word_index(vocabulary: np.ndarray) -> dict[str, int]:
+    """word -> id for a vocabulary (ids are positions)."""
+    return {word: i for i, word in enumerate(vocabulary.tolist())}
+
+
 def parse_texts(texts: dict[str, tuple[str, str]]) -> dict[str, Sentences]:
     """All splits from their texts (split -> (text, source)); the vocabulary comes from train."""
     parsed = {split: split_sentences(text, source=source) for split, (text, source) in texts.items()}
     vocabulary = build_vocabulary(parsed["train"], source=texts["train"][1])
-    word_ids = {word: i for i, word in enumerate(vocabulary.tolist())}
+    word_ids = word_index(vocabulary)
     out = {}
     for split, sentences in parsed.items():
         tokens, lengths = encode(sentences, word_ids, source=texts[split][1])
