@@ -564,6 +564,11 @@ def test_a_damaged_study_folder_is_refused_by_the_report_as_by_predict(tiny_stud
     with pytest.raises(TinydotError, match=rf"jobs.csv is damaged \(truncated: 1 rows for {len(jobs) - 1} finished"):
         write_report(folder)
     (folder / "jobs.csv").write_text("".join(jobs))
+    (folder / "jobs" / "L-bin0-seed0" / "job.json").rename(folder / "job.json")  # a finished job's record gone
+    with pytest.raises(TinydotError, match=rf"jobs holds the job.json of only {len(jobs) - 2} of the {len(jobs) - 1} "
+                                           r"jobs in jobs.csv \(deleted or moved\?\); re-run `tinydot study`"):
+        write_report(folder)
+    (folder / "job.json").rename(folder / "jobs" / "L-bin0-seed0" / "job.json")
     (folder / "assignments.csv").write_text("")
     with pytest.raises(TinydotError, match=r"assignments.csv is damaged \(empty\); re-run the command that wrote it"):
         write_report(folder)

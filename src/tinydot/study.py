@@ -624,6 +624,10 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     finished = len(list((run_dir / "jobs").glob("*/job.json")))
     if not isinstance(values, dict):
         raise TinydotError(f"{run_dir}/config.json is damaged (not a JSON object); {repair}")
+    if len(jobs) > finished and text.endswith("\n"):
+        raise TinydotError(f"{run_dir}/jobs holds the job.json of only {finished} of the {len(jobs)} jobs in jobs.csv "
+                           f"(deleted or moved?); re-run `tinydot study` with its configuration to redo those jobs "
+                           f"and rewrite the table")
     if not text.endswith("\n") or len(jobs) != finished:  # pandas ends every row with a newline
         raise TinydotError(f"{run_dir}/jobs.csv is damaged (truncated: {len(jobs)} rows for {finished} finished "
                            f"jobs); {repair}")
