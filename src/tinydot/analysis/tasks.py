@@ -82,8 +82,13 @@ def _take_sentences(sentences: list, tokens: int, rng: np.random.Generator) -> n
 
 
 def _text_task(name, sentences, tags, rng: np.random.Generator, scored) -> Task:
-    """A task over the given sentences, split at random by sentence."""
+    """A task over the given sentences, split at random by sentence; a sentence that occurs more than
+    once (WNUT-16 repeats ~100) goes wholly to the part of its first copy, so no test sentence is
+    also a training sentence."""
     groups = split_groups(len(sentences), rng)
+    first = {}
+    for i, words in enumerate(sentences):
+        groups[i] = groups[first.setdefault(tuple(words), i)]
     split = np.concatenate([[g] * len(s) for g, s in zip(groups, sentences)])
     labels = np.concatenate([np.asarray(t, dtype=str) for t in tags])
     if scored is not None:
