@@ -603,7 +603,7 @@ def run_study(study: Study, out: str | os.PathLike = "runs", *, data_dir=None, e
 
 def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     """A finished study's configuration and job table; a damaged folder (a truncated or unreadable
-    jobs.csv or config.json) is refused with one line."""
+    jobs.csv or config.json, jobs whose job.json is gone) is refused with one line."""
     run_dir = Path(run_dir)
     check_exists(run_dir, "study run folder")
     if not run_dir.is_dir():

@@ -1,7 +1,7 @@
 """Per-layer hidden states: tinyDOT on its own data (strokes or words), and Hugging Face
 encoders/decoders on words.
 
-Each gives the input embeddings, then the output of every block: the stroke path (`hidden_states`,
+Each gives the input embeddings, then the output of every block: the position paths (`hidden_states`,
 `stroke_states`) as a list of n_layers + 1 arrays of shape (n_positions, width), the word paths
 (`textdot_word_states`, `word_states`) as one array (n_layers + 1, n_words, width); large word
 counts stream straight into a memory-mapped .npy file on disk.
