@@ -116,7 +116,7 @@ class ElasticNetProbe(ClassifierMixin, BaseEstimator):
     (the intercept is not penalised), which is scikit-learn's LogisticRegression objective with
     C = 1 / (alpha * n_train). Neurons are standardized with the training mean and deviation.
 
-    max_iter bounds the full-batch iterations: on MiniLM-sized problems (37k tokens x 2,688 neurons)
+    max_iter bounds the full-batch iterations: on MiniLM-sized problems (36k tokens x 2,688 neurons)
     the weaker alphas stop there before reaching `tol`, which acts as early stopping; the dev-score
     choice of alpha in TaskRedundancy sees the probes as they are.
 
