@@ -108,7 +108,7 @@ STROKES = Domain(
 # The default text model: the stroke model's recipe (pre-norm blocks, one head, GELU MLP of
 # 4 x d_model, no dropout) at 4 layers of width 128: 2.09M parameters, 1.28M of them the tied
 # 10,000 x 128 word embedding. Its training defaults spend ~4.0M predictions (4.3 epochs of PTB
-# train, as an earlier default of 500 x 8192 positions did) in 4,000 batches of ~1,010 positions
+# train, about the 4.1M of an earlier default of 500 x 8192 positions) in 4,000 batches of ~1,010 positions
 # (~46 sentences): on 2 CPU cores a step's cost is proportional to its positions from 1024 to
 # 4096, and at equal predictions the smaller batches learned far faster (README, "quality anchor").
 TEXT = Domain(
