@@ -89,8 +89,6 @@ def options(verbose: bool = typer.Option(False, "--verbose", help="Let codecarbo
     if verbose:
         os.environ["TINYDOT_VERBOSE"] = "1"
     if country is not None:  # checked here: one line if unknown or empty
-        if not country.strip():
-            raise ConfigError("--country is empty; give an ISO 3166 code such as USA, FRA or DEU")
         os.environ["TINYDOT_COUNTRY"] = resolve_country(country, source="--country")[0]
         os.environ["TINYDOT_COUNTRY_SOURCE"] = "--country"  # what cost.json records as its source
 app.add_typer(data_app, name="data")

@@ -89,6 +89,8 @@ def resolve_country(country: str | None = None, environ=os.environ, source: str 
     DEFAULT_COUNTRY. The CLI hands its `--country` to every run (study workers included) as
     $TINYDOT_COUNTRY and names itself in $TINYDOT_COUNTRY_SOURCE, so the recorded source is "--country".
     """
+    if country is not None and not country.strip():  # an empty environment variable only counts as unset
+        raise ConfigError(f"{source} is empty; give an ISO 3166 code such as USA, FRA or DEU")
     given = environ.get("TINYDOT_COUNTRY_SOURCE", "TINYDOT_COUNTRY")
     for code, named in ((country, source), (environ.get("TINYDOT_COUNTRY"), given)):
         if code:
