@@ -46,6 +46,7 @@ The report layer (`tinydot.report.html.write_study_report`) adds figures/*.png a
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
@@ -617,7 +618,7 @@ def load_study(run_dir: str | os.PathLike) -> tuple[Study, pd.DataFrame]:
     try:
         values = json.loads((run_dir / "config.json").read_text())
         text = (run_dir / "jobs.csv").read_text()
-        jobs = pd.read_csv(run_dir / "jobs.csv")
+        jobs = pd.read_csv(io.StringIO(text))  # the text once: its last newline tells a truncated file
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TinydotError(f"{run_dir} is damaged: {reason}; {repair}") from None

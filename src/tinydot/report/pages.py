@@ -62,7 +62,7 @@ def write_svcca_figures(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     info = read_summary(run_dir / "svcca.json", ("keep", "positions"))
     similarity = read_table(run_dir / "similarity.csv", index_col=0)
-    if similarity.empty or not all(pd.api.types.is_numeric_dtype(t) for t in similarity.dtypes):
+    if not all(pd.api.types.is_numeric_dtype(t) for t in similarity.dtypes):  # read_table refused an empty one
         raise TinydotError(f"{run_dir / 'similarity.csv'} is damaged (not a table of numbers); re-run tinydot svcca")
     title = f"SVCCA ({info['keep']:.0%} variance), {info['positions']:,} test positions"
     path = run_dir / "similarity.png"
