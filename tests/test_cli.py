@@ -71,6 +71,21 @@ def test_complexity_writes_tables_and_plots(data_dir, tmp_path):
     assert len(measures) == 10_000 and measures.groupby("bin").L.max().is_monotonic_increasing
 
 
+def test_complexity_of_one_digit_keeps_split_indices(data_dir, tmp_path):
+    import pandas as pd
+
+    from tinydot.complexity import measure_all
+    from tinydot.data.strokes import load_strokes
+
+    result = run("complexity", "--split", "test", "--digit", "1", "--measure", "L", "--bins", "3",
+                 "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    measures, test = pd.read_csv(tmp_path / "measures.csv"), load_strokes("test")
+    assert len(measures) == 1135 and (test.labels[measures["index"]] == 1).all()  # rows name the split's sequences
+    assert (measures["L"].to_numpy() == test.lengths[measures["index"]]).all()
+    assert measures.loc[:2, "S"].tolist() == measure_all(test.subset(measures["index"][:3].to_numpy()))["S"].tolist()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--measure", "Q"], "unknown measure 'Q'"),
     (["--bins", "1"], "--bins must be an integer >= 2"),

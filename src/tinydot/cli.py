@@ -673,6 +673,7 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
     check_writable_dir(out)
     check_seed(seed)
     check_domain_name(domain)
+    import numpy as np
     import pandas as pd
 
     from tinydot.data.strokes import digit_subset
@@ -691,8 +692,10 @@ def complexity_cmd(out: Path = typer.Option(..., "--out", help="Folder for the t
         paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed,
                                  train=chosen.load("train", data_dir))
     else:
-        data = digit_subset(chosen.load(split, data_dir), digit)
-        paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed)
+        whole = chosen.load(split, data_dir)
+        data = digit_subset(whole, digit)
+        index = None if digit is None else np.flatnonzero(whole.labels == digit)  # positions in the split
+        paths = write_complexity(data, measure, bins, out, balanced=balanced, seed=seed, index=index)
     write_complexity_figures(out)
     summary = pd.read_csv(paths["summary"], index_col=0)
     table = Table(title=f"complexity of {len(data):,} {split} samples")

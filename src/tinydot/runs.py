@@ -32,14 +32,16 @@ from tinydot.sampling import check_temperature, sample
 
 
 def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str | os.PathLike, *,
-                     balanced: bool = False, seed: int = 0, train: Sentences | None = None) -> dict[str, Path]:
+                     balanced: bool = False, seed: int = 0, train: Sentences | None = None,
+                     index=None) -> dict[str, Path]:
     """Measure `data` (strokes or sentences: every measure of its domain), bin it by `measure` into
     `k` quantile bins, and write into `out`: measures.csv (per sample, with its bin), bins.csv
     (count, low, high and mean per bin), summary.csv and correlations.csv (Pearson, between
     measures); returns {"measures", "bins", "summary", "correlations": path}. The histograms are the
     report's (`tinydot.report.pages.write_complexity_figures(out)`). `balanced` (equal digit classes
     per bin, each class ranked within itself) is for strokes; `train` is the text split whose unigram
-    distribution `surprisal` uses (default: `data`)."""
+    distribution `surprisal` uses (default: `data`); `index` is each sample's position in its split, written
+    as measures.csv's first column (default 0..len(data)-1: `data` is a whole split)."""
     domain = domain_of(data)
     domain.check_measure(measure)
     check_seed(seed)
@@ -49,8 +51,11 @@ def write_complexity(data: Strokes | Sentences, measure: str, k: int, out: str |
         raise ConfigError("balanced bins need digit classes; the text domain has none")
     if len(data) == 0:
         raise ConfigError("the selection is empty: no samples to measure")
+    index = np.arange(len(data)) if index is None else np.asarray(index)
+    if index.shape != (len(data),):
+        raise ConfigError(f"index has {index.size} entries for {len(data)} samples; give one per sample")
     table = domain.measure(data, train=train)
-    table.insert(0, "index", np.arange(len(data)))
+    table.insert(0, "index", index)
     bins = quantile_bins(table[measure].to_numpy(), k, labels=data.labels if balanced else None, seed=seed)
     table["bin"] = bins
     edges = bin_table(table[measure], bins)
