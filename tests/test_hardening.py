@@ -458,6 +458,12 @@ def test_api_inputs_get_one_line_errors(tiny_checkpoint, data_dir, tmp_path):
         encode(test, ModelConfig(n_classes=3))
     with pytest.raises(ConfigError, match="max_move and n_classes are stroke options"):
         ModelConfig(domain="text", vocab_size=10, n_classes=3)  # a text model would ignore it
+    wide = test.subset([0, 1])  # subset copies: the split's arrays stay as they are
+    wide.steps[1, 3, 1] = -40  # the archives allow moves up to 127 pixels, the model's embeddings 28
+    with pytest.raises(ConfigError, match="^the data hold a move of 40 pixels but the model config has max_move 28; "
+                                          "set max_move >= 40$"):
+        encode(wide, ModelConfig())
+    assert encode(wide, ModelConfig(max_move=40)).max_move == 40
     with pytest.raises(DataError, match="^select sequences with a 1-d array of positions"):
         test.subset(5)
     with pytest.raises(DataError, match="^position 10000 is out of range for 10000 sequences"):

@@ -17,7 +17,8 @@ S                 mean spectral density of the flow, DC removed, in units of the
                   vanishes). It measures how much the drawing direction varies, and is independent
                   of the step length; the unnormalised mean spectral density would only be the
                   mean squared step length (Parseval), which carries almost no information here
-                  (in-stroke steps are 1 or sqrt 2 long). Samples with no pen-down move get 0.
+                  (in-stroke steps are 1 or sqrt 2 long, but for the last move of
+                  ~3% of sequences, up to 18 pixels). Samples with no pen-down move get 0.
 spectral_entropy  Shannon entropy of the normalised non-DC periodogram, p_k = P_k / sum_{j != 0} P_j,
                   divided by log(n - 1) so it lies in [0, 1]: 1 when the direction changes at all
                   time scales equally, near 0 when one slow turn dominates. 0 when n < 3 or the

@@ -167,7 +167,8 @@ class ModelConfig(_Config):
     d_model: int = field(default=64, metadata={"help": "residual stream width"})
     n_heads: int = field(default=1, metadata={"help": "attention heads (tinyDOT: single head)"})
     d_mlp: int = field(default=256, metadata={"help": "hidden width of each block's MLP"})
-    max_len: int = field(default=118, metadata={"help": "positions: start point + up to 116 steps + BOS"})
+    max_len: int = field(default=118, metadata={
+        "help": "positions (strokes: the start point + up to 116 steps need 117; one spare)"})
     max_move: int = field(default=28, metadata={"help": "largest |dx|, |dy| the model can emit"})
     n_classes: int = field(default=10, metadata={"help": "digit classes to condition on"})
     d_head: int = field(default=0, metadata={

@@ -108,8 +108,8 @@ def scored_positions(batch: tuple) -> int:
 
 def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText:
     """The encoding of `data` for a model of config `cfg`; a ConfigError if they do not fit
-    (the other domain's data, a vocabulary of another size, a digit class beyond n_classes, a sample
-    longer than max_len)."""
+    (the other domain's data, a vocabulary of another size, a digit class beyond n_classes, a move
+    beyond max_move, a sample longer than max_len)."""
     kind = "text" if isinstance(data, Sentences) else "strokes" if isinstance(data, Strokes) else None
     if kind is None:
         raise TypeError(f"cannot encode {type(data).__name__}; expected Strokes or Sentences")
@@ -124,6 +124,12 @@ def encode(data: Strokes | Sentences, cfg: ModelConfig) -> Encoded | EncodedText
         raise ConfigError(f"the data hold digit class {top} but the model config has n_classes {cfg.n_classes} "
                           f"(classes 0..{cfg.n_classes - 1}); set n_classes >= {top + 1}")
     encoded = EncodedText(data) if kind == "text" else Encoded(data, cfg.max_move)
+    if kind == "strokes" and len(data):
+        xy = encoded.moves[..., :2]  # int8; padding rows are zero
+        largest = max(int(xy.max()), -int(xy.min()))
+        if largest > cfg.max_move:
+            raise ConfigError(f"the data hold a move of {largest} pixels but the model config has max_move "
+                              f"{cfg.max_move}; set max_move >= {largest}")
     longest = int(encoded.lengths.max(initial=0))
     if longest > cfg.max_len:
         raise ConfigError(f"the longest sample needs {longest} positions but the model has max_len "
