@@ -37,6 +37,7 @@ def test_cross_domain_line_against_hand_formulas():
                         held_key="group")
     rows = cross_domain_predictions(source, target, ["L"], direction="strokes -> text")
     assert len(rows) == 3 and set(rows.x) == {5.0, 25.0, 60.0}
+    assert rows.held_out.tolist() == [-1, -1, 2]  # the held-out group's name; -1 for bin jobs
     slope, intercept = np.polyfit(x, y, 1)
     # by hand: x mean 25, Sxx = 500, slope = sum((x - 25) y) / 500
     assert slope == pytest.approx((-15 * 0.50 - 5 * 0.42 + 5 * 0.38 + 15 * 0.28) / 500) == pytest.approx(-0.007)
@@ -135,6 +136,19 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
         assert table.empty and column in table.columns
 
 
+def test_compare_names_a_direction_it_could_not_fit(tmp_path):
+    # two of the strokes bins "not reached": only the text line is fitted, and the page says which is missing
+    fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0, 40.0], [0.5, np.nan, np.nan, 0.3]))
+    fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [0.3, 0.31, 0.2], held_key="group"))
+    result = run("compare", "study-s", "study-t", "--out", "cmp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(pd.read_csv(tmp_path / "cmp" / "summary.csv").direction) == {"text -> strokes"}
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "No strokes line could be fitted (a study needs at least 3 bin jobs with a finite target), so the " \
+           "text jobs are not predicted." in html
+    assert "in no direction" not in html and "No: in the one direction fitted (text -&gt; strokes)" in html
+
+
 @pytest.mark.parametrize("args,message", [
     (["compare", "study-s", "missing", "--out", "cmp"], "study run folder missing does not exist"),
     (["compare", "study-s", "cmp-in", "--out", "cmp"], "cmp-in is not a finished study run"),
@@ -142,11 +156,14 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
     (["compare", "study-s", "study-t", "--out", "study-t"], "study-t holds a study run, not a compare run; choose "
                                                             "another output folder"),
     (["compare", "study-s", "study-t", "--out", "study-t/figures"], "--out study-t/figures is inside the study "
-                                                                    "folder study-t; choose a folder outside both"),
+                                                                    "folder "),
+    (["compare", "study-s", "study-t", "--out", "study-s2/cmp"], "--out study-s2/cmp is inside the study folder "),
+    (["compare", "study-s", "study-s2", "--out", "cmp"], "study-s and study-s2 hold the same study (config hash "),
 ])
 def test_bad_compare_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))
     fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [0.3, 0.3, 0.2], held_key="group"))
+    fake_study(tmp_path / "study-s2", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))  # a copy
     (tmp_path / "cmp-in").mkdir()  # a folder, but no study in it
     before = sorted(tmp_path.rglob("*"))
     result = run(*args, cwd=tmp_path)

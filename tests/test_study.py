@@ -3,6 +3,7 @@ data with resume, executors that agree, prediction, and the HTML report."""
 
 import base64
 import json
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -336,6 +337,11 @@ def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
     other = Study.from_dict({**TINY_STUDY, "study": {**TINY_STUDY["study"], "seeds": 2}})
     with pytest.raises(ConfigError, match=f"{copy} is the run folder of another study; --out takes the folder"):
         run_study(other, copy, data_dir=data_dir, workers=1, progress=False)
+    for inside in (copy / "figures", next(copy.glob("jobs/*"))):  # a study inside a study or one of its jobs
+        expected = f"--out {inside} is inside the study folder {copy.resolve()}; choose a folder outside every study"
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            run_study(other, inside, data_dir=data_dir, workers=1, progress=False)
+        assert not (inside / f"study-{other.hash()}").exists()
     with pytest.raises(ConfigError, match="a Ray address is for the ray executor"):
         run_study(study, tmp_path, data_dir=data_dir, workers=1, ray_address="host:1", progress=False)
 

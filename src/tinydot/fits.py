@@ -291,8 +291,8 @@ def predictor_ranking(validation: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- across domains
 
 # the columns of the two cross-domain tables (kept when a table is empty, so its CSV still has a header)
-CROSS_DOMAIN_COLUMNS = ("direction", "predictor", "target", "kind", "measure", "bin", "seed", "x", "actual",
-                        "predicted", "pi_low", "pi_high", "covered", "within_range", "error", "baseline",
+CROSS_DOMAIN_COLUMNS = ("direction", "predictor", "target", "kind", "measure", "bin", "held_out", "seed", "x",
+                        "actual", "predicted", "pi_low", "pi_high", "covered", "within_range", "error", "baseline",
                         "baseline_error", "source_mean_error", "slope", "intercept", "n_fit")
 CROSS_DOMAIN_SUMMARY_COLUMNS = ("direction", "predictor", "target", "slope", "intercept", "n_fit", "n_predicted",
                                 "mae", "rmse", "baseline_mae", "source_mean_mae", "coverage", "within_range",
@@ -309,7 +309,8 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     jobs) at its own mean_<m>, with the 95% prediction interval of one job of a new data set.
     Baselines that ignore the line: the target jobs' own mean (`baseline`, the best constant for
     them: a line must beat it to be worth anything) and the source bin jobs' mean (`source_mean`).
-    One row per (predictor, target job).
+    One row per (predictor, target job); `held_out` names a held-out job's digit or text group (-1 for
+    a bin job).
     """
     y_col, rows = f"{target_name}_fraction", []
     fit_jobs = _bins(source)
@@ -317,15 +318,16 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     predicted = target[np.isfinite(target[y_col])]
     if len(set(data_sets(fit_jobs))) < 3 or predicted.empty:
         return pd.DataFrame(columns=list(CROSS_DOMAIN_COLUMNS))
-    baseline = exact_mean(predicted[y_col])
+    baseline, held_out = exact_mean(predicted[y_col]), predicted[held_out_column(target)].to_numpy()
     for m in predictors:
         fitted = Line(fit_jobs[[f"mean_{m}"]], fit_jobs[y_col], data_sets(fit_jobs))
-        for r in predicted.itertuples():
+        for r, held in zip(predicted.itertuples(), held_out):
             point = getattr(r, f"mean_{m}")
             line = fitted.predict([point])
             actual = getattr(r, y_col)
             rows.append({"direction": direction, "predictor": m, "target": target_name, "kind": r.kind,
-                         "measure": r.measure, "bin": r.bin, "seed": r.seed, "x": point, "actual": actual,
+                         "measure": r.measure, "bin": r.bin, "held_out": int(held), "seed": r.seed, "x": point,
+                         "actual": actual,
                          "predicted": line["mean"], "pi_low": line["pi_low"], "pi_high": line["pi_high"],
                          "covered": bool(line["pi_low"] <= actual <= line["pi_high"]),
                          "within_range": line["within_range"], "error": line["mean"] - actual,

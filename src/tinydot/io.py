@@ -178,6 +178,11 @@ def run_kind(folder: str | os.PathLike) -> str | None:
                 "lottery" if "prune" in config else "training" if {"model", "train"} <= set(config) else None)
 
 
+def enclosing_study(folder: str | os.PathLike) -> Path | None:
+    """The study run folder that holds `folder` (one of its parents, resolved), or None."""
+    return next((parent for parent in Path(folder).resolve().parents if run_kind(parent) == "study"), None)
+
+
 def check_run_kind(folder: str | os.PathLike, kind: str) -> None:
     """Refuse an output folder that holds another stage's run (`run_kind`): writing into it would mix
     two runs' files (and add this run's time to the other's cost.json)."""

@@ -70,7 +70,8 @@ from tinydot.errors import ConfigError, TinydotError
 from tinydot.executors import check_executor, run_jobs
 from tinydot.fits import (HELD_OUT_COLUMNS, held_out_column, held_out_validation, leave_one_bin_out, ols_table,
                           predict_targets, seed_slopes)
-from tinydot.io import atomic_write_csv, atomic_write_text, check_exists, check_writable_dir, read_json, run_kind
+from tinydot.io import (atomic_write_csv, atomic_write_text, check_exists, check_writable_dir, enclosing_study,
+                        read_json, run_kind)
 from tinydot.lottery import run_lottery
 from tinydot.ngram import unigram_perplexity
 from tinydot.pruning.mask import full_mask
@@ -548,6 +549,8 @@ def analyse(jobs: pd.DataFrame, study: Study) -> dict[str, pd.DataFrame]:
 
 def _run_folder(out: Path, study: Study) -> Path:
     """out/study-<hash>; or `out` itself when it is this study's run folder (given by mistake for its parent)."""
+    if (holder := enclosing_study(out)) is not None:  # a study inside a study: its jobs' folders are not runs' homes
+        raise ConfigError(f"--out {out} is inside the study folder {holder}; choose a folder outside every study")
     if run_kind(out) != "study":
         return out / f"study-{study.hash()}"
     try:  # the same study: the same hash (non-default fields and edition), as for a folder found under its parent

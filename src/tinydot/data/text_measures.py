@@ -17,7 +17,7 @@ compressed_bytes  bytes per word of the raw-deflate encoding (zlib level 9, wind
                   compressed as characters, not as word ids: deflate only matches repeats of
                   3 bytes or more, so 2-byte ids would hide a repeated single word, while its
                   characters show it. The absolute levels differ between the domains (the stroke
-                  steps are 3 raw bytes, a PTB word about 5.5 with its space); within a domain
+                  steps are 3 raw bytes, a PTB train word 5.65 with its space); within a domain
                   the measure ranks samples by how regular they are.
 surprisal         mean over the sentence's words of -log2 p(w), in bits, with p the unigram
                   distribution of the *train* words (`unigram_probabilities`: counts / total,

@@ -23,7 +23,7 @@ from tinydot.domains import get_domain
 from tinydot.errors import ConfigError
 from tinydot.fits import (cross_domain_predictions, cross_domain_summary, held_out_column, is_constant,
                           loo_summary, predictor_ranking)
-from tinydot.io import atomic_path, atomic_write_csv, atomic_write_text, check_run_kind
+from tinydot.io import atomic_path, atomic_write_csv, atomic_write_text, check_run_kind, enclosing_study
 from tinydot.report import figures
 from tinydot.report.files import read_table
 from tinydot.sampling import sample
@@ -343,7 +343,7 @@ SHARED_PREDICTORS = ("L", "compressed_bytes")  # measured in both domains (tinyd
 UNITS = {
     "strokes": {"L": "pen steps", "compressed_bytes": "deflate bytes per pen step (3 raw bytes a step)",
                 "prunable": "every matrix and embedding (the class embedding is left out of the usage shares only)"},
-    "text": {"L": "words", "compressed_bytes": "deflate bytes per word of the sentence's characters (~5.5 raw "
+    "text": {"L": "words", "compressed_bytes": "deflate bytes per word of the sentence's characters (~5.65 raw "
                                                "bytes a word with its space)",
              "prunable": "the trunk: positional embedding, attention and MLP matrices (not the word embedding)"},
 }
@@ -358,8 +358,8 @@ def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
         sentences.append(
             f"Does the {source} line of the {r.target} fraction on {r.predictor} predict the {target} jobs? {answer}: "
             f"its mean absolute error on the {r.n_predicted} {target} jobs is {_fmt(r.mae)} against "
-            f"{_fmt(r.baseline_mae)} for the {target} jobs' own mean (and {_fmt(r.source_mean_mae)} for the {source} "
-            f"jobs' mean); its 95% prediction intervals covered {r.coverage:.0%} of them, and "
+            f"{_fmt(r.baseline_mae)} for the {target} jobs' own mean (and {_fmt(r.source_mean_mae)} for the mean of "
+            f"the {source} bin jobs); its 95% prediction intervals covered {r.coverage:.0%} of them, and "
             f"{r.within_range:.0%} of the {target} jobs lie inside the {r.predictor} range the line was fitted on "
             f"(slope {_fmt(r.slope)} from {r.n_fit} {source} bin jobs)."
             + (f" {r.impossible:.0%} of its predictions lie outside [0, 1], where no fraction can be: there the line "
@@ -368,8 +368,15 @@ def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
     if summary.empty:
         sentences.append("No line could be fitted: a study needs at least 3 bin jobs with a finite target "
                          f"({', '.join(labels)}).")
-    elif not summary["beats_baseline"].any():
-        sentences.append("No: in no direction and for no shared measure does one domain's line predict the other's "
+        return sentences
+    fitted = set(summary["direction"])
+    for source, target in ((labels[0], labels[1]), (labels[1], labels[0])):
+        if f"{source} -> {target}" not in fitted:
+            sentences.append(f"No {source} line could be fitted (a study needs at least 3 bin jobs with a finite "
+                             f"target), so the {target} jobs are not predicted.")
+    if not summary["beats_baseline"].any():
+        where = "in no direction" if len(fitted) == 2 else f"in the one direction fitted ({next(iter(fitted))})"
+        sentences.append(f"No: {where} and for no shared measure does one domain's line predict the other's "
                          "needed fraction better than the other domain's own mean. That is a finding, not a failure "
                          "of the comparison: in these two studies, length and compressibility do not carry one "
                          "domain's needed fraction over to the other.")
@@ -388,9 +395,11 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     labels = [d if domains.count(d) == 1 else f"{d} ({run.name})" for d, run in zip(domains, runs)]
     if runs[0].resolve() == runs[1].resolve():
         raise ConfigError(f"{runs[0]} is given twice; compare two different study run folders")
-    for run in runs:  # a study's folder belongs to the study (its report, figures): the comparison lives apart
-        if Path(out).resolve().is_relative_to(run.resolve()):
-            raise ConfigError(f"--out {out} is inside the study folder {run}; choose a folder outside both studies")
+    if loaded[0][0].hash() == loaded[1][0].hash():  # a copy: its line would predict its own jobs
+        raise ConfigError(f"{runs[0]} and {runs[1]} hold the same study (config hash {loaded[0][0].hash()}); "
+                          "compare two different studies")
+    if (study_dir := enclosing_study(out)) is not None:  # a study's folder belongs to the study (report, figures)
+        raise ConfigError(f"--out {out} is inside the study folder {study_dir}; choose a folder outside every study")
     for (_, jobs), run in zip(loaded, runs):
         missing = [m for m in SHARED_PREDICTORS if f"mean_{m}" not in jobs]
         if missing:
