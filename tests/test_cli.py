@@ -325,8 +325,12 @@ def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path
     assert "density_trace" not in json.loads((tmp_path / "h" / "summary.json").read_text())
     assert len(json.loads((tmp_path / "h" / "cost.json").read_text())["segments"]) == 1  # this run's cost alone
     for bad, message in ((["--trace-samples", "1"], "--trace-samples must be >= 2, got 1"),
-                         (["--density-runs", "0"], "--density-runs must be >= 1, got 0")):
+                         (["--density-runs", "0"], "--density-runs must be >= 1, got 0"),
+                         (["--lanczos-steps", "1000000000", "--out", tmp_path / "h2"],
+                          "--lanczos-steps must be at most 500 (each step keeps a vector of every weight in memory), "
+                          "got 1000000000")):
         assert user_error(monkeypatch, capsys, *hessian, *bad) == f"error: {message}"
+    assert not (tmp_path / "h2").exists()  # refused before the folder is made
     for command, kind in ((["complexity"], "complexity"),
                           (["train", "--steps", "2", "--data-dir", data_dir], "training"),
                           (["compress", "--checkpoint", tiny_run, "--neurons", "0.5", "--data-dir", data_dir],

@@ -174,9 +174,12 @@ def test_bad_arguments(setup):
         HessianSpectrum(top_k=operator.dim + 1, lanczos_steps=operator.dim + 1).fit(operator)
     for settings, message in (({"trace_samples": 1}, "^trace_samples must be >= 2, got 1$"),  # which one, alone
                               ({"density_runs": 0}, "^density_runs must be >= 1, got 0$"),
-                              ({"density_steps": 1}, "^density_steps must be >= 2, got 1$")):
+                              ({"density_steps": 1}, "^density_steps must be >= 2, got 1$"),
+                              ({"density_steps": 501}, r"^density_steps must be at most 500 \(each step keeps a "
+                                                       r"vector of every weight in memory\), got 501$"),
+                              ({"lanczos_steps": 10**9}, "^lanczos_steps must be at most 500 .*, got 1000000000$")):
         with pytest.raises(ConfigError, match=message):
-            HessianSpectrum(top_k=2, lanczos_steps=4, **settings).check()
+            HessianSpectrum(**{"top_k": 2, "lanczos_steps": 4, **settings}).check()
 
 
 def test_the_hessian_of_a_text_model_matches_its_exact_hessian():

@@ -93,6 +93,9 @@ class HessianOperator:
         return self._flatten(hv)
 
 
+MAX_LANCZOS_STEPS = 500  # 500 float64 vectors of the default tinyDOT's 185,077 weights: ~0.7 GB
+
+
 def lanczos(operator: HessianOperator, steps: int, start: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """`steps` Lanczos iterations with full re-orthogonalisation from `start`.
 
@@ -171,6 +174,10 @@ class HessianSpectrum:
                                    ("density_steps", self.density_steps, 2)):
             if value < least:
                 raise ConfigError(f"{name} must be >= {least}, got {value}")
+        for name, value in (("lanczos_steps", self.lanczos_steps), ("density_steps", self.density_steps)):
+            if value > MAX_LANCZOS_STEPS:  # full re-orthogonalisation keeps every Lanczos vector in memory
+                raise ConfigError(f"{name} must be at most {MAX_LANCZOS_STEPS} (each step keeps a vector of every "
+                                  f"weight in memory), got {value}")
         return self
 
     def fit(self, operator: HessianOperator, density: bool = True) -> HessianSpectrum:
