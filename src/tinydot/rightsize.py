@@ -33,7 +33,7 @@ from tinydot.data.strokes import digit_subset
 from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll, load_or_train_classifier, recognizability
 from tinydot.fits import predictor_ranking
-from tinydot.io import atomic_write_csv, atomic_write_text
+from tinydot.io import atomic_write_csv, atomic_write_text, read_json
 from tinydot.sizing import smallest_config
 from tinydot.study import NO_NEEDED_LINE, load_study, predict
 from tinydot.training import train
@@ -105,6 +105,11 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     needed = float(np.clip(row["mean"], 0, 1)) * int(row["prunable_parameters"])
     small, small_prunable = smallest_config(needed, study.model, study.prune.prunable)
     out = study_dir / "rightsize" / f"{split}-{'all' if digit is None else digit}"
+    done = out / "summary.json"
+    earlier = read_json(done, "delete that folder and run again").get("predictor") if done.is_file() else None
+    if earlier not in (None, predictor):  # one right-sizing per selection: another predictor would replace it
+        raise ConfigError(f"{out} holds the right-sizing by predictor {earlier}; give --predictor {earlier} to see "
+                          f"it again, or move that folder away to size by {predictor}")
     if domain.name == "strokes":
         classifier = load_or_train_classifier(domain.load("train", data_dir), progress)
         digits = [digit] if digit is not None else list(range(10))
