@@ -76,6 +76,8 @@ def test_a_line_that_carries_over_beats_the_baseline_and_one_that_does_not_fails
     assert not bad.beats_baseline and bad.coverage == 0.0
     # fewer than three finite source bins: no line, no rows
     assert cross_domain_predictions(source.iloc[:2], same_law, ["L"]).empty
+    # fewer than three finite target jobs: their own mean would be their values, no baseline to beat
+    assert cross_domain_predictions(source, same_law.assign(needed_fraction=[0.65, np.nan, 0.35]), ["L"]).empty
 
 
 def fake_study(folder, domain, jobs):
@@ -129,7 +131,8 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
     fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [np.nan] * 3, held_key="group"))
     result = run("compare", "study-s", "study-t", "--out", "cmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "No line could be fitted: a study needs at least 3 bin jobs with a finite target" in result.stdout
+    assert "No direction could be scored: a direction needs 3 bin jobs of its source and 3 jobs of its target " \
+           "with a finite target (study-s, study-t)." in result.stdout
     assert "beats baseline" not in result.stdout  # no empty table
     for name, column in (("predictions", "predicted"), ("summary", "beats_baseline")):
         table = pd.read_csv(tmp_path / "cmp" / f"{name}.csv")
@@ -137,15 +140,16 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
 
 
 def test_compare_names_a_direction_it_could_not_fit(tmp_path):
-    # two of the strokes bins "not reached": only the text line is fitted, and the page says which is missing
-    fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0, 40.0], [0.5, np.nan, np.nan, 0.3]))
+    # two of the strokes bins "not reached": no strokes line, but three stroke jobs (a class among them) to predict
+    fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0, 40.0, 25.0],
+                                                           [0.5, np.nan, np.nan, 0.3, 0.4], kinds=["bin"] * 4 + ["class"]))
     fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [0.3, 0.31, 0.2], held_key="group"))
     result = run("compare", "study-s", "study-t", "--out", "cmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert set(pd.read_csv(tmp_path / "cmp" / "summary.csv").direction) == {"text -> strokes"}
     html = (tmp_path / "cmp" / "compare.html").read_text()
-    assert "No strokes line could be fitted (a study needs at least 3 bin jobs with a finite target), so the " \
-           "text jobs are not predicted." in html
+    assert "The strokes line does not predict the text jobs here: a direction needs 3 bin jobs of its source " \
+           "and 3 jobs of its target with a finite target." in html
     assert "in no direction" not in html and "No: in the one direction fitted (text -&gt; strokes)" in html
 
 

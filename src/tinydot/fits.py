@@ -309,6 +309,8 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     jobs) at its own mean_<m>, with the 95% prediction interval of one job of a new data set.
     Baselines that ignore the line: the target jobs' own mean (`baseline`, the best constant for
     them: a line must beat it to be worth anything) and the source bin jobs' mean (`source_mean`).
+    No rows unless `source` has 3 data sets of bin jobs with a finite target and `target` 3 jobs with
+    one (below that, the target's own mean would be one or two jobs' values: no baseline to beat).
     One row per (predictor, target job); `held_out` names a held-out job's digit or text group (-1 for
     a bin job).
     """
@@ -316,7 +318,7 @@ def cross_domain_predictions(source: pd.DataFrame, target: pd.DataFrame, predict
     fit_jobs = _bins(source)
     fit_jobs = fit_jobs[np.isfinite(fit_jobs[y_col])]
     predicted = target[np.isfinite(target[y_col])]
-    if len(set(data_sets(fit_jobs))) < 3 or predicted.empty:
+    if len(set(data_sets(fit_jobs))) < 3 or len(predicted) < 3:  # a line, and a baseline that is not one job
         return pd.DataFrame(columns=list(CROSS_DOMAIN_COLUMNS))
     baseline, held_out = exact_mean(predicted[y_col]), predicted[held_out_column(target)].to_numpy()
     for m in predictors:

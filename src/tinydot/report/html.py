@@ -365,15 +365,14 @@ def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
             + (f" {r.impossible:.0%} of its predictions lie outside [0, 1], where no fraction can be: there the line "
                "is carried far beyond its data, and its intervals' coverage means nothing."
                if getattr(r, "impossible", 0) > 0 else ""))
+    need = "a direction needs 3 bin jobs of its source and 3 jobs of its target with a finite target"
     if summary.empty:
-        sentences.append("No line could be fitted: a study needs at least 3 bin jobs with a finite target "
-                         f"({', '.join(labels)}).")
+        sentences.append(f"No direction could be scored: {need} ({', '.join(labels)}).")
         return sentences
     fitted = set(summary["direction"])
     for source, target in ((labels[0], labels[1]), (labels[1], labels[0])):
         if f"{source} -> {target}" not in fitted:
-            sentences.append(f"No {source} line could be fitted (a study needs at least 3 bin jobs with a finite "
-                             f"target), so the {target} jobs are not predicted.")
+            sentences.append(f"The {source} line does not predict the {target} jobs here: {need}.")
     if not summary["beats_baseline"].any():
         where = "in no direction" if len(fitted) == 2 else f"in the one direction fitted ({next(iter(fitted))})"
         sentences.append(f"No: {where} and for no shared measure does one domain's line predict the other's "
