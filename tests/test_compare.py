@@ -141,8 +141,8 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
 
 def test_compare_names_a_direction_it_could_not_fit(tmp_path):
     # two of the strokes bins "not reached": no strokes line, but three stroke jobs (a class among them) to predict
-    fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0, 40.0, 25.0],
-                                                           [0.5, np.nan, np.nan, 0.3, 0.4], kinds=["bin"] * 4 + ["class"]))
+    strokes = jobs_table([10.0, 20.0, 30.0, 40.0, 25.0], [0.5, np.nan, np.nan, 0.3, 0.4], kinds=["bin"] * 4 + ["class"])
+    fake_study(tmp_path / "study-s", "strokes", strokes)
     fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [0.3, 0.31, 0.2], held_key="group"))
     result = run("compare", "study-s", "study-t", "--out", "cmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
