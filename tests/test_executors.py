@@ -156,3 +156,14 @@ def test_a_ray_address_that_answers_passes_the_check():
             check_executor("ray", 1, form.format(h=host, p=server.getsockname()[1]))  # raises if refused
         server.close()
     assert "127.0.0.1" in listening
+
+
+def test_more_local_workers_than_cores_run_with_a_note(capsys, monkeypatch):
+    import tinydot.executors as executors
+
+    monkeypatch.setattr(executors, "usable_cores", lambda: 1)
+    assert run_jobs(square, [1, 2, 3], workers=5, progress=False) == [1, 4, 9]
+    assert capsys.readouterr().err == ("note: 3 worker processes on 1 usable CPU core slow each other down; "
+                                       "--workers 1 is usually the fastest\n")  # 3 jobs: 3 processes, not 5
+    assert run_jobs(square, [1, 2, 3], workers=1, progress=False) == [1, 4, 9]
+    assert capsys.readouterr().err == ""

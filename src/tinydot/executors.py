@@ -52,6 +52,11 @@ def passing_bar(description: str, enabled: bool, status: bool = False) -> Progre
                     disable=not (enabled and (console.is_terminal or console.is_jupyter)))
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def check_executor(executor: str, workers: int, ray_address: str | None = None) -> None:
     """Refuse an unknown executor, a worker count below one, and a Ray address ("HOST:PORT" or
     "ray://HOST:PORT") that nothing answers at: ray.init would retry it for minutes."""
@@ -80,6 +85,11 @@ def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = 
     """Apply `fn` to every spec and return the results in the order of `specs`. `status`, given the
     results finished so far, returns a short text for the progress bar."""
     check_executor(executor, workers, ray_address)
+    pool = min(workers, len(specs))  # local worker processes
+    if executor == "local" and pool > (cores := usable_cores()):  # a note, not an error: it runs, only slower
+        Console(stderr=True).print(f"note: {pool} worker processes on {cores} usable CPU core{'s' * (cores > 1)} slow "
+                                   f"each other down; --workers {cores} is usually the fastest", highlight=False,
+                                   soft_wrap=True)
     results: list[Any] = [None] * len(specs)
     bar, task = progress_bar(len(specs), progress, description)
 
@@ -96,7 +106,7 @@ def run_jobs(fn: Callable[[Any], Any], specs: Sequence[Any], *, executor: str = 
                 advance()
         else:
             with _sigterm_raises():
-                _run_pool(fn, specs, results, workers, advance)
+                _run_pool(fn, specs, results, pool, advance)
     return results
 
 
