@@ -342,6 +342,11 @@ def test_killed_study_resumes_to_the_same_table(tiny_study, data_dir, tmp_path):
         with pytest.raises(ConfigError, match=re.escape(expected)):
             run_study(other, inside, data_dir=data_dir, workers=1, progress=False)
         assert not (inside / f"study-{other.hash()}").exists()
+    training = shutil.copytree(job / "level_0", tmp_path / "training")  # another command's run, outside any study
+    with pytest.raises(ConfigError, match=re.escape(f"{training} holds a training run; --out takes a folder that "
+                                                    "holds study run folders: choose another one")):
+        run_study(other, training, data_dir=data_dir, workers=1, progress=False)
+    assert not (training / f"study-{other.hash()}").exists()
     with pytest.raises(ConfigError, match="a Ray address is for the ray executor"):
         run_study(study, tmp_path, data_dir=data_dir, workers=1, ray_address="host:1", progress=False)
 

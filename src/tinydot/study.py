@@ -551,7 +551,11 @@ def _run_folder(out: Path, study: Study) -> Path:
     """out/study-<hash>; or `out` itself when it is this study's run folder (given by mistake for its parent)."""
     if (holder := enclosing_study(out)) is not None:  # a study inside a study: its jobs' folders are not runs' homes
         raise ConfigError(f"--out {out} is inside the study folder {holder}; choose a folder outside every study")
-    if run_kind(out) != "study":
+    kind = run_kind(out)
+    if kind not in (None, "study"):  # another command's run folder: the study would mix into its files
+        raise ConfigError(f"{out} holds a {kind} run; --out takes a folder that holds study run folders: choose "
+                          "another one")
+    if kind is None:
         return out / f"study-{study.hash()}"
     try:  # the same study: the same hash (non-default fields and edition), as for a folder found under its parent
         values = json.loads((out / "config.json").read_text())
