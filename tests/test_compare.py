@@ -131,8 +131,8 @@ def test_compare_with_no_fittable_line_says_so_and_writes_headed_tables(tmp_path
     fake_study(tmp_path / "study-t", "text", jobs_table([5.0, 9.0, 14.0], [np.nan] * 3, held_key="group"))
     result = run("compare", "study-s", "study-t", "--out", "cmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "No direction could be scored: a direction needs 3 bin jobs of its source and 3 jobs of its target " \
-           "with a finite target (study-s, study-t)." in result.stdout
+    assert "No direction could be scored: a direction needs 3 bins of its source and 3 jobs of its target with " \
+           "a finite fraction (strokes, text)." in result.stdout
     assert "beats baseline" not in result.stdout  # no empty table
     for name, column in (("predictions", "predicted"), ("summary", "beats_baseline")):
         table = pd.read_csv(tmp_path / "cmp" / f"{name}.csv")
@@ -148,9 +148,13 @@ def test_compare_names_a_direction_it_could_not_fit(tmp_path):
     assert result.returncode == 0, result.stderr
     assert set(pd.read_csv(tmp_path / "cmp" / "summary.csv").direction) == {"text -> strokes"}
     html = (tmp_path / "cmp" / "compare.html").read_text()
-    assert "The strokes line does not predict the text jobs here: a direction needs 3 bin jobs of its source " \
-           "and 3 jobs of its target with a finite target." in html
-    assert "in no direction" not in html and "No: in the one direction fitted (text -&gt; strokes)" in html
+    missing = ("The strokes line does not predict the text jobs here: a direction needs 3 bins of its source and 3 "
+               "jobs of its target with a finite fraction.")
+    assert missing in html and "in no direction" not in html
+    assert "No: in the one direction fitted (text -&gt; strokes)" in html
+    said = " ".join(result.stdout.split())  # the command prints the page's overall answer, wrapped to the terminal
+    assert missing in said and "No: in the one direction fitted (text -> strokes)" in said
+    assert "The text line does not predict" not in said
 
 
 @pytest.mark.parametrize("args,message", [
@@ -162,7 +166,8 @@ def test_compare_names_a_direction_it_could_not_fit(tmp_path):
     (["compare", "study-s", "study-t", "--out", "study-t/figures"], "--out study-t/figures is inside the study "
                                                                     "folder "),
     (["compare", "study-s", "study-t", "--out", "study-s2/cmp"], "--out study-s2/cmp is inside the study folder "),
-    (["compare", "study-s", "study-s2", "--out", "cmp"], "study-s and study-s2 hold the same study (config hash "),
+    (["compare", "study-s", "study-s2", "--out", "cmp"], "study-s and study-s2 hold runs of the same study "
+                                                         "configuration (config hash "),
 ])
 def test_bad_compare_input_gives_one_line_and_writes_nothing(args, message, tmp_path):
     fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))
@@ -174,3 +179,15 @@ def test_bad_compare_input_gives_one_line_and_writes_nothing(args, message, tmp_
     assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_only_a_study_config_makes_a_parent_a_study(tmp_path):
+    from tinydot.io import enclosing_study
+
+    study = fake_study(tmp_path / "study-s", "strokes", jobs_table([10.0, 20.0, 30.0], [0.5, 0.4, 0.3]))
+    assert enclosing_study(study / "jobs" / "x") == study.resolve() and enclosing_study(study) is None
+    stray = tmp_path / "project"  # a folder that merely holds a file named as a study's
+    (stray / "deep").mkdir(parents=True)
+    (stray / "assignments.csv").write_text("index,bin\n")
+    (stray / "config.json").write_text('{"study": 3}')
+    assert enclosing_study(stray / "deep" / "out") is None

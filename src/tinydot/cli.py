@@ -459,9 +459,9 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
     for study in (first, second):
         check_exists(study, "study run folder")
     check_writable_dir(out)
-    from tinydot.report.html import comparison_verdict, write_comparison
+    from tinydot.report.html import write_comparison
 
-    path, summary = write_comparison(first, second, out)
+    path, summary, verdict = write_comparison(first, second, out)
     if not summary.empty:
         table = Table(title="one study's line predicting the other's needed fraction")
         for column in ("direction", "measure", "MAE", "baseline MAE", "PI coverage", "outside [0, 1]",
@@ -471,7 +471,7 @@ def compare_cmd(first: Path = typer.Argument(..., help="A finished study run fol
             table.add_row(r.direction, r.predictor, f"{r.mae:.4f}", f"{r.baseline_mae:.4f}", f"{r.coverage:.0%}",
                           f"{r.impossible:.0%}", "yes" if r.beats_baseline else "no")
         console.print(table)
-    for sentence in comparison_verdict(summary, [first.name, second.name])[len(summary):]:  # the overall answer
+    for sentence in verdict[len(summary):]:  # the overall answer (the table said the rest)
         console.print(sentence)
     console.print(f"wrote {path}")
 

@@ -179,8 +179,17 @@ def run_kind(folder: str | os.PathLike) -> str | None:
 
 
 def enclosing_study(folder: str | os.PathLike) -> Path | None:
-    """The study run folder that holds `folder` (one of its parents, resolved), or None."""
-    return next((parent for parent in Path(folder).resolve().parents if run_kind(parent) == "study"), None)
+    """The study run folder that holds `folder` (one of its parents, resolved), or None. A parent counts
+    only with a study's config.json, not for a stray file of the name a study writes (assignments.csv)."""
+    return next((parent for parent in Path(folder).resolve().parents if _has_study_config(parent)), None)
+
+
+def _has_study_config(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("study"), dict)
 
 
 def check_run_kind(folder: str | os.PathLike, kind: str) -> None:

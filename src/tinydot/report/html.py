@@ -365,7 +365,7 @@ def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
             + (f" {r.impossible:.0%} of its predictions lie outside [0, 1], where no fraction can be: there the line "
                "is carried far beyond its data, and its intervals' coverage means nothing."
                if getattr(r, "impossible", 0) > 0 else ""))
-    need = "a direction needs 3 bin jobs of its source and 3 jobs of its target with a finite target"
+    need = "a direction needs 3 bins of its source and 3 jobs of its target with a finite fraction"
     if summary.empty:
         sentences.append(f"No direction could be scored: {need} ({', '.join(labels)}).")
         return sentences
@@ -383,10 +383,11 @@ def comparison_verdict(summary: pd.DataFrame, labels: list[str]) -> list[str]:
 
 
 def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
-                     target: str = "needed") -> tuple[Path, pd.DataFrame]:
+                     target: str = "needed") -> tuple[Path, pd.DataFrame, list[str]]:
     """compare.html (and cross_domain.png, predictions.csv, summary.csv) in `out`: two finished
     studies side by side, each one's line predicting the other's jobs from the shared measures.
-    Returns the page's path and the summary table (`tinydot.fits.cross_domain_summary`)."""
+    Returns the page's path, the summary table (`tinydot.fits.cross_domain_summary`) and the page's
+    verdict sentences (`comparison_verdict`: one per summary row, then the overall answer)."""
     runs = [Path(run_a), Path(run_b)]
     loaded = [load_study(run) for run in runs]  # one line if either is not a finished study
     check_run_kind(out, "compare")
@@ -395,8 +396,8 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     if runs[0].resolve() == runs[1].resolve():
         raise ConfigError(f"{runs[0]} is given twice; compare two different study run folders")
     if loaded[0][0].hash() == loaded[1][0].hash():  # a copy: its line would predict its own jobs
-        raise ConfigError(f"{runs[0]} and {runs[1]} hold the same study (config hash {loaded[0][0].hash()}); "
-                          "compare two different studies")
+        raise ConfigError(f"{runs[0]} and {runs[1]} hold runs of the same study configuration (config hash "
+                          f"{loaded[0][0].hash()}); compare two different studies")
     if (study_dir := enclosing_study(out)) is not None:  # a study's folder belongs to the study (report, figures)
         raise ConfigError(f"--out {out} is inside the study folder {study_dir}; choose a folder outside every study")
     for (_, jobs), run in zip(loaded, runs):
@@ -415,12 +416,13 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out: str | Path,
     image = _png(figures.cross_domain([(label, jobs) for label, (_, jobs) in zip(labels, loaded)],
                                       SHARED_PREDICTORS, target), out / "cross_domain.png")
     sides = [_side(label, run, study, jobs) for label, run, (study, jobs) in zip(labels, runs, loaded)]
+    verdict = comparison_verdict(summary, labels)
     html = _environment().get_template("compare.html.j2").render(
-        created=_now(), sides=sides, summary=summary, target=target, image=image,
-        verdict=comparison_verdict(summary, labels), predictors=SHARED_PREDICTORS)
+        created=_now(), sides=sides, summary=summary, target=target, image=image, verdict=verdict,
+        predictors=SHARED_PREDICTORS)
     path = out / "compare.html"
     atomic_write_text(path, html)
-    return path, summary
+    return path, summary, verdict
 
 
 def _side(label: str, run: Path, study, jobs: pd.DataFrame) -> dict:
