@@ -454,11 +454,19 @@ def test_rightsize_trains_the_predicted_model_beside_the_reference(tiny_study, t
     assert "what right-sizing saves" in html and "train:1" in html
     assert f"the reference's test NLL ({100 * summary['nll_change']:+.1f}%), with" in html  # the gap, not only delta
     assert ("% less\nmeasured CPU time" if summary["cpu_saved"] >= 0 else "% more\nmeasured CPU time") in html
-    done = (out["run_dir"] / "summary.json").read_bytes()
-    with pytest.raises(ConfigError, match="^.*train-1 holds the right-sizing by predictor L; give --predictor L to "
-                                          "see it again, or move that folder away to size by S$"):
+    folder = out["run_dir"]
+    done = (folder / "summary.json").read_bytes()
+    refusal = (r"^.*train-1 holds the right-sizing by predictor L; give --predictor L to see \(or finish\) it, or "
+               "move that folder away to size by S$")
+    with pytest.raises(ConfigError, match=refusal):
         rightsize.run_rightsize(result.run_dir, "train:1", data_dir=data_dir, predictor="S", progress=False)
-    assert (out["run_dir"] / "summary.json").read_bytes() == done  # the earlier result stays
+    assert (folder / "summary.json").read_bytes() == done  # the earlier result stays
+    (folder / "summary.json").unlink()  # as if stopped before the end: request.json still names its predictor
+    with pytest.raises(ConfigError, match=refusal):
+        rightsize.run_rightsize(result.run_dir, "train:1", data_dir=data_dir, predictor="S", progress=False)
+    (folder / "request.json").write_text("[1]\n")
+    with pytest.raises(ConfigError, match="request.json is damaged \\(no predictor\\); move .* away and run again$"):
+        rightsize.run_rightsize(result.run_dir, "train:1", data_dir=data_dir, predictor="S", progress=False)
 
 
 def load_strokes_test(data_dir):

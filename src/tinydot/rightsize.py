@@ -9,7 +9,9 @@ budget, seed 0). Both are scored on the matching test data: NLL in bits per step
 word (text), and for strokes the recognizability of samples of the selection's classes. A stroke
 study takes `train` or `train:DIGIT`; a text study `train` (all of Penn Treebank's train split,
 scored on its test split; there are no classes, so no recognizability).
-Written into `<study>/rightsize/<split>-<digit|all>/`:
+Written into `<study>/rightsize/<split>-<digit|all>/` (one right-sizing per selection; another
+predictor for the same selection is refused):
+  request.json              the selection and predictor, written before training
   reference/, rightsized/   the two training runs (resumable; each with its cost.json)
   rightsize.csv             one row per model: shape, parameters, training FLOPs, CPU seconds,
                             energy, CO2, test NLL (`test_bits_per_step`: bits per word for text),
@@ -71,6 +73,17 @@ def predictor_beats_baseline(study_dir: Path, predictor: str) -> bool | None:
     return bool(row.iloc[0]["beats_baseline"]) if len(row) else None
 
 
+def _earlier_predictor(out: Path) -> str | None:
+    """The predictor a right-sizing folder was started with (request.json, written before training), if any."""
+    for name in ("request.json", "summary.json"):  # summary.json: a folder from before request.json
+        if (out / name).is_file():
+            record = read_json(out / name, f"move {out} away and run again")
+            if not isinstance(record, dict) or not isinstance(record.get("predictor"), str):
+                raise ConfigError(f"{out / name} is damaged (no predictor); move {out} away and run again")
+            return record["predictor"]
+    return None
+
+
 def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir=None,
                   predictor: str | None = None, progress: bool = True) -> dict:
     """Predict, build, train and compare (see the module docstring); returns the table, the
@@ -105,11 +118,12 @@ def run_rightsize(study_dir: str | os.PathLike, data: str = "train", *, data_dir
     needed = float(np.clip(row["mean"], 0, 1)) * int(row["prunable_parameters"])
     small, small_prunable = smallest_config(needed, study.model, study.prune.prunable)
     out = study_dir / "rightsize" / f"{split}-{'all' if digit is None else digit}"
-    done = out / "summary.json"
-    earlier = read_json(done, "delete that folder and run again").get("predictor") if done.is_file() else None
+    earlier = _earlier_predictor(out)
     if earlier not in (None, predictor):  # one right-sizing per selection: another predictor would replace it
         raise ConfigError(f"{out} holds the right-sizing by predictor {earlier}; give --predictor {earlier} to see "
-                          f"it again, or move that folder away to size by {predictor}")
+                          f"(or finish) it, or move that folder away to size by {predictor}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "request.json", json.dumps({"data": data, "predictor": predictor}) + "\n")
     if domain.name == "strokes":
         classifier = load_or_train_classifier(domain.load("train", data_dir), progress)
         digits = [digit] if digit is not None else list(range(10))
