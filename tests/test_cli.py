@@ -295,7 +295,7 @@ def test_hessian_and_svcca_cli(tiny_run, tmp_path):
     similarity = pd.read_csv(tmp_path / "s" / "similarity.csv", index_col=0).to_numpy()
     assert np.allclose(np.diag(similarity), 1.0)  # a model against itself, layer by layer
     bad = run("hessian", "--checkpoint", str(run_dir), "--out", str(tmp_path / "bad"), "--top-k", "0")
-    assert_user_error(bad, "--top-k must be >= 1, got 0")  # the option's name, not the API's top_k
+    assert_user_error(bad, "--top-k must be between 1 and 500, got 0")  # the option's name, not the API's top_k
 
 
 def test_an_out_folder_holding_another_kind_of_run_is_refused(tiny_run, tmp_path, monkeypatch, capsys, data_dir):

@@ -168,8 +168,10 @@ def test_bad_arguments(setup):
     operator = HessianOperator(model, batch)
     with pytest.raises(ConfigError, match="lanczos_steps"):
         HessianSpectrum(top_k=10, lanczos_steps=5).fit(operator)
-    with pytest.raises(ConfigError, match="^top_k must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match="^top_k must be between 1 and 500, got 0$"):
         HessianSpectrum(top_k=0).fit(operator)
+    with pytest.raises(ConfigError, match="^top_k must be between 1 and 500, got 600$"):  # not "raise lanczos_steps"
+        HessianSpectrum(top_k=600, lanczos_steps=60).check()
     with pytest.raises(ConfigError, match=f"^top_k must be at most the {operator.dim} coordinates"):
         HessianSpectrum(top_k=operator.dim + 1, lanczos_steps=operator.dim + 1).fit(operator)
     for settings, message in (({"trace_samples": 1}, "^trace_samples must be >= 2, got 1$"),  # which one, alone

@@ -140,7 +140,8 @@ class HessianSpectrum:
     Parameters
     ----------
     top_k : eigenvalues wanted (largest algebraic)
-    lanczos_steps : Lanczos iterations for the top eigenvalues (>= top_k; more is more accurate)
+    lanczos_steps : Lanczos iterations for the top eigenvalues (>= top_k, <= MAX_LANCZOS_STEPS = 500:
+                    every step keeps one vector of all weights; more is more accurate)
     trace_samples : Rademacher probes for Hutchinson's trace
     density_runs, density_steps : SLQ: independent Lanczos runs and their length
     seed : seeds every random vector
@@ -164,10 +165,10 @@ class HessianSpectrum:
 
     def check(self, dim: int | None = None) -> HessianSpectrum:
         """A ConfigError for settings that cannot run; with `dim` (the operator's size) also a top_k above it."""
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if dim is not None and self.top_k > dim:
             raise ConfigError(f"top_k must be at most the {dim} coordinates, got {self.top_k}")
+        if not 1 <= self.top_k <= MAX_LANCZOS_STEPS:  # more would need more Lanczos steps than allowed
+            raise ConfigError(f"top_k must be between 1 and {MAX_LANCZOS_STEPS}, got {self.top_k}")
         if self.lanczos_steps < self.top_k:
             raise ConfigError(f"lanczos_steps ({self.lanczos_steps}) must be >= top_k ({self.top_k})")
         for name, value, least in (("trace_samples", self.trace_samples, 2), ("density_runs", self.density_runs, 1),
