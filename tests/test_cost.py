@@ -217,6 +217,23 @@ def test_country_resolution():
     for bad in ("XX", "U.S.", "Narnia"):
         with pytest.raises(ConfigError, match="ISO 3166"):
             resolve_country(bad, environ={})
+    # as in POSIX, a set LC_ALL overrides LANG: C names no territory
+    assert resolve_country(None, environ={"LC_ALL": "C", "LANG": "sv_SE.UTF-8"}) == ("USA", "default")
+    assert resolve_country(None, environ={"LC_ALL": "sv_SE.UTF-8", "LANG": "de_DE.UTF-8"}) == ("SWE", "locale (SE)")
+
+
+def test_a_country_codecarbon_has_no_grid_mix_for_is_not_silently_the_world_average():
+    from tinydot.cost import grid_mix_countries
+
+    known = grid_mix_countries()  # codecarbon's bundled table, read as a file
+    assert {"USA", "FRA", "DEU", "SWE"} <= known and "LIE" not in known and "MCO" not in known
+    with pytest.raises(ConfigError, match=r"^codecarbon has no grid carbon intensity for LIE \(argument\) and would "
+                                          "use its world average; give the code of the country whose grid"):
+        resolve_country("LI", environ={})
+    with pytest.raises(ConfigError, match=r"for MCO \(TINYDOT_COUNTRY\)"):
+        resolve_country(None, environ={"TINYDOT_COUNTRY": "MCO"})
+    assert resolve_country(None, environ={"LANG": "de_LI.UTF-8"}) == (
+        "USA", "default (locale LI: no grid mix in codecarbon)")
 
 
 def test_training_writes_its_cost_and_a_resume_adds_to_it(tmp_path, monkeypatch):

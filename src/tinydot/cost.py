@@ -38,6 +38,8 @@ If codecarbon is missing or fails, the run goes on: one warning line, energy rec
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import logging
 import os
@@ -74,11 +76,30 @@ def _alpha3(code: str) -> str | None:
 
 
 def locale_territory(environ=os.environ) -> str | None:
-    """The territory of the user's locale ('DE' for de_DE.UTF-8), or None (C, POSIX, unset)."""
-    for variable in ("LC_ALL", "LANG"):
-        if match := re.match(r"^[a-z]{2,3}_([A-Z]{2})\b", environ.get(variable, "")):
-            return match.group(1)
-    return None
+    """The territory of the user's locale ('DE' for de_DE.UTF-8), or None (C, POSIX, unset). As in
+    POSIX, a set LC_ALL overrides LANG (LC_ALL=C names no territory, whatever LANG says)."""
+    locale = environ.get("LC_ALL") or environ.get("LANG", "")
+    return match.group(1) if (match := re.match(r"^[a-z]{2,3}_([A-Z]{2})\b", locale)) else None
+
+
+@functools.cache
+def grid_mix_countries() -> frozenset[str] | None:
+    """The alpha-3 codes codecarbon has a grid carbon intensity for (its bundled global energy mix),
+    read without importing codecarbon; None when codecarbon or its table is not there."""
+    spec = importlib.util.find_spec("codecarbon")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "private_infra" / "global_energy_mix.json"
+    try:
+        return frozenset(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _without_grid_mix(alpha3: str) -> bool:
+    """Whether codecarbon would silently use its world average for `alpha3` (a code it has no grid mix for)."""
+    known = grid_mix_countries()
+    return known is not None and alpha3 not in known
 
 
 def resolve_country(country: str | None = None, environ=os.environ, source: str = "argument") -> tuple[str, str]:
@@ -98,9 +119,14 @@ def resolve_country(country: str | None = None, environ=os.environ, source: str 
             if alpha3 is None:
                 raise ConfigError(f"unknown country code {code!r} ({named}); "
                                   "give an ISO 3166 code such as USA, FRA or DEU")
+            if _without_grid_mix(alpha3):
+                raise ConfigError(f"codecarbon has no grid carbon intensity for {alpha3} ({named}) and would use "
+                                  "its world average; give the code of the country whose grid powers the machine")
             return alpha3, named
     if (territory := locale_territory(environ)) and (alpha3 := _alpha3(territory)):
-        return alpha3, f"locale ({territory})"
+        if not _without_grid_mix(alpha3):
+            return alpha3, f"locale ({territory})"
+        return DEFAULT_COUNTRY, f"default (locale {territory}: no grid mix in codecarbon)"
     return DEFAULT_COUNTRY, "default"
 
 
@@ -283,9 +309,9 @@ class CostMeter:
             log.warning("%s unreadable (%s): cost totals start again", self.run_dir / COST_FILE, error)
             self._previous = []
         self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        if self.energy:
+        if self.energy:  # first: codecarbon's first start in a process takes ~1.4 s its energy does not cover
             self._energy = _Energy(self.run_dir, self.country, self.verbose)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()  # the span the energy covers
         return self
 
     def segment(self, stop: bool = False) -> dict:
