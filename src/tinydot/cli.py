@@ -608,7 +608,8 @@ def hessian_cmd(checkpoint: Path = CheckpointOption,
 
 
 @app.command("svcca")
-def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="One or two run folders / files."),
+def svcca_cmd(checkpoint: list[Path] = typer.Option(..., "--checkpoint", help="A run folder or file; repeat the "
+                                                      "option for a second (--checkpoint A --checkpoint B)."),
               out: Path = typer.Option(..., "--out", help="Folder for tables and plots."),
               sequences: int = typer.Option(500, help="Test sequences (text: sentences) whose positions are compared "
                                                 "(at least 2)."),
@@ -634,8 +635,9 @@ def redundancy_cmd(model: str = typer.Option(..., "--model", help="'minilm', a H
                    task: str = typer.Option(..., "--task", help="ner or pos (text models); digit or pen (tinyDOT)."),
                    out: Path = typer.Option(..., "--out", help="Folder for activations, tables, figures, "
                                             "section.html."),
-                   tokens: int = typer.Option(10_000, help="Tokens (words or pen positions) to analyse, at least 200, "
-                                              "split 80/10/10 by sentence or sequence."),
+                   tokens: int = typer.Option(10_000, help="Tokens (words or pen positions) to analyse (>= 200), "
+                                              "split about 80/10/10 by whole sentences or sequences: a few hundred "
+                                              "can leave dev or test under their 10 tokens."),
                    seed: int = typer.Option(0, help="Seed for the token sample and the split."),
                    threshold: float = typer.Option(0.3, help="Correlation-clustering cut c of the task pipeline."),
                    alpha: Optional[float] = typer.Option(None, help="Elastic-net strength of the probes "
