@@ -412,6 +412,8 @@ def study_cmd(preset: str = typer.Option("quick", help="quick (<= 10 min on 2 co
     """Complexity bins -> train -> prune until the NLL suffers -> OLS -> held-out data -> HTML report.
 
     The held-out data are digit classes for strokes, and for --domain text three groups of the valid split.
+    The run folder is <out>/study-<hash>: the same command again resumes it (kill -9 included), as
+    does giving that run folder itself as --out. Sizes other than the preset's come from --config.
     """
     overrides = _load_json_object(config, {"study", "model", "train", "prune"}) if config else None
     check_writable_dir(out)
@@ -540,7 +542,11 @@ def rightsize_cmd(study: Path = typer.Option(..., "--study", help="A finished st
                                                           "(default: the best on the study's held-out classes "
                                                           "or groups)."),
                   data_dir: Optional[Path] = DataDirOption) -> None:
-    """Train the model the study predicts is enough beside the study's own; compare cost and quality."""
+    """Train the model the study predicts is enough beside the study's own; compare cost and quality.
+
+    Trains two models on the selection (the study's and the smaller one; each resumable) into
+    <study>/rightsize/<split>-<digit|all>/, then rewrites the study's report with the comparison.
+    """
     check_exists(study, "study run folder")
     from tinydot.report.html import write_study_report
     from tinydot.rightsize import run_rightsize
