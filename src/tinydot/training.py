@@ -310,8 +310,10 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
                     status += f"  eval {history[-1]['eval_bits_per_step']:.3f} {unit}"  # the column's name is both
                 bar.update(task, status=status)
             if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                # cost first: killed between the two, the steps the checkpoint keeps are all counted (and the
+                # resume counts the ones it redoes again: they were run twice)
+                meter.flush()
                 save_checkpoint()
-                meter.flush()  # a run killed after this point keeps its cost so far
             bar.update(task, completed=step)
 
     frame = pd.DataFrame(history)
