@@ -272,3 +272,35 @@ def test_training_writes_its_cost_and_a_resume_adds_to_it(tmp_path, monkeypatch)
     assert cost["eval_flops_dense"] == 0
     assert cost["cpu_seconds"] == pytest.approx(sum(s["cpu_seconds"] for s in cost["segments"]))
     assert np.all([s["cpu_seconds"] > 0 for s in cost["segments"]])
+
+
+def test_a_run_killed_while_writing_its_checkpoint_has_counted_the_steps_it_keeps(tmp_path):
+    """kill -9 (os._exit: no handler, no flush) as the step-2 checkpoint is written: cost.json already
+    holds the FLOPs of steps 1 and 2, which that checkpoint keeps."""
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_flops import synthetic_strokes
+from tinydot import training
+from tinydot.config import ModelConfig, TrainConfig
+
+def die(path, *args, **kwargs):
+    if str(path).endswith("checkpoint.safetensors"):
+        os._exit(9)  # as kill -9: nothing after this runs
+    return real(path, *args, **kwargs)
+
+real, training.save_tensors = training.save_tensors, die
+cfg = TrainConfig(steps=5, tokens_per_batch=600, warmup_steps=1, eval_every=0, checkpoint_every=2)
+training.train(synthetic_strokes(n=30, seed=4), {str(tmp_path)!r}, ModelConfig(n_layers=1, d_model=16, d_mlp=32),
+               cfg, progress=False)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 9, result.stderr
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+    cfg = TrainConfig(steps=5, tokens_per_batch=600, warmup_steps=1, eval_every=0, checkpoint_every=2)
+    encoded = Encoded(synthetic_strokes(n=30, seed=4))
+    stream = BatchStream(encoded, cfg)
+    kept = [stream.next() for _ in range(2)]  # steps 1 and 2
+    model = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
+    expected = sum(train_step_flops(model, len(i), int(encoded.lengths[i].max())) for i in kept)
+    assert read_cost(tmp_path)["train_flops_dense"] == expected
