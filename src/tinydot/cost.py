@@ -50,7 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tinydot.errors import ConfigError, TinydotError
-from tinydot.io import atomic_write_text
+from tinydot.io import atomic_write_text, hold_folder
 
 COST_FILE = "cost.json"
 DEFAULT_COUNTRY = "USA"  # when neither the caller, $TINYDOT_COUNTRY nor the locale names a country
@@ -303,6 +303,8 @@ class CostMeter:
     def __enter__(self) -> CostMeter:
         self._created = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)  # codecarbon's output_dir must exist (it writes nothing)
+        self._hold = hold_folder(self.run_dir)  # a second process metering the same run is refused
+        self._hold.__enter__()
         try:
             self._previous = (read_cost(self.run_dir) or {}).get("segments", []) if self.resumes else []
         except (json.JSONDecodeError, OSError) as error:
@@ -328,10 +330,13 @@ class CostMeter:
         return total
 
     def __exit__(self, kind, error, traceback) -> None:
-        if not self.record_user_errors and isinstance(error, TinydotError):
-            self.segment(stop=True)  # stop the tracker; the run wrote nothing, neither does its meter
-            for folder in self._created:  # innermost first: remove what __enter__ made, if still empty
-                if folder.exists() and not any(folder.iterdir()):
-                    folder.rmdir()
-            return
-        self.total = self.flush(stop=True)
+        try:
+            if not self.record_user_errors and isinstance(error, TinydotError):
+                self.segment(stop=True)  # stop the tracker; the run wrote nothing, neither does its meter
+                for folder in self._created:  # innermost first: remove what __enter__ made, if still empty
+                    if folder.exists() and not any(folder.iterdir()):
+                        folder.rmdir()
+                return
+            self.total = self.flush(stop=True)
+        finally:
+            self._hold.__exit__(None, None, None)
