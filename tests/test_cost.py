@@ -306,29 +306,46 @@ training.train(synthetic_strokes(n=30, seed=4), {str(tmp_path)!r}, ModelConfig(n
     assert read_cost(tmp_path)["train_flops_dense"] == expected
 
 
-def test_a_run_folder_is_written_by_one_process_at_a_time(tmp_path):
-    """A second process metering a run folder another one holds is refused in one line; the hold ends
-    with the holder, kill -9 included; one process may nest holds of one folder."""
-    from tinydot.io import hold_folder
+def test_a_run_folder_is_written_by_one_process_at_a_time(tmp_path, monkeypatch):
+    """A second process metering a run folder another one holds is refused in one line, before it
+    writes anything; the hold ends with the holder (kill -9 included) and with this process's meter
+    (an interrupted start included); one process may nest holds of one folder."""
+    import re
+
+    import tinydot.cost as cost
+    import tinydot.io as tio
 
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    take = f"""
 import sys, time
 from tinydot.cost import CostMeter
 with CostMeter({str(run_dir)!r}, energy=False):
     print("holding", flush=True)
-    time.sleep(120)
-"""], stdout=subprocess.PIPE, text=True)
+    time.sleep(float(sys.argv[1]))
+"""
+    holder = subprocess.Popen([sys.executable, "-c", take, "120"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "holding\n"
-        with pytest.raises(ConfigError, match=f"^another process is writing {run_dir}; wait for it to finish, or "
-                                              "choose another output folder$"):
+        with pytest.raises(ConfigError, match=f"^another process is writing {re.escape(str(run_dir))}; wait for it "
+                                              "to finish, or choose another output folder$"):
             train(synthetic_strokes(n=30, seed=4), run_dir, ModelConfig(n_layers=1, d_model=16, d_mlp=32),
                   TrainConfig(steps=2, tokens_per_batch=600, warmup_steps=1, eval_every=0), progress=False)
+        assert list(run_dir.iterdir()) == []  # the refused run wrote nothing (no config.json) into the folder
     finally:
         holder.kill()  # SIGKILL: the kernel releases the lock
         holder.wait()
-    with hold_folder(run_dir), hold_folder(run_dir / ".." / "run"):  # nested, spelt otherwise: one process may
+    with tio.hold_folder(run_dir), tio.hold_folder(run_dir / ".." / "run"):  # nested, spelt otherwise
         with CostMeter(run_dir, energy=False):
             pass
-    assert read_cost(run_dir)["segments"]
+    assert read_cost(run_dir)["segments"] and tio._HELD == {}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cost, "_Energy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with CostMeter(run_dir):
+            pass
+    assert tio._HELD == {}
+    again = subprocess.run([sys.executable, "-c", take, "0"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == "holding\n", again.stderr  # free for another process

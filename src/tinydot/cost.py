@@ -306,15 +306,23 @@ class CostMeter:
         self._hold = hold_folder(self.run_dir)  # a second process metering the same run is refused
         self._hold.__enter__()
         try:
-            self._previous = (read_cost(self.run_dir) or {}).get("segments", []) if self.resumes else []
-        except (json.JSONDecodeError, OSError) as error:
+            self._start()
+        except BaseException:  # e.g. Ctrl-C in codecarbon's start: __exit__ will not run, so let go here
+            self._hold.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        try:
+            previous = (read_cost(self.run_dir) or {}) if self.resumes else {}
+            self._previous = list(previous.get("segments", [])) if isinstance(previous, dict) else []
+        except (ValueError, OSError) as error:  # not JSON, not UTF-8, unreadable
             log.warning("%s unreadable (%s): cost totals start again", self.run_dir / COST_FILE, error)
             self._previous = []
         self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self.energy:  # first: codecarbon's first start in a process takes ~1.4 s its energy does not cover
             self._energy = _Energy(self.run_dir, self.country, self.verbose)
         self._wall, self._cpu = time.perf_counter(), time.process_time()  # the span the energy covers
-        return self
 
     def segment(self, stop: bool = False) -> dict:
         """This segment's cost so far (stop=True also stops the energy tracker)."""

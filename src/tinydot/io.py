@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -197,7 +198,7 @@ def _has_study_config(folder: Path) -> bool:
     return isinstance(config, dict) and isinstance(config.get("study"), dict)
 
 
-_HELD: dict[Path, int] = {}  # folders this process holds, with how many nested holds
+_HELD: dict[tuple[int, int], int] = {}  # (device, inode) of the folders this process holds: nested holds
 
 
 @contextlib.contextmanager
@@ -205,32 +206,34 @@ def hold_folder(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an existing run folder for this process while it writes: another process that asks for the
     same folder is refused in one line. An advisory lock (flock) on the folder itself, so no file is
     left behind and the kernel releases it when the process ends, kill -9 included; nested holds of
-    one folder in one process pass. Where the platform has no flock, nothing is held."""
+    one folder in one process pass. Where the platform or the file system has no flock (or it is
+    not shared between machines, as on most network file systems), nothing is held."""
     if fcntl is None:  # not a POSIX system
         yield
         return
-    key = Path(folder).resolve()
-    if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-        return
-    handle = os.open(key, os.O_RDONLY)
+    handle = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another process is writing {folder}; wait for it to finish, or choose another "
-                              "output folder") from None
-        _HELD[key] = 1
+        stat = os.fstat(handle)
+        key = (stat.st_dev, stat.st_ino)
+        if key not in _HELD:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"another process is writing {folder}; wait for it to finish, or choose another "
+                                  "output folder") from None
+            except OSError as error:  # a file system without flock: run unheld rather than not at all
+                logging.getLogger(__name__).warning("cannot lock %s (%s); a second process would not be "
+                                                    "refused", folder, error.strerror or error)
+        _HELD[key] = _HELD.get(key, 0) + 1
         try:
             yield
         finally:
-            del _HELD[key]
+            if _HELD.get(key, 0) > 1:
+                _HELD[key] -= 1
+            else:
+                _HELD.pop(key, None)
     finally:
-        os.close(handle)  # releases the lock
+        os.close(handle)  # an outer hold keeps its own descriptor, and so its lock
 
 
 def check_run_kind(folder: str | os.PathLike, kind: str) -> None:

@@ -40,7 +40,7 @@ from tinydot.errors import ConfigError
 from tinydot.evaluation import evaluate_nll
 from tinydot.executors import passing_bar
 from tinydot.flops import FlopTally
-from tinydot.io import atomic_write_csv, atomic_write_text, check_run_kind, read_json
+from tinydot.io import atomic_write_csv, atomic_write_text, check_run_kind, hold_folder, read_json
 from tinydot.model import Decoder, build_model
 from tinydot.pruning.mask import Mask, masked_pairs
 
@@ -219,105 +219,106 @@ def train(data: Strokes | Sentences, run_dir: str | os.PathLike, model_config: M
     eval_data = eval_data.subset(np.arange(min(cfg.eval_sequences, len(eval_data)))) if eval_data else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
-    inputs = {"data": data.fingerprint, "eval_data": eval_data.fingerprint if eval_data else None,
-              "start_step": start_step, "init_state": _tensors_fingerprint(init_state),
-              "mask": _tensors_fingerprint(mask)}
-    config_path = run_dir / "config.json"
-    check_run_kind(run_dir, "training")
-    if config_path.exists():
-        fix = f"choose another output folder or delete {run_dir}"
-        refusal = _refusal(run_dir, read_json(config_path, fix), configs, inputs)
-        if refusal:
-            raise ConfigError(f"{refusal}; {fix}")
-    else:
-        atomic_write_text(config_path, json.dumps({**configs, "inputs": inputs}, indent=2) + "\n")
+    with hold_folder(run_dir):  # one process writes a run folder: from its config to its model
+        configs = {"model": model_config.to_dict(), "train": train_config.to_dict()}
+        inputs = {"data": data.fingerprint, "eval_data": eval_data.fingerprint if eval_data else None,
+                  "start_step": start_step, "init_state": _tensors_fingerprint(init_state),
+                  "mask": _tensors_fingerprint(mask)}
+        config_path = run_dir / "config.json"
+        check_run_kind(run_dir, "training")
+        if config_path.exists():
+            fix = f"choose another output folder or delete {run_dir}"
+            refusal = _refusal(run_dir, read_json(config_path, fix), configs, inputs)
+            if refusal:
+                raise ConfigError(f"{refusal}; {fix}")
+        else:
+            atomic_write_text(config_path, json.dumps({**configs, "inputs": inputs}, indent=2) + "\n")
 
-    if (run_dir / MODEL_FILE).exists() and (run_dir / "metrics.csv").exists():  # written last: finished
-        return TrainResult(load_model(run_dir / MODEL_FILE), pd.read_csv(run_dir / "metrics.csv"), run_dir)
+        if (run_dir / MODEL_FILE).exists() and (run_dir / "metrics.csv").exists():  # written last: finished
+            return TrainResult(load_model(run_dir / MODEL_FILE), pd.read_csv(run_dir / "metrics.csv"), run_dir)
 
-    model = init_model(model_config, cfg.seed)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    if not 0 <= start_step < cfg.steps:
-        raise ConfigError(f"start step {start_step} must lie in [0, {cfg.steps})")
-    masked = masked_pairs(model, mask) if mask is not None else []
-    for param, keep in masked:
-        param.data.mul_(keep)
-    optimizer = make_optimizer(model, cfg)
-    tracked = [(name, p) for name, p in model.named_parameters() if p.dim() >= 2]  # matrices and embeddings
-    touched = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in tracked}
-    touched_pairs = [(p, touched[name]) for name, p in tracked]  # the same tensors, updated in place
-    step, history = start_step, []
-    window = {"nll": 0.0, "tokens": 0, "tokens_total": 0}  # training loss since the last log line
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if checkpoint.exists():
-        tensors, metadata = load_tensors(checkpoint)
-        _load_state(tensors, model, optimizer)
-        for name, value in tensors.items():
-            if name.startswith("touched."):
-                touched[name[8:]].copy_(value)
-        step, history = int(metadata["step"]), json.loads(metadata["history"])
-        window = json.loads(metadata["window"])
+        model = init_model(model_config, cfg.seed)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        if not 0 <= start_step < cfg.steps:
+            raise ConfigError(f"start step {start_step} must lie in [0, {cfg.steps})")
+        masked = masked_pairs(model, mask) if mask is not None else []
+        for param, keep in masked:
+            param.data.mul_(keep)
+        optimizer = make_optimizer(model, cfg)
+        tracked = [(name, p) for name, p in model.named_parameters() if p.dim() >= 2]  # matrices and embeddings
+        touched = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in tracked}
+        touched_pairs = [(p, touched[name]) for name, p in tracked]  # the same tensors, updated in place
+        step, history = start_step, []
+        window = {"nll": 0.0, "tokens": 0, "tokens_total": 0}  # training loss since the last log line
+        checkpoint = run_dir / CHECKPOINT_FILE
+        if checkpoint.exists():
+            tensors, metadata = load_tensors(checkpoint)
+            _load_state(tensors, model, optimizer)
+            for name, value in tensors.items():
+                if name.startswith("touched."):
+                    touched[name[8:]].copy_(value)
+            step, history = int(metadata["step"]), json.loads(metadata["history"])
+            window = json.loads(metadata["window"])
 
-    held_out = encode(eval_data, model_config) if eval_data else None
-    stream = BatchStream(encoded, cfg, start_step=step)
+        held_out = encode(eval_data, model_config) if eval_data else None
+        stream = BatchStream(encoded, cfg, start_step=step)
 
-    def save_checkpoint():
-        touched_tensors = {f"touched.{k}": v for k, v in touched.items()}
-        save_tensors(checkpoint, {**_state_tensors(model, optimizer), **touched_tensors},
-                     {"step": str(step), "history": json.dumps(history), "window": json.dumps(window)})
+        def save_checkpoint():
+            touched_tensors = {f"touched.{k}": v for k, v in touched.items()}
+            save_tensors(checkpoint, {**_state_tensors(model, optimizer), **touched_tensors},
+                         {"step": str(step), "history": json.dumps(history), "window": json.dumps(window)})
 
-    def snapshot():
-        if step in snapshot_steps and not (run_dir / f"weights-step{step}.safetensors").exists():
-            save_tensors(run_dir / f"weights-step{step}.safetensors", model.state_dict())
+        def snapshot():
+            if step in snapshot_steps and not (run_dir / f"weights-step{step}.safetensors").exists():
+                save_tensors(run_dir / f"weights-step{step}.safetensors", model.state_dict())
 
-    def log(train_bits, tokens, elapsed):
-        row = {"step": step, "lr": lr_at(step - 1, cfg), "train_bits_per_position": train_bits,
-               "tokens": tokens, "seconds": elapsed}
-        if held_out is not None:
-            model.eval()
-            row["eval_bits_per_step"] = evaluate_nll(model, held_out)["bits_per_step"]
-            model.train()
-        history.append(row)
+        def log(train_bits, tokens, elapsed):
+            row = {"step": step, "lr": lr_at(step - 1, cfg), "train_bits_per_position": train_bits,
+                   "tokens": tokens, "seconds": elapsed}
+            if held_out is not None:
+                model.eval()
+                row["eval_bits_per_step"] = evaluate_nll(model, held_out)["bits_per_step"]
+                model.train()
+            history.append(row)
 
-    model.train()
-    unit = get_domain(model_config.domain).unit  # of the held-out NLL in the progress bar
-    started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    flops = FlopTally(model_config, mask)  # counts the forward passes of training steps and evaluations
-    with CostMeter(run_dir, counters=flops.totals, country=country, verbose=verbose) as meter, \
-            flops.counting(model), \
-            passing_bar("training", progress, status=True) as bar:
-        task = bar.add_task("train", total=cfg.steps, completed=step, status="")
-        snapshot()
-        while step < cfg.steps:
-            index = stream.next()
-            n_tokens = int(encoded.lengths[index].sum())  # the positions scored: padding is not
-            nll_sum = training_step(model, optimizer, encoded.batch(index), n_tokens, lr=lr_at(step, cfg),
-                                    grad_clip=cfg.grad_clip, masked=masked, touched=touched_pairs)
-            step += 1
+        model.train()
+        unit = get_domain(model_config.domain).unit  # of the held-out NLL in the progress bar
+        started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+        flops = FlopTally(model_config, mask)  # counts the forward passes of training steps and evaluations
+        with CostMeter(run_dir, counters=flops.totals, country=country, verbose=verbose) as meter, \
+                flops.counting(model), \
+                passing_bar("training", progress, status=True) as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=step, status="")
             snapshot()
-            window["nll"] += nll_sum
-            window["tokens"] += n_tokens
-            window["tokens_total"] += n_tokens
-            last = step == cfg.steps
-            if last or (cfg.eval_every and step % cfg.eval_every == 0):
-                log(window["nll"] / window["tokens"] / math.log(2), window["tokens_total"],
-                    time.perf_counter() - started)
-                window.update(nll=0.0, tokens=0)
-                status = f"train {history[-1]['train_bits_per_position']:.3f} b/pos"
-                if "eval_bits_per_step" in history[-1]:
-                    status += f"  eval {history[-1]['eval_bits_per_step']:.3f} {unit}"  # the column's name is both
-                bar.update(task, status=status)
-            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                # cost first: killed between the two, the steps the checkpoint keeps are all counted (and the
-                # resume counts the ones it redoes again: they were run twice)
-                meter.flush()
-                save_checkpoint()
-            bar.update(task, completed=step)
+            while step < cfg.steps:
+                index = stream.next()
+                n_tokens = int(encoded.lengths[index].sum())  # the positions scored: padding is not
+                nll_sum = training_step(model, optimizer, encoded.batch(index), n_tokens, lr=lr_at(step, cfg),
+                                        grad_clip=cfg.grad_clip, masked=masked, touched=touched_pairs)
+                step += 1
+                snapshot()
+                window["nll"] += nll_sum
+                window["tokens"] += n_tokens
+                window["tokens_total"] += n_tokens
+                last = step == cfg.steps
+                if last or (cfg.eval_every and step % cfg.eval_every == 0):
+                    log(window["nll"] / window["tokens"] / math.log(2), window["tokens_total"],
+                        time.perf_counter() - started)
+                    window.update(nll=0.0, tokens=0)
+                    status = f"train {history[-1]['train_bits_per_position']:.3f} b/pos"
+                    if "eval_bits_per_step" in history[-1]:
+                        status += f"  eval {history[-1]['eval_bits_per_step']:.3f} {unit}"  # the column's name is both
+                    bar.update(task, status=status)
+                if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    # cost first: killed between the two, the steps the checkpoint keeps are all counted (and the
+                    # resume counts the ones it redoes again: they were run twice)
+                    meter.flush()
+                    save_checkpoint()
+                bar.update(task, completed=step)
 
-    frame = pd.DataFrame(history)
-    atomic_write_csv(frame, run_dir / "metrics.csv")
-    save_tensors(run_dir / TOUCHED_FILE, touched, {"format": "tinydot-touched"})
-    save_model(run_dir / MODEL_FILE, model, extra={"train_config": cfg.to_dict(), "step": step})
-    return TrainResult(model.eval(), frame, run_dir)
+        frame = pd.DataFrame(history)
+        atomic_write_csv(frame, run_dir / "metrics.csv")
+        save_tensors(run_dir / TOUCHED_FILE, touched, {"format": "tinydot-touched"})
+        save_model(run_dir / MODEL_FILE, model, extra={"train_config": cfg.to_dict(), "step": step})
+        return TrainResult(model.eval(), frame, run_dir)
