@@ -206,8 +206,8 @@ def hold_folder(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an existing run folder for this process while it writes: another process that asks for the
     same folder is refused in one line. An advisory lock (flock) on the folder itself, so no file is
     left behind and the kernel releases it when the process ends, kill -9 included; nested holds of
-    one folder in one process pass. Where the platform or the file system has no flock (or it is
-    not shared between machines, as on most network file systems), nothing is held."""
+    one folder in one process pass. Where the platform or the file system has no flock, nothing is
+    held (with a warning); on a network file system a lock rarely reaches other machines."""
     if fcntl is None:  # not a POSIX system
         yield
         return
