@@ -174,11 +174,7 @@ def run_kind(folder: str | os.PathLike) -> str | None:
     for kind, names in _ANALYSIS_FILES:
         if all((folder / name).is_file() for name in names):
             return kind
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    if (config := _run_config(folder)) is None:
         return None
     return next((kind for kind in ("study", "compress", "quantize") if kind in config),
                 "lottery" if "prune" in config else "training" if {"model", "train"} <= set(config) else None)
@@ -187,15 +183,17 @@ def run_kind(folder: str | os.PathLike) -> str | None:
 def enclosing_study(folder: str | os.PathLike) -> Path | None:
     """The study run folder that holds `folder` (one of its parents, resolved), or None. A parent counts
     only with a study's config.json, not for a stray file of the name a study writes (assignments.csv)."""
-    return next((parent for parent in Path(folder).resolve().parents if _has_study_config(parent)), None)
+    return next((parent for parent in Path(folder).resolve().parents
+                 if isinstance((_run_config(parent) or {}).get("study"), dict)), None)
 
 
-def _has_study_config(folder: Path) -> bool:
+def _run_config(folder: Path) -> dict | None:
+    """A run folder's config.json as a dict; None when it is missing, unreadable or not an object."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and isinstance(config.get("study"), dict)
+        return None
+    return config if isinstance(config, dict) else None
 
 
 _HELD: dict[tuple[int, int], int] = {}  # (device, inode) of the folders this process holds: nested holds
